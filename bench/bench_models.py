@@ -1,0 +1,706 @@
+"""Forward and train-step time of every network, JAX/Flax vs the original PyTorch, on CPU.
+
+Per network (UNet filter, UNet generator, AlexNet K=2, AudioNet K=10, MelGAN generator,
+MelGAN discriminator with 3 scales), at one batch size:
+
+- forward: evaluation mode (running BatchNorm statistics, no dropout); JAX jitted, PyTorch
+  under ``torch.inference_mode``;
+- train step: forward in training mode + loss + backward + Adam(1e-4, betas 0.5/0.9); JAX
+  one jitted function with the state donated, PyTorch ``torch.optim.Adam``.
+
+Losses (the same on both sides): mean squared error to a random target for the U-Nets and the
+MelGAN generator, cross-entropy for the classifiers, the hinge loss on real audio summed over
+scales for the discriminator. Times are medians over ``--repeats`` calls after warm-up, each
+call waited for (``jax.block_until_ready``).
+
+A second group ("upsampling") times the MelGAN upsampling layers forward+backward three ways:
+a naive Flax ``nn.ConvTranspose`` (PyTorch-equivalent padding, weight norm per input channel),
+the models' ``ConvTranspose1d(implementation="direct")`` and its polyphase form, next to
+PyTorch's ``ConvTranspose1d``; and the whole MelGAN generator train step with the direct form.
+
+Usage::
+
+    .venv/bin/python -m bench.bench_models [--batch-size 16] [--repeats 5] [--only NAME,...]
+        [--out bench/results/models.json]
+
+torch is optional: without it only the JAX columns are filled.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+try:
+    import torch
+except ImportError:  # torch is optional
+    torch = None
+
+NETWORKS = (
+    "unet_filter",
+    "unet_generator",
+    "alexnet",
+    "audionet",
+    "melgan_generator",
+    "melgan_discriminator",
+)
+GROUPS = (*NETWORKS, "upsampling", "grouped_conv")
+LABELS = {
+    "unet_filter": "UNet filter F",
+    "unet_generator": "UNet generator G",
+    "alexnet": "AlexNet K=2",
+    "audionet": "AudioNet K=10",
+    "melgan_generator": "MelGAN generator",
+    "melgan_discriminator": "MelGAN discriminator (3 scales)",
+}
+LR = 1e-4
+BETAS = (0.5, 0.9)
+# MelGAN upsampling layers: (in channels, out channels, ratio, input length) at 32 mel frames.
+UPSAMPLE_LAYERS = ((512, 256, 8, 32), (256, 128, 8, 256), (128, 64, 2, 2048), (64, 32, 2, 4096))
+# MelGAN discriminator grouped layers at scale 1 (kernel 41, stride 4, pad 20, groups in // 4):
+# (in channels, out channels, input length).
+GROUPED_LAYERS = ((16, 64, 8192), (64, 256, 2048), (256, 1024, 512), (1024, 1024, 128))
+ROOT = Path(__file__).resolve().parents[1]
+
+
+# --------------------------------------------------------------------------------------------
+# Inputs (shared by both frameworks)
+# --------------------------------------------------------------------------------------------
+
+
+def make_inputs(name: str, batch_size: int, seed: int = 0) -> dict[str, np.ndarray]:
+    """Benchmark inputs, without channel axes.
+
+    x, target (U-Nets) (B, 80, 32) in [-1, 1]; z (B, 10); cond (B,) int32; label (B,) int32;
+    mel (B, 80, 32) log10 mel; audio (B, 8192) in [-1, 1]; target (generator) (B, 8192).
+    """
+    rng = np.random.default_rng(seed)
+    b = batch_size
+    uniform = lambda *shape: rng.uniform(-1, 1, shape).astype(np.float32)
+    if name.startswith("unet"):
+        return {
+            "x": uniform(b, 80, 32),
+            "z": rng.standard_normal((b, 10)).astype(np.float32),
+            "cond": rng.integers(0, 2, b).astype(np.int32),
+            "target": uniform(b, 80, 32),
+        }
+    if name == "alexnet":
+        return {"x": uniform(b, 80, 32), "label": rng.integers(0, 2, b).astype(np.int32)}
+    if name == "audionet":
+        return {"audio": uniform(b, 8192), "label": rng.integers(0, 10, b).astype(np.int32)}
+    if name == "melgan_generator":
+        mel = (rng.standard_normal((b, 80, 32)) - 2.0).astype(np.float32)
+        return {"mel": mel, "target": uniform(b, 8192)}
+    if name == "melgan_discriminator":
+        return {"audio": uniform(b, 8192)}
+    raise KeyError(name)
+
+
+# --------------------------------------------------------------------------------------------
+# Timing
+# --------------------------------------------------------------------------------------------
+
+
+def time_calls(call: Callable[[], Any], repeats: int, warmup: int) -> dict[str, Any]:
+    """Times ``call`` (which must wait for its result).
+
+    ``warmup`` untimed calls (the first one, which compiles, is timed separately as
+    ``first_ms``), then ``repeats`` timed ones. Returns {'first_ms', 'median_ms', 'min_ms',
+    'all_ms', 'last'} where 'last' is the last call's return value.
+    """
+    t0 = time.perf_counter()
+    last = call()
+    first = time.perf_counter() - t0
+    for _ in range(max(warmup - 1, 0)):
+        last = call()
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        last = call()
+        times.append(time.perf_counter() - t0)
+    ms = [1e3 * t for t in times]
+    return {
+        "first_ms": 1e3 * first,
+        "median_ms": statistics.median(ms),
+        "min_ms": min(ms),
+        "all_ms": [round(t, 3) for t in ms],
+        "last": last,
+    }
+
+
+def _timed(call: Callable[[], Any], repeats: int, warmup: int) -> dict[str, Any]:
+    """``time_calls`` without the return value."""
+    out = time_calls(call, repeats, warmup)
+    del out["last"]
+    return out
+
+
+# --------------------------------------------------------------------------------------------
+# JAX side
+# --------------------------------------------------------------------------------------------
+
+
+def _jax_model(name: str, **kwargs: Any):
+    from pcmelgan_jax import models
+
+    if name == "unet_filter":
+        return models.UNet(conditional=False)
+    if name == "unet_generator":
+        return models.UNet(conditional=True)
+    if name == "alexnet":
+        return models.AlexNet(num_classes=2)
+    if name == "audionet":
+        return models.AudioNet(num_classes=10)
+    if name == "melgan_generator":
+        return models.MelGANGenerator(**kwargs)
+    if name == "melgan_discriminator":
+        return models.MelGANDiscriminator(num_scales=3)
+    raise KeyError(name)
+
+
+def _jax_apply(
+    name: str, model, variables: dict, inp: dict[str, jax.Array], train: bool, rng: jax.Array
+) -> tuple[Any, Any]:
+    """Runs the model; returns (output, new batch_stats or None)."""
+    if name.startswith("unet"):
+        cond = inp["cond"] if model.conditional else None
+        args = (inp["x"][..., None], inp["z"], cond)
+        if train:
+            out, updates = model.apply(variables, *args, train=True, mutable=["batch_stats"])
+            return out[..., 0], updates["batch_stats"]
+        return model.apply(variables, *args, train=False)[..., 0], variables.get("batch_stats")
+    if name in ("alexnet", "audionet"):
+        x = inp["x"][..., None] if name == "alexnet" else inp["audio"]
+        rngs = {"dropout": rng} if train else None
+        return model.apply(variables, x, train=train, rngs=rngs), None
+    if name == "melgan_generator":
+        return model.apply(variables, inp["mel"]), None
+    if name == "melgan_discriminator":
+        return model.apply(variables, inp["audio"]), None
+    raise KeyError(name)
+
+
+def _jax_loss(name: str, out: Any, inp: dict[str, jax.Array]) -> jax.Array:
+    if name.startswith("unet") or name == "melgan_generator":
+        return jnp.mean(jnp.square(out - inp["target"]))
+    if name in ("alexnet", "audionet"):
+        logits = out if name == "alexnet" else out[0]
+        return optax.softmax_cross_entropy_with_integer_labels(logits, inp["label"]).mean()
+    if name == "melgan_discriminator":
+        return sum(jnp.mean(jax.nn.relu(1.0 - scale[-1])) for scale in out)
+    raise KeyError(name)
+
+
+def _init_args(name: str, inp: dict[str, jax.Array]) -> tuple:
+    if name.startswith("unet"):
+        return (inp["x"][..., None], inp["z"], inp["cond"] if name == "unet_generator" else None)
+    if name == "alexnet":
+        return (inp["x"][..., None],)
+    if name in ("audionet", "melgan_discriminator"):
+        return (inp["audio"],)
+    return (inp["mel"],)
+
+
+def bench_jax(
+    name: str, inputs: dict[str, np.ndarray], repeats: int, warmup: int, seed: int = 0, **kw: Any
+) -> dict[str, Any]:
+    """JAX forward (eval) and train-step timings of one network."""
+    model = _jax_model(name, **kw)
+    inp = {k: jnp.asarray(v) for k, v in inputs.items()}
+    init_kw = {"train": False} if name.startswith("unet") or name in ("alexnet", "audionet") else {}
+    init_args = _init_args(name, inp)
+    variables = jax.jit(lambda key: model.init(key, *init_args, **init_kw))(jax.random.key(seed))
+    variables = jax.tree.map(jnp.asarray, dict(variables))
+    n_params = sum(int(np.prod(p.shape)) for p in jax.tree.leaves(variables["params"]))
+
+    fwd = jax.jit(lambda v, i: _jax_apply(name, model, v, i, False, jax.random.key(0))[0])
+    forward = _timed(lambda: jax.block_until_ready(fwd(variables, inp)), repeats, warmup)
+
+    tx = optax.adam(LR, b1=BETAS[0], b2=BETAS[1])
+
+    def loss_fn(params, batch_stats, i, rng):
+        v = {"params": params}
+        if batch_stats is not None:
+            v["batch_stats"] = batch_stats
+        out, new_stats = _jax_apply(name, model, v, i, True, rng)
+        return _jax_loss(name, out, i), new_stats
+
+    def step(state, i):
+        params, batch_stats, opt_state, rng = state
+        rng, sub = jax.random.split(rng)
+        (loss, batch_stats), grads = jax.value_and_grad(loss_fn, has_aux=True)(
+            params, batch_stats, i, sub
+        )
+        updates, opt_state = tx.update(grads, opt_state, params)
+        params = optax.apply_updates(params, updates)
+        return (params, batch_stats, opt_state, rng), loss
+
+    train_step = jax.jit(step, donate_argnums=0)
+    params = variables["params"]
+    state = [(params, variables.get("batch_stats"), tx.init(params), jax.random.key(seed + 1))]
+
+    def call_train():
+        state[0], loss = train_step(state[0], inp)
+        return jax.block_until_ready((state[0], loss))[1]
+
+    train = time_calls(call_train, repeats, warmup)
+    loss = float(jax.device_get(train.pop("last")))
+    return {"params": n_params, "forward": forward, "train_step": train, "final_loss": loss}
+
+
+# --------------------------------------------------------------------------------------------
+# PyTorch side
+# --------------------------------------------------------------------------------------------
+
+
+def _torch_inputs(name: str, inputs: dict[str, np.ndarray]) -> dict[str, Any]:
+    out = {}
+    for k, v in inputs.items():
+        t = torch.from_numpy(v)
+        if k in ("cond", "label"):
+            t = t.long()
+        elif k == "audio" or (k == "target" and name == "melgan_generator"):
+            t = t[:, None]  # (B, 1, 8192)
+        elif k in ("x", "target"):
+            t = t[:, None]  # (B, 1, 80, 32)
+        out[k] = t
+    return out
+
+
+def bench_torch(
+    name: str, inputs: dict[str, np.ndarray], repeats: int, warmup: int, seed: int = 0
+) -> dict[str, Any]:
+    """PyTorch forward (eval, inference mode) and train-step timings of one network."""
+    from bench import torch_reference as tr
+
+    model = tr.build_network(name, seed)
+    n_params = sum(p.numel() for p in model.parameters())
+    inp = _torch_inputs(name, inputs)
+    model.eval()
+
+    def call_forward():
+        with torch.inference_mode():
+            tr.forward(name, model, inp)
+
+    forward = _timed(call_forward, repeats, warmup)
+    step = tr.make_train_step(name, model, lr=LR)
+    train = time_calls(lambda: step(inp), repeats, warmup)
+    loss = float(train.pop("last"))
+    return {"params": n_params, "forward": forward, "train_step": train, "final_loss": loss}
+
+
+# --------------------------------------------------------------------------------------------
+# Upsampling micro-benchmark
+# --------------------------------------------------------------------------------------------
+
+
+def naive_conv_transpose(features: int, stride: int):
+    """Weight-normed Flax ``nn.ConvTranspose`` equal to PyTorch's MelGAN ConvTranspose1d.
+
+    kernel 2r, stride r, padding r//2 + r%2, output_padding r%2; the Flax kernel is
+    (k, out, in) = PyTorch weight (in, out, k) transposed, with ``transpose_kernel=True``;
+    the weight-norm gain is per input channel (the kernel's last axis) as in PyTorch.
+    (B, L, C_in) -> (B, L * r, features).
+    """
+    import flax.linen as nn
+
+    k = 2 * stride
+    p, op = stride // 2 + stride % 2, stride % 2
+    conv = nn.ConvTranspose(
+        features,
+        (k,),
+        strides=(stride,),
+        padding=[(k - 1 - p, k - 1 - p + op)],
+        transpose_kernel=True,
+    )
+    return nn.WeightNorm(conv, feature_axes=-1)
+
+
+def _check_naive_against_torch() -> float | None:
+    """Max |naive Flax - PyTorch| of one small weight-normed transposed conv (None w/o torch)."""
+    if torch is None:
+        return None
+    worst = 0.0
+    for r in (8, 2):
+        layer = naive_conv_transpose(5, r)
+        x = np.random.default_rng(0).standard_normal((2, 7, 6)).astype(np.float32)
+        variables = layer.init(jax.random.key(0), jnp.asarray(x))
+        params = variables["params"]
+        kernel = np.asarray(params["layer_instance"]["kernel"])  # (k, out, in)
+        scale = np.asarray(params["layer_instance/kernel/scale"])  # (in,)
+        tc = torch.nn.ConvTranspose1d(
+            6, 5, 2 * r, stride=r, padding=r // 2 + r % 2, output_padding=r % 2
+        )
+        with torch.no_grad():
+            v = torch.from_numpy(kernel.transpose(2, 1, 0).copy())  # (in, out, k)
+            g = torch.from_numpy(scale.copy())[:, None, None]
+            tc.weight.copy_(g * v / v.norm(dim=(1, 2), keepdim=True))
+            tc.bias.copy_(torch.from_numpy(np.asarray(params["layer_instance"]["bias"])))
+            want = tc(torch.from_numpy(x.transpose(0, 2, 1))).numpy().transpose(0, 2, 1)
+        got = np.asarray(layer.apply(variables, jnp.asarray(x)))
+        worst = max(worst, float(np.max(np.abs(got - want))))
+    return worst
+
+
+def bench_upsampling(batch_size: int, repeats: int, warmup: int) -> dict[str, Any]:
+    """Forward+backward (grads of params and input) of each MelGAN upsampling layer."""
+    from pcmelgan_jax.models import ConvTranspose1d
+
+    rows = []
+    for c_in, c_out, r, length in UPSAMPLE_LAYERS:
+        x_np = np.random.default_rng(0).standard_normal((batch_size, length, c_in))
+        x = jnp.asarray(x_np.astype(np.float32))
+        row: dict[str, Any] = {"c_in": c_in, "c_out": c_out, "ratio": r, "length_in": length}
+        impls = {
+            "flax_conv_transpose": naive_conv_transpose(c_out, r),
+            "direct": ConvTranspose1d(c_out, r, implementation="direct"),
+            "polyphase": ConvTranspose1d(c_out, r, implementation="polyphase"),
+        }
+        for impl, layer in impls.items():
+            params = jax.jit(layer.init)(jax.random.key(0), x)
+
+            def loss(p, xx, layer=layer):
+                return jnp.mean(jnp.square(layer.apply(p, xx)))
+
+            grad = jax.jit(jax.grad(loss, argnums=(0, 1)))
+            fwd = jax.jit(layer.apply)
+            row[impl] = {
+                "forward": _timed(
+                    lambda f=fwd, p=params, x=x: jax.block_until_ready(f(p, x)), repeats, warmup
+                ),
+                "forward_backward": _timed(
+                    lambda g=grad, p=params, x=x: jax.block_until_ready(g(p, x)), repeats, warmup
+                ),
+            }
+        if torch is not None:
+            from bench.torch_reference import weight_norm
+
+            tc = weight_norm(
+                torch.nn.ConvTranspose1d(
+                    c_in, c_out, 2 * r, stride=r, padding=r // 2 + r % 2, output_padding=r % 2
+                )
+            )
+            xt = torch.from_numpy(np.ascontiguousarray(x_np.transpose(0, 2, 1), np.float32))
+            xt.requires_grad_(True)
+
+            def torch_fwd(tc=tc, xt=xt):
+                with torch.inference_mode():
+                    tc(xt)
+
+            def torch_fb(tc=tc, xt=xt):
+                tc.zero_grad(set_to_none=True)
+                xt.grad = None
+                torch.mean(tc(xt) ** 2).backward()
+
+            row["torch"] = {
+                "forward": _timed(torch_fwd, repeats, warmup),
+                "forward_backward": _timed(torch_fb, repeats, warmup),
+            }
+        rows.append(row)
+        print(f"  upsample {c_in}->{c_out} r={r} L={length}: done", file=sys.stderr)
+
+    generator_direct = bench_jax(
+        "melgan_generator",
+        make_inputs("melgan_generator", batch_size),
+        repeats,
+        warmup,
+        upsample_implementation="direct",
+    )
+    return {
+        "layers": rows,
+        "melgan_generator_direct": generator_direct,
+        "naive_vs_torch_max_abs_err": _check_naive_against_torch(),
+    }
+
+
+# --------------------------------------------------------------------------------------------
+# Grouped-convolution micro-benchmark (MelGAN discriminator)
+# --------------------------------------------------------------------------------------------
+
+
+def grouped_conv_lax(w: jax.Array, x: jax.Array, groups: int) -> jax.Array:
+    """The discriminator's grouped conv as XLA sees it: kernel 41, stride 4, pad 20.
+
+    x (B, T, C_in), w (41, C_in // groups, C_out) -> (B, T / 4, C_out).
+    """
+    return jax.lax.conv_general_dilated(
+        x,
+        w,
+        (4,),
+        [(20, 20)],
+        dimension_numbers=("NWC", "WIO", "NWC"),
+        feature_group_count=groups,
+    )
+
+
+def grouped_conv_patches(w: jax.Array, x: jax.Array, groups: int) -> jax.Array:
+    """The same grouped conv as gathered patches + one einsum (a batched matmul over groups).
+
+    x (B, T, C_in), w (41, C_in // groups, C_out) -> (B, T / 4, C_out).
+    """
+    k, per_group, c_out = w.shape
+    b, t, _ = x.shape
+    t_out = (t + 40 - k) // 4 + 1
+    xp = jnp.pad(x, ((0, 0), (20, 20), (0, 0)))
+    idx = (jnp.arange(t_out) * 4)[:, None] + jnp.arange(k)[None, :]
+    patches = xp[:, idx, :].reshape(b, t_out, k, groups, per_group)
+    wg = w.reshape(k, per_group, groups, c_out // groups)
+    return jnp.einsum("btkgi,kigo->btgo", patches, wg).reshape(b, t_out, c_out)
+
+
+def bench_grouped_conv(batch_size: int, repeats: int, warmup: int) -> dict[str, Any]:
+    """Forward and forward+backward of each grouped discriminator layer, two formulations."""
+    rows = []
+    for c_in, c_out, length in GROUPED_LAYERS:
+        groups = c_in // 4
+        rng = np.random.default_rng(0)
+        x = jnp.asarray(rng.standard_normal((batch_size, length, c_in)).astype(np.float32))
+        w = jnp.asarray(0.05 * rng.standard_normal((41, 4, c_out)).astype(np.float32))
+        row: dict[str, Any] = {"c_in": c_in, "c_out": c_out, "groups": groups, "length_in": length}
+        outs = {}
+        for impl, fn in (("lax", grouped_conv_lax), ("patches", grouped_conv_patches)):
+            fwd = jax.jit(lambda w, x, fn=fn, g=groups: fn(w, x, g))
+            grad = jax.jit(
+                jax.grad(lambda w, x, fn=fn, g=groups: jnp.mean(jnp.square(fn(w, x, g))), (0, 1))
+            )
+            outs[impl] = fwd(w, x)
+            row[impl] = {
+                "forward": _timed(
+                    lambda f=fwd, a=(w, x): jax.block_until_ready(f(*a)), repeats, warmup
+                ),
+                "forward_backward": _timed(
+                    lambda g=grad, a=(w, x): jax.block_until_ready(g(*a)), repeats, warmup
+                ),
+            }
+        row["max_abs_diff"] = float(jnp.max(jnp.abs(outs["lax"] - outs["patches"])))
+        rows.append(row)
+        print(f"  grouped conv {c_in}->{c_out} g={groups}: done", file=sys.stderr)
+    return {"layers": rows}
+
+
+# --------------------------------------------------------------------------------------------
+# Reporting
+# --------------------------------------------------------------------------------------------
+
+
+def environment() -> dict[str, Any]:
+    """Device name, core count, thread settings and library versions."""
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    import flax
+
+    env: dict[str, Any] = {
+        "cpu": cpu,
+        "cores": os.cpu_count(),
+        "jax_device": str(jax.devices()[0].device_kind),
+        "jax_backend": jax.default_backend(),
+        "xla_flags": os.environ.get("XLA_FLAGS", ""),
+        "python": platform.python_version(),
+        "jax": jax.__version__,
+        "flax": flax.__version__,
+        "optax": optax.__version__,
+        "numpy": np.__version__,
+        "load_average_start": os.getloadavg(),
+    }
+    if torch is not None:
+        env["torch"] = torch.__version__
+        env["torch_threads"] = torch.get_num_threads()
+    return env
+
+
+def _fmt(ms: float | None) -> str:
+    if ms is None:
+        return "-"
+    return f"{ms:.1f}" if ms < 1000 else f"{ms:,.0f}"
+
+
+def _ratio(a: float | None, b: float | None) -> str:
+    return "-" if a is None or b is None else f"{a / b:.2f}"
+
+
+def markdown(results: dict[str, Any]) -> str:
+    """The results as markdown tables (times in ms, median; ratio = JAX / PyTorch)."""
+    lines = [
+        f"batch {results['batch_size']}, median of {results['repeats']} "
+        f"(untimed warm-up calls {results['warmup']}), {results['environment']['cpu']}, "
+        f"{results['environment']['cores']} cores, load average at start / end "
+        f"{results['environment']['load_average_start'][0]:.1f} / "
+        f"{results['environment']['load_average_end'][0]:.1f}; times in ms; "
+        "ratio = JAX / PyTorch",
+        "",
+        "| network | params | JAX fwd | torch fwd | ratio | JAX train step | torch train step"
+        " | ratio | JAX compile fwd / train (s) |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for name, r in results["networks"].items():
+        j, t = r["jax"], r.get("torch")
+        jf, jt = j["forward"]["median_ms"], j["train_step"]["median_ms"]
+        tf = t["forward"]["median_ms"] if t else None
+        tt = t["train_step"]["median_ms"] if t else None
+        compile_s = (
+            f"{j['forward']['first_ms'] / 1e3:.1f} / {j['train_step']['first_ms'] / 1e3:.1f}"
+        )
+        lines.append(
+            f"| {LABELS[name]} | {j['params']:,} | {_fmt(jf)} | {_fmt(tf)} | {_ratio(jf, tf)} "
+            f"| {_fmt(jt)} | {_fmt(tt)} | {_ratio(jt, tt)} | {compile_s} |"
+        )
+    up = results.get("upsampling")
+    if up:
+        lines += [
+            "",
+            "MelGAN upsampling layers (weight-normed ConvTranspose1d, kernel 2r, stride r), "
+            "forward+backward (grads of params and input); forward in brackets:",
+            "",
+            "| layer (B, L, C_in) -> C_out | flax nn.ConvTranspose | models direct "
+            "| models polyphase | torch | naive / polyphase |",
+            "|---|---:|---:|---:|---:|---:|",
+        ]
+        for row in up["layers"]:
+            cells = []
+            for impl in ("flax_conv_transpose", "direct", "polyphase", "torch"):
+                if impl in row:
+                    fb = row[impl]["forward_backward"]["median_ms"]
+                    fw = row[impl]["forward"]["median_ms"]
+                    cells.append(f"{_fmt(fb)} ({_fmt(fw)})")
+                else:
+                    cells.append("-")
+            naive = row["flax_conv_transpose"]["forward_backward"]["median_ms"]
+            poly = row["polyphase"]["forward_backward"]["median_ms"]
+            shape = f"({results['batch_size']}, {row['length_in']}, {row['c_in']})"
+            lines.append(
+                f"| r={row['ratio']} {shape} -> {row['c_out']} | "
+                + " | ".join(cells)
+                + f" | {naive / poly:.1f}x |"
+            )
+        gd = up["melgan_generator_direct"]
+        gp = results["networks"].get("melgan_generator", {}).get("jax")
+        line = (
+            f"\nWhole MelGAN generator, JAX train step: direct transposed conv "
+            f"{_fmt(gd['train_step']['median_ms'])} ms (forward {_fmt(gd['forward']['median_ms'])})"
+        )
+        if gp:
+            line += (
+                f" vs polyphase {_fmt(gp['train_step']['median_ms'])} ms "
+                f"(forward {_fmt(gp['forward']['median_ms'])})"
+            )
+        lines.append(line + ".")
+        err = up.get("naive_vs_torch_max_abs_err")
+        if err is not None:
+            lines.append(f"Naive Flax transposed conv vs PyTorch: max abs error {err:.2g}.")
+    gc = results.get("grouped_conv")
+    if gc:
+        lines += [
+            "",
+            "MelGAN discriminator grouped convs (kernel 41, stride 4, groups C_in/4), JAX: "
+            "XLA grouped conv vs gathered patches + einsum; forward+backward (forward):",
+            "",
+            "| layer (B, T, C_in) -> C_out | groups | lax grouped conv | patches + einsum |",
+            "|---|---:|---:|---:|",
+        ]
+        for row in gc["layers"]:
+            cells = [
+                f"{_fmt(row[i]['forward_backward']['median_ms'])} "
+                f"({_fmt(row[i]['forward']['median_ms'])})"
+                for i in ("lax", "patches")
+            ]
+            shape = f"({results['batch_size']}, {row['length_in']}, {row['c_in']})"
+            lines.append(
+                f"| {shape} -> {row['c_out']} | {row['groups']} | " + " | ".join(cells) + " |"
+            )
+    return "\n".join(lines)
+
+
+def run(
+    batch_size: int = 16,
+    repeats: int = 5,
+    warmup: int = 1,
+    only: tuple[str, ...] = GROUPS,
+    use_torch: bool = True,
+) -> dict[str, Any]:
+    """Runs the selected benchmarks; returns the JSON-ready results."""
+    if torch is not None and use_torch:
+        torch.set_num_threads(os.cpu_count() or 1)
+    results: dict[str, Any] = {
+        "environment": environment(),
+        "batch_size": batch_size,
+        "repeats": repeats,
+        "warmup": warmup,
+        "losses": {
+            "unet_*, melgan_generator": "mean squared error to a random target",
+            "alexnet, audionet": "softmax cross-entropy, integer labels",
+            "melgan_discriminator": "sum over scales of mean(relu(1 - score)) on real audio",
+        },
+        "optimizer": f"Adam lr {LR}, betas {BETAS}",
+        "networks": {},
+    }
+    for name in NETWORKS:
+        if name not in only:
+            continue
+        print(f"{name}: JAX ...", file=sys.stderr)
+        inputs = make_inputs(name, batch_size)
+        entry: dict[str, Any] = {"jax": bench_jax(name, inputs, repeats, warmup)}
+        if torch is not None and use_torch:
+            print(f"{name}: torch ...", file=sys.stderr)
+            entry["torch"] = bench_torch(name, inputs, repeats, warmup)
+            for kind in ("forward", "train_step"):
+                entry[f"ratio_{kind}"] = (
+                    entry["jax"][kind]["median_ms"] / entry["torch"][kind]["median_ms"]
+                )
+        results["networks"][name] = entry
+    if "upsampling" in only:
+        print("upsampling ...", file=sys.stderr)
+        results["upsampling"] = bench_upsampling(batch_size, repeats, warmup)
+    if "grouped_conv" in only:
+        print("grouped_conv ...", file=sys.stderr)
+        results["grouped_conv"] = bench_grouped_conv(batch_size, repeats, warmup)
+    results["environment"]["load_average_end"] = os.getloadavg()
+    return results
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Command line entry point."""
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument(
+        "--warmup", type=int, default=1, help="untimed calls (incl. the compiling one), >= 1"
+    )
+    parser.add_argument("--only", default="", help=f"comma-separated subset of {','.join(GROUPS)}")
+    parser.add_argument("--no-torch", action="store_true", help="skip the PyTorch columns")
+    parser.add_argument("--out", default=str(ROOT / "bench" / "results" / "models.json"))
+    args = parser.parse_args(argv)
+    only = tuple(s.strip() for s in args.only.split(",") if s.strip()) or GROUPS
+    unknown = set(only) - set(GROUPS)
+    if unknown:
+        parser.error(f"unknown names {sorted(unknown)}; choose from {', '.join(GROUPS)}")
+    if torch is None:
+        print("torch is not installed: JAX timings only", file=sys.stderr)
+    results = run(args.batch_size, args.repeats, max(args.warmup, 1), only, not args.no_torch)
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(results, indent=2))
+    print(markdown(results))
+    print(f"\nwritten to {out}", file=sys.stderr)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,40 @@
+"""The ``pcmelgan-jax`` console script: one subcommand per task.
+
+Each subcommand lives in the module that does its work; that module exposes
+``add_parser(subparsers)`` which registers the subcommand with ``func`` set to a callable
+taking the parsed ``argparse.Namespace`` and returning an exit code. Modules are imported
+only when their subcommand is listed here, and they keep heavy imports inside ``func``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+# subcommand -> module providing add_parser(subparsers)
+SUBCOMMANDS: dict[str, str] = {
+    "import-torch": "pcmelgan_jax.torch_import",
+    "parity": "pcmelgan_jax.parity",
+    "synth-data": "pcmelgan_jax.data.synth",
+    "prepare": "pcmelgan_jax.data.prepare",
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="pcmelgan-jax", description="PCMelGAN (adversarial privacy for speech) in JAX."
+    )
+    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for module_name in SUBCOMMANDS.values():
+        importlib.import_module(module_name).add_parser(subparsers)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    return int(args.func(args) or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,74 @@
+"""Networks by name, so that checkpoints can record what they hold and be rebuilt."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from pcmelgan_jax.audio import N_FRAMES, N_MELS, SEGMENT_LENGTH
+from pcmelgan_jax.models.classifiers import AlexNet, AudioNet
+from pcmelgan_jax.models.melgan import MelGANDiscriminator, MelGANGenerator
+from pcmelgan_jax.models.unet import UNet
+
+NETWORKS = (
+    "unet_filter",
+    "unet_generator",
+    "alexnet",
+    "audionet",
+    "melgan_generator",
+    "melgan_discriminator",
+)
+
+
+def build_model(network: str, **kwargs: Any) -> nn.Module:
+    """The Flax module for ``network`` (one of NETWORKS) with architecture ``kwargs``."""
+    if network == "unet_filter":
+        return UNet(conditional=False, **kwargs)
+    if network == "unet_generator":
+        return UNet(conditional=True, **kwargs)
+    if network == "alexnet":
+        return AlexNet(**kwargs)
+    if network == "audionet":
+        return AudioNet(**kwargs)
+    if network == "melgan_generator":
+        return MelGANGenerator(**kwargs)
+    if network == "melgan_discriminator":
+        return MelGANDiscriminator(**kwargs)
+    raise ValueError(f"unknown network {network!r}; expected one of {', '.join(NETWORKS)}")
+
+
+def example_inputs(network: str, batch_size: int = 1, noise_dim: int = 10) -> tuple:
+    """Positional example inputs for ``init`` of ``network`` (zeros of the right shapes)."""
+    spec = jnp.zeros((batch_size, N_MELS, N_FRAMES, 1), jnp.float32)
+    if network in ("unet_filter", "unet_generator"):
+        z = jnp.zeros((batch_size, noise_dim), jnp.float32)
+        cond = jnp.zeros((batch_size,), jnp.int32)
+        return (spec, z, cond if network == "unet_generator" else None)
+    if network == "alexnet":
+        return (spec,)
+    if network in ("audionet", "melgan_discriminator"):
+        return (jnp.zeros((batch_size, SEGMENT_LENGTH), jnp.float32),)
+    if network == "melgan_generator":
+        return (jnp.zeros((batch_size, N_MELS, N_FRAMES), jnp.float32),)
+    raise ValueError(f"unknown network {network!r}")
+
+
+def init_variables(network: str, key: jax.Array, **kwargs: Any) -> dict:
+    """Freshly initialised variables ({'params'[, 'batch_stats']}) of ``network``."""
+    model = build_model(network, **kwargs)
+    noise_dim = kwargs.get("noise_dim", 10)
+    return dict(model.init(key, *example_inputs(network, noise_dim=noise_dim)))
+
+
+def variable_shapes(network: str, **kwargs: Any) -> dict:
+    """Shapes and dtypes of ``network``'s variables, without computing anything."""
+    model = build_model(network, **kwargs)
+    noise_dim = kwargs.get("noise_dim", 10)
+    return dict(
+        jax.eval_shape(
+            lambda: model.init(jax.random.key(0), *example_inputs(network, noise_dim=noise_dim))
+        )
+    )

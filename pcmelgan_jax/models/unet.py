@@ -1,0 +1,84 @@
+"""The PCMelGAN U-Net: the filter F and (``conditional=True``) the generator G (SPEC 2)."""
+
+from __future__ import annotations
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from pcmelgan_jax.models.layers import BatchNorm, Conv, max_pool, torch_uniform, upsample_nearest2d
+
+Array = jax.Array
+
+CHANNELS = (8, 16, 32, 64, 128)
+BOTTLENECK_SHAPE = (5, 2)  # 80 x 32 after four 2x poolings
+
+
+def dense(features: int, fan_in: int, name: str) -> nn.Dense:
+    """A Linear layer with PyTorch's default initialisation."""
+    return nn.Dense(
+        features, kernel_init=torch_uniform(fan_in), bias_init=torch_uniform(fan_in), name=name
+    )
+
+
+class DoubleConv(nn.Module):
+    """(weight-normed 3x3 conv -> BatchNorm -> ReLU) x 2. (B, H, W, C) -> (B, H, W, features)."""
+
+    features: int
+
+    @nn.compact
+    def __call__(self, x: Array, train: bool) -> Array:
+        for i in range(2):
+            x = Conv(self.features, (3, 3), padding=1, name=f"conv{i}")(x)
+            x = nn.relu(BatchNorm(name=f"bn{i}")(x, train))
+        return x
+
+
+class UNet(nn.Module):
+    """U-Net on normalised log-mels with noise (and, for G, a gender condition) at the bottleneck.
+
+    __call__(x (B, 80, 32, 1) in [-1, 1], z (B, noise_dim), cond (B,) int in {0, 1} or None,
+    train) -> (B, 80, 32, 1) in (-1, 1). ``train`` selects batch statistics (and updates
+    ``batch_stats``, so apply with ``mutable=['batch_stats']``) or running statistics.
+    The filter (``conditional=False``) has no conditioning parameters.
+    """
+
+    conditional: bool = False
+    noise_dim: int = 10
+    embedding_dim: int = 16
+    num_classes: int = 2
+
+    @nn.compact
+    def __call__(self, x: Array, z: Array, cond: Array | None = None, train: bool = False) -> Array:
+        if x.shape[1:3] != (80, 32):
+            raise ValueError(f"UNet expects (B, 80, 32, 1) spectrograms, got {x.shape}")
+        h, w = BOTTLENECK_SHAPE
+        batch = x.shape[0]
+        skips = []
+        for level, features in enumerate(CHANNELS, start=1):
+            if level > 1:
+                x = max_pool(x, (2, 2), (2, 2))
+            x = DoubleConv(features, name=f"down{level}")(x, train)
+            skips.append(x)
+        skips.pop()  # the bottleneck is not a skip
+        noise = dense(CHANNELS[-1] * h * w, self.noise_dim, "project_noise")(z)
+        noise = noise.reshape(batch, CHANNELS[-1], h, w).transpose(0, 2, 3, 1)  # PyTorch C,H,W
+        parts = [x, noise.astype(x.dtype)]
+        if self.conditional:
+            if cond is None:
+                raise ValueError("the conditional U-Net (generator) needs cond")
+            embedding = nn.Embed(
+                self.num_classes,
+                self.embedding_dim,
+                embedding_init=nn.initializers.normal(1.0),
+                name="embed_condition",
+            )(cond)
+            label = dense(h * w, self.embedding_dim, "project_cond")(embedding)
+            parts.append(label.reshape(batch, h, w, 1).astype(x.dtype))
+        x = jnp.concatenate(parts, axis=-1)
+        for level in range(len(CHANNELS) - 1, 0, -1):
+            x = upsample_nearest2d(x)
+            x = jnp.concatenate([skips[level - 1], x], axis=-1)
+            x = DoubleConv(CHANNELS[level - 1], name=f"up{level + 1}")(x, train)
+        x = Conv(1, (1, 1), weight_norm=False, name="conv_last")(x)
+        return jnp.tanh(x)

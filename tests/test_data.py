@@ -1,0 +1,439 @@
+"""Data stage: synthetic corpus, TFDS builder (all / paper), Grain pipeline, bad input."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+
+import numpy as np
+import pytest
+
+from pcmelgan_jax.data import corpus as corpus_lib
+from pcmelgan_jax.data.corpus import CorpusError
+from pcmelgan_jax.data.prepare import format_report, prepare
+from pcmelgan_jax.data.synth import MARKER, SynthError, synthesize_corpus
+
+SPEAKERS, REPS = 6, 2  # 3 F (02, 04, 06) + 3 M (01, 03, 05), 120 files
+
+
+def _snapshot(root) -> dict[str, tuple[str, int]]:
+    """relative path -> (sha256, mtime_ns) of every file below root."""
+    out = {}
+    for dirpath, _, names in os.walk(root):
+        for n in names:
+            p = os.path.join(dirpath, n)
+            with open(p, "rb") as f:
+                out[os.path.relpath(p, root)] = (
+                    hashlib.sha256(f.read()).hexdigest(),
+                    os.stat(p).st_mtime_ns,
+                )
+    return out
+
+
+@pytest.fixture(scope="session")
+def synth_dir(tmp_path_factory):
+    out = tmp_path_factory.mktemp("synth") / "corpus"
+    summary = synthesize_corpus(out, speakers=SPEAKERS, reps=REPS, seed=0)
+    assert summary["files"] == SPEAKERS * 10 * REPS
+    return out
+
+
+@pytest.fixture(scope="session")
+def source_snapshot(synth_dir):
+    return _snapshot(synth_dir)
+
+
+@pytest.fixture(scope="session")
+def built(synth_dir, source_snapshot, tmp_path_factory):
+    data_dir = tmp_path_factory.mktemp("tfds")
+    report = prepare(synth_dir, data_dir, "all")
+    return data_dir, report
+
+
+def _records(data_dir, split, config="all"):
+    from pcmelgan_jax.data.pipeline import load_source
+
+    source = load_source(data_dir, f"audio_mnist/{config}", split)
+    return [source[i] for i in range(len(source))]
+
+
+def _copy_corpus(src, dst):
+    shutil.copytree(src, dst, ignore=shutil.ignore_patterns(MARKER))
+    return dst
+
+
+# ---------------------------------------------------------------- synthetic corpus
+
+
+def test_synth_layout_and_metadata(synth_dir):
+    folders = sorted(d for d in os.listdir(synth_dir) if d.isdigit())
+    assert folders == [f"{s:02d}" for s in range(1, SPEAKERS + 1)]
+    for f in folders:
+        names = sorted(os.listdir(synth_dir / f))
+        assert names == sorted(f"{d}_{f}_{r}.wav" for d in range(10) for r in range(REPS))
+    meta = json.loads((synth_dir / "audioMNIST_meta.txt").read_text())
+    assert sorted(meta) == folders
+    assert set(meta["01"]) == {
+        "accent", "age", "gender", "native speaker", "origin", "recordingdate", "recordingroom",
+    }  # fmt: skip
+    assert [meta[f]["gender"] for f in folders] == ["male", "female"] * 3
+
+
+def test_synth_gender_is_audible(synth_dir):
+    import librosa
+    import soundfile as sf
+
+    meta = json.loads((synth_dir / "audioMNIST_meta.txt").read_text())
+    f0 = {"female": [], "male": []}
+    for spk, m in meta.items():
+        for digit in (0, 3, 7):
+            x, sr = sf.read(synth_dir / spk / f"{digit}_{spk}_0.wav", dtype="float32")
+            y = librosa.resample(x, orig_sr=sr, target_sr=8000)
+            f = librosa.yin(y, fmin=60, fmax=400, sr=8000, frame_length=512)
+            rms = librosa.feature.rms(y=y, frame_length=512, hop_length=128)[0][: f.size]
+            f0[m["gender"]].append(float(np.median(f[rms > 0.3 * rms.max()])))
+    female, male = np.median(f0["female"]), np.median(f0["male"])
+    assert female > 140 and male < 130 and female > 1.4 * male, (female, male)
+    assert min(f0["female"]) > max(f0["male"])
+
+
+def test_synth_deterministic_and_refuses_foreign_dir(tmp_path):
+    a = synthesize_corpus(tmp_path / "a", speakers=2, reps=1, seed=3)
+    first = _snapshot(tmp_path / "a")
+    # a previous synthetic corpus is replaced, with identical content for the same seed
+    synthesize_corpus(tmp_path / "a", speakers=2, reps=1, seed=3)
+    second = _snapshot(tmp_path / "a")
+    assert {k: v[0] for k, v in first.items()} == {k: v[0] for k, v in second.items()}
+    assert a["female"] == 1 and a["male"] == 1 and a["files"] == 20
+    other = synthesize_corpus(tmp_path / "b", speakers=2, reps=1, seed=4)
+    assert other["files"] == 20
+    b = _snapshot(tmp_path / "b")
+    assert first["01/0_01_0.wav"][0] != b["01/0_01_0.wav"][0]
+    # a non-empty folder that is not ours is never written to
+    user = tmp_path / "user"
+    user.mkdir()
+    (user / "notes.txt").write_text("mine")
+    with pytest.raises(SynthError, match="not empty"):
+        synthesize_corpus(user, speakers=2, reps=1)
+    assert os.listdir(user) == ["notes.txt"]
+
+
+def test_synth_paper_numbering():
+    from pcmelgan_jax.data.synth import plan_speakers, speaker_genders
+
+    g = speaker_genders(60)
+    assert sorted(s for s, v in g.items() if v == 0) == list(corpus_lib.REAL_FEMALE_SPEAKERS)
+    g24 = speaker_genders(24)
+    assert sum(1 for v in g24.values() if v == 0) == 12
+    plan = plan_speakers(24, seed=0)
+    assert plan == plan_speakers(24, seed=0) and plan != plan_speakers(24, seed=1)
+
+
+# ---------------------------------------------------------------- builder / prepare
+
+
+def test_counts_and_split(built):
+    data_dir, report = built
+    s = report["splits"]
+    assert report["skipped"] == []
+    assert s["train"]["female"] == {"speakers": 2, "utterances": 40}
+    assert s["train"]["male"] == {"speakers": 2, "utterances": 40}
+    assert s["test"]["female"] == {"speakers": 1, "utterances": 20}
+    assert s["test"]["male"] == {"speakers": 1, "utterances": 20}
+    assert s["train"]["num_examples"] == 80 and s["test"]["num_examples"] == 40
+    split = report["split"]["splits"]
+    assert not set(split["train"]["speakers"]) & set(split["test"]["speakers"])
+    assert set(split["train"]["speakers"]) | set(split["test"]["speakers"]) == set(range(1, 7))
+    text = format_report(report)
+    assert "files skipped: 0" in text and "test   female" in text
+
+
+def test_labels_match_files_and_metadata(built, synth_dir):
+    import soundfile as sf
+
+    data_dir, report = built
+    meta = json.loads((synth_dir / "audioMNIST_meta.txt").read_text())
+    for split in ("train", "test"):
+        records = _records(data_dir, split)
+        speakers = {int(r["speaker"]) for r in records}
+        assert speakers == set(report["split"]["splits"][split]["speakers"])
+        for r in records:
+            name = os.path.basename(r["file"].decode())
+            digit, spk, rep = (int(x) for x in name[:-4].split("_"))
+            assert (r["digit"], r["speaker"], r["repetition"]) == (digit, spk, rep)
+            assert r["gender"] == (0 if meta[f"{spk:02d}"]["gender"] == "female" else 1)
+            assert r["age"] == int(meta[f"{spk:02d}"]["age"])
+            assert r["audio"].dtype == np.int16 and r["audio"].shape == (r["num_samples"],)
+        info = sf.info(synth_dir / records[0]["file"].decode())
+        assert abs(records[0]["num_samples"] - info.frames * 8000 / info.samplerate) <= 2
+
+
+def test_split_recorded_and_identical_on_rebuild(built, synth_dir, tmp_path):
+    import tensorflow_datasets as tfds
+
+    data_dir, report = built
+    stored = json.loads((built[0] / "audio_mnist/all/1.0.0/split.json").read_text())
+    assert stored == report["split"]
+    builder = tfds.builder("audio_mnist/all", data_dir=os.fspath(data_dir))
+    assert dict(builder.info.metadata["split"]) == stored
+    again = prepare(synth_dir, tmp_path / "again", "all")
+    assert again["split"] == stored and not again["reused"]
+    reused = prepare(synth_dir, data_dir, "all")
+    assert reused["reused"] and reused["split"] == stored
+    rebuilt = prepare(synth_dir, tmp_path / "again", "all", overwrite=True)
+    assert rebuilt["split"] == stored and not rebuilt["reused"]
+
+
+def test_split_policy_on_real_audiomnist_genders():
+    genders = {s: (0 if s in corpus_lib.REAL_FEMALE_SPEAKERS else 1) for s in range(1, 61)}
+    split = corpus_lib.split_speakers(genders, "all")
+    test_f = [s for s in split["test"] if genders[s] == 0]
+    test_m = [s for s in split["test"] if genders[s] == 1]
+    assert len(test_f) == 12 // 6 and len(test_m) == 48 // 6
+    assert split == corpus_lib.split_speakers(dict(reversed(genders.items())), "all")
+    assert len(split["train"]) == 50 and not set(split["train"]) & set(split["test"])
+    paper = corpus_lib.split_speakers(genders, "paper")
+    assert paper["test"] == [36, 39, 45, 58] and len(paper["train"]) == 20
+
+
+def test_metadata_normalisation_of_real_values():
+    info, notes = corpus_lib.normalize_speaker_metadata(
+        "01",
+        {
+            "accent": "german",
+            "age": 30,
+            "gender": "Male ",
+            "native speaker": "no",
+            "origin": "Europe,  Germany, Wuerzburg",
+            "recordingdate": "17-06-22-11-04-28",
+            "recordingroom": "Kino",
+        },  # fmt: skip
+    )
+    assert (info.speaker, info.gender, info.age, info.accent) == (1, 1, 30, "german")
+    assert info.native_speaker == 0 and info.origin == "Europe, Germany, Wuerzburg"
+    assert any("number" in n for n in notes) and any("'Male '" in n for n in notes)
+    info, notes = corpus_lib.normalize_speaker_metadata(
+        "45", {"accent": "German", "age": "1234", "gender": "male", "recordingroom": "vr-romm"}
+    )
+    assert info.age == -1 and info.accent == "german" and info.recording_room == "vr-room"
+    assert info.native_speaker == -1
+    assert any("1234" in n for n in notes)
+    info, _ = corpus_lib.normalize_speaker_metadata(
+        "31", {"age": "26", "gender": "female", "recordingroom": "VR-room"}
+    )
+    assert (info.gender, info.age, info.recording_room) == (0, 26, "vr-room")
+    with pytest.raises(ValueError, match="unknown gender"):
+        corpus_lib.normalize_speaker_metadata("07", {"gender": "unknown"})
+
+
+def test_bad_input_is_reported_and_skipped(synth_dir, tmp_path):
+    src = _copy_corpus(synth_dir, tmp_path / "bad")
+    (src / "01" / "3_01_1.wav").write_bytes(b"RIFF\x00\x00 this is not a wav file")
+    shutil.copy(src / "02" / "4_02_0.wav", src / "02" / "four_02_0.wav")
+    shutil.copy(src / "03" / "5_03_0.wav", src / "03" / "5_04_9.wav")  # speaker mismatch
+    (src / "07").mkdir()
+    shutil.copy(src / "01" / "0_01_0.wav", src / "07" / "0_07_0.wav")  # not in metadata
+    (src / "08").mkdir()  # empty speaker folder
+    meta = json.loads((src / "audioMNIST_meta.txt").read_text())
+    meta["01"]["gender"], meta["01"]["age"] = "Male ", 30
+    meta["02"]["age"], meta["02"]["recordingroom"] = "1234", "vr-romm"
+    (src / "audioMNIST_meta.txt").write_text(json.dumps(meta))
+    before = _snapshot(src)
+    report = prepare(src, tmp_path / "tfds", "all")
+    assert _snapshot(src) == before  # the source is never modified
+    skipped = {os.path.relpath(p["path"], src): p["problem"] for p in report["skipped"]}
+    assert set(skipped) == {"01/3_01_1.wav", "02/four_02_0.wav", "03/5_04_9.wav", "07/0_07_0.wav"}
+    assert "cannot read audio" in skipped["01/3_01_1.wav"]
+    assert "does not parse" in skipped["02/four_02_0.wav"]
+    assert "in folder 03" in skipped["03/5_04_9.wav"]
+    assert "no entry in the metadata" in skipped["07/0_07_0.wav"]
+    notes = [(os.path.relpath(p["path"], src), p["problem"]) for p in report["notes"]]
+    assert ("08", "speaker folder 08 has no .wav files") in notes
+    assert any("'1234'" in p and "unknown" in p for _, p in notes)
+    assert any("'vr-romm'" in p for _, p in notes)
+    total = sum(report["splits"][s]["utterances"] for s in ("train", "test"))
+    assert total == SPEAKERS * 10 * REPS - 1
+    records = _records(tmp_path / "tfds", "train") + _records(tmp_path / "tfds", "test")
+    by_speaker = {int(r["speaker"]): r for r in records}
+    assert by_speaker[1]["gender"] == 1 and by_speaker[1]["age"] == 30
+    assert by_speaker[2]["age"] == -1 and by_speaker[2]["recording_room"] == b"vr-room"
+    text = format_report(report)
+    assert "files skipped: 4" in text and "3_01_1.wav" in text
+
+
+def test_mostly_bad_corpus_fails(synth_dir, tmp_path):
+    src = _copy_corpus(synth_dir, tmp_path / "mostly_bad")
+    for digit in range(10):
+        for spk in ("01", "02"):
+            (src / spk / f"{digit}_{spk}_0.wav").write_bytes(b"garbage")
+    with pytest.raises(CorpusError, match=r"20 of 120 .wav files are unusable") as e:
+        prepare(src, tmp_path / "tfds", "all")
+    assert "0_01_0.wav: cannot read audio" in str(e.value)
+    assert not (tmp_path / "tfds" / "audio_mnist" / "all" / "1.0.0").exists()
+
+
+def test_missing_or_empty_manual_dir(tmp_path):
+    with pytest.raises(CorpusError, match=r"(?s)does not exist.*github.com/soerenab/AudioMNIST"):
+        prepare(tmp_path / "nope", tmp_path / "tfds")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(CorpusError, match="no metadata file"):
+        prepare(tmp_path / "empty", tmp_path / "tfds")
+    (tmp_path / "nofolders").mkdir()
+    (tmp_path / "nofolders" / "audioMNIST_meta.json").write_text('{"01": {"gender": "male"}}')
+    with pytest.raises(CorpusError, match="no speaker folders"):
+        prepare(tmp_path / "nofolders", tmp_path / "tfds")
+
+
+def test_paper_config_names_missing_speakers(synth_dir, tmp_path):
+    with pytest.raises(CorpusError, match=r"missing.*12, 26, 28") as e:
+        prepare(synth_dir, tmp_path / "tfds", "paper")
+    assert "36" in str(e.value) and "49" in str(e.value)
+
+
+def test_paper_config_builds(synth_dir, tmp_path):
+    fake = tmp_path / "paper_corpus"
+    fake.mkdir()
+    meta = {}
+    donors = {0: ["02", "04", "06"], 1: ["01", "03", "05"]}
+    for part in corpus_lib.PAPER_SPLIT.values():
+        for gender, ids in part.items():
+            for k, s in enumerate(ids):
+                donor = donors[gender][k % 3]
+                (fake / f"{s:02d}").mkdir()
+                for digit in range(10):
+                    os.symlink(
+                        synth_dir / donor / f"{digit}_{donor}_0.wav",
+                        fake / f"{s:02d}" / f"{digit}_{s:02d}_0.wav",
+                    )
+                meta[f"{s:02d}"] = {"gender": ("female", "male")[gender], "age": "30"}
+    (fake / "audioMNIST_meta.txt").write_text(json.dumps(meta))
+    report = prepare(fake, tmp_path / "tfds", "paper")
+    split = report["split"]["splits"]
+    assert split["test"]["female"] == [36, 58] and split["test"]["male"] == [39, 45]
+    assert split["train"]["speakers"] == sorted(
+        corpus_lib.PAPER_SPLIT["train"][0] + corpus_lib.PAPER_SPLIT["train"][1]
+    )
+    assert report["splits"]["train"]["utterances"] == 200
+    assert report["splits"]["test"]["utterances"] == 40
+    assert {int(r["speaker"]) for r in _records(tmp_path / "tfds", "test", "paper")} == {
+        36, 39, 45, 58,
+    }  # fmt: skip
+
+
+# ---------------------------------------------------------------- pipeline
+
+
+def _take(it, n):
+    return [next(it) for _ in range(n)]
+
+
+def _same(a, b):
+    return all(
+        x.keys() == y.keys() and all(np.array_equal(x[k], y[k]) for k in x)
+        for x, y in zip(a, b, strict=True)
+    )
+
+
+def test_batches_shapes_and_determinism(built):
+    from pcmelgan_jax.data.pipeline import make_dataset
+
+    data_dir, _ = built
+    it = make_dataset(data_dir, split="train", batch_size=8, seed=0)
+    assert it.steps_per_epoch == 10
+    a = _take(it, 20)
+    b = _take(make_dataset(data_dir, split="train", batch_size=8, seed=0), 20)
+    c = _take(make_dataset(data_dir, split="train", batch_size=8, seed=1), 20)
+    first = a[0]
+    assert first["audio"].shape == (8, 8192) and first["audio"].dtype == np.float32
+    for k in ("digit", "gender", "speaker"):
+        assert first[k].shape == (8,) and first[k].dtype == np.int32
+    assert np.allclose(np.abs(first["audio"]).max(axis=1), 0.95, atol=1e-5)  # peak-normalised
+    assert _same(a, b) and not _same(a, c)
+
+    # each epoch is a permutation of the 80 training examples, in a new order
+    def keys(batches):
+        return [
+            (int(s), int(d)) for x in batches for s, d in zip(x["speaker"], x["digit"], strict=True)
+        ]
+
+    epoch1, epoch2 = keys(a[:10]), keys(a[10:])
+    expected = sorted((int(r["speaker"]), int(r["digit"])) for r in _records(data_dir, "train"))
+    assert sorted(epoch1) == expected and sorted(epoch2) == expected and epoch1 != epoch2
+
+
+def test_resume_mid_epoch(built):
+    from pcmelgan_jax.data.pipeline import make_dataset
+
+    data_dir, _ = built
+    for threads in (0, 2):
+        kwargs = dict(split="train", batch_size=8, seed=5, worker_threads=threads)
+        it = make_dataset(data_dir, **kwargs)
+        _take(it, 7)
+        state = json.loads(json.dumps(it.get_state()))  # as stored in a checkpoint
+        rest = _take(it, 8)  # crosses the epoch boundary at 10
+        fresh = make_dataset(data_dir, **kwargs)
+        fresh.set_state(state)
+        assert _same(rest, _take(fresh, 8))
+        it.close()
+        fresh.close()
+    other = make_dataset(data_dir, split="train", batch_size=8, seed=6)
+    with pytest.raises(ValueError, match="different pipeline"):
+        other.set_state(state)
+
+
+def test_eval_keeps_every_example_with_mask(built):
+    from pcmelgan_jax.data.pipeline import make_dataset
+
+    data_dir, _ = built
+    batches = list(make_dataset(data_dir, split="test", batch_size=16, train=False))
+    assert len(batches) == 3  # 40 examples -> 16 + 16 + 8 real, 8 padding
+    mask = np.concatenate([b["mask"] for b in batches])
+    assert mask.sum() == 40 and mask[:40].all() and not mask[40:].any()
+    audio = np.concatenate([b["audio"] for b in batches])
+    assert not np.abs(audio[40:]).any()
+    # centred padding: equal silence on both sides (up to one sample) for short clips
+    records = _records(data_dir, "test")
+    for i in range(5):
+        n = int(records[i]["num_samples"])
+        if n < 8192:
+            nz = np.flatnonzero(audio[i])
+            left, right = nz[0], 8191 - nz[-1]
+            assert abs(left - (8192 - n) // 2) <= 1 and abs(left - right) <= 2
+
+
+def test_per_process_sharding(built):
+    import grain
+
+    from pcmelgan_jax.data.pipeline import make_dataset
+
+    data_dir, _ = built
+
+    def examples(index, train):
+        it = make_dataset(
+            data_dir, split="train", batch_size=8, seed=0, train=train, num_epochs=1,
+            shard_options=grain.sharding.ShardOptions(index, 2, drop_remainder=train),
+        )  # fmt: skip
+        out = []
+        for b in it:
+            for k in range(len(b["mask"])):
+                if b["mask"][k]:
+                    out.append((int(b["speaker"][k]), int(b["digit"][k]),
+                                hashlib.sha1(b["audio"][k].tobytes()).hexdigest()))  # fmt: skip
+        return out
+
+    # evaluation order: exact records, disjoint halves that cover the split
+    e0, e1 = examples(0, False), examples(1, False)
+    assert len(e0) == len(e1) == 40
+    assert len(set(e0) | set(e1)) == 80 and not set(e0) & set(e1)
+    # training (shuffled, random offsets): equal halves, together every example once
+    t0, t1 = examples(0, True), examples(1, True)
+    assert len(t0) == len(t1) == 40
+    expected = sorted((int(r["speaker"]), int(r["digit"])) for r in _records(data_dir, "train"))
+    assert sorted((s, d) for s, d, _ in t0 + t1) == expected
+    assert sorted((s, d) for s, d, _ in e0 + e1) == expected
+
+
+def test_source_folder_unmodified(synth_dir, source_snapshot, built):
+    assert _snapshot(synth_dir) == source_snapshot

@@ -1,0 +1,176 @@
+"""Flax modules: parameter counts, layer semantics, train/eval behaviour."""
+
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from pcmelgan_jax.models import (
+    AlexNet,
+    AudioNet,
+    BatchNorm,
+    ConvTranspose1d,
+    MelGANDiscriminator,
+    MelGANGenerator,
+    UNet,
+)
+from pcmelgan_jax.models.layers import adaptive_pool_matrix, avg_pool1d_exclude_pad
+from pcmelgan_jax.models.registry import init_variables, variable_shapes
+
+
+def count(tree) -> int:
+    return sum(int(np.prod(x.shape)) for x in jax.tree.leaves(tree))
+
+
+@pytest.mark.parametrize(
+    "network, arch, expected",
+    [
+        ("unet_filter", {}, 581_211 - 202),  # SPEC: F without its unused conditioning layers
+        ("unet_generator", {}, 581_787),
+        ("alexnet", {"num_classes": 2}, 12_937_922),
+        ("alexnet", {"num_classes": 3}, 12_938_947),
+        ("alexnet", {"num_classes": 10}, 12_946_122),
+        ("audionet", {"num_classes": 10}, 9_087_130),
+        ("melgan_generator", {}, 4_266_050),
+        ("melgan_discriminator", {}, 16_924_086),
+    ],
+)
+def test_parameter_counts_match_spec(network, arch, expected):
+    assert count(variable_shapes(network, **arch)["params"]) == expected
+
+
+def test_filter_has_no_conditioning_parameters():
+    params = variable_shapes("unet_filter")["params"]
+    assert "embed_condition" not in params and "project_cond" not in params
+
+
+@pytest.mark.parametrize("stride", [2, 3, 8])
+def test_polyphase_upsampling_equals_transposed_convolution(stride):
+    x = jax.random.normal(jax.random.key(0), (2, 7, 6))
+    poly = ConvTranspose1d(5, stride, implementation="polyphase")
+    direct = ConvTranspose1d(5, stride, implementation="direct")
+    variables = poly.init(jax.random.key(1), x)
+    y_poly = poly.apply(variables, x)
+    y_direct = direct.apply(variables, x)
+    chex.assert_shape(y_poly, (2, 7 * stride, 5))
+    np.testing.assert_allclose(y_poly, y_direct, atol=1e-5)
+
+    def loss(module, v, x):
+        return jnp.sum(jnp.sin(module.apply(v, x)))
+
+    g_poly = jax.grad(lambda v: loss(poly, v, x))(variables)
+    g_direct = jax.grad(lambda v: loss(direct, v, x))(variables)
+    chex.assert_trees_all_close(g_poly, g_direct, atol=1e-4)
+
+
+def test_transposed_weight_norm_gain_is_per_input_channel():
+    x = jax.random.normal(jax.random.key(0), (1, 4, 6))
+    layer = ConvTranspose1d(3, 2)
+    variables = layer.init(jax.random.key(1), x)
+    chex.assert_shape(variables["params"]["scale"], (6,))  # input channels
+    chex.assert_shape(variables["params"]["kernel"], (4, 6, 3))
+    # Initialised so that the effective weight equals v (PyTorch's weight_norm init).
+    v = variables["params"]["kernel"]
+    np.testing.assert_allclose(
+        variables["params"]["scale"], np.sqrt((np.asarray(v) ** 2).sum(axis=(0, 2))), rtol=1e-6
+    )
+    # Doubling input channel 0's gain doubles exactly its contribution.
+    x0 = x.at[..., 1:].set(0.0)
+    bias_out = layer.apply(variables, jnp.zeros_like(x))
+    base = layer.apply(variables, x0) - bias_out
+    doubled = jax.tree.map(lambda a: a, variables)
+    doubled["params"]["scale"] = variables["params"]["scale"].at[0].multiply(2.0)
+    np.testing.assert_allclose(layer.apply(doubled, x0) - bias_out, 2 * base, atol=1e-5)
+
+
+def test_batchnorm_matches_pytorch_semantics():
+    x = jax.random.normal(jax.random.key(0), (4, 3, 5, 2)) * 3 + 1
+    bn = BatchNorm()
+    variables = bn.init(jax.random.key(1), x, train=True)
+    np.testing.assert_array_equal(variables["batch_stats"]["mean"], 0.0)  # init does not update
+    y, updates = bn.apply(variables, x, train=True, mutable=["batch_stats"])
+    xn = np.asarray(x).reshape(-1, 2)
+    mean, var_biased, var_unbiased = xn.mean(0), xn.var(0), xn.var(0, ddof=1)
+    np.testing.assert_allclose(
+        np.asarray(y).reshape(-1, 2), (xn - mean) / np.sqrt(var_biased + 1e-5), atol=1e-5
+    )
+    np.testing.assert_allclose(updates["batch_stats"]["mean"], 0.1 * mean, rtol=1e-5)
+    np.testing.assert_allclose(
+        updates["batch_stats"]["var"], 0.9 + 0.1 * var_unbiased, rtol=1e-5
+    )
+    y_eval = bn.apply({**variables, **updates}, x, train=False)
+    stats = updates["batch_stats"]
+    np.testing.assert_allclose(
+        y_eval, (x - stats["mean"]) / np.sqrt(stats["var"] + 1e-5), atol=1e-5
+    )
+
+
+def test_adaptive_pool_bins_follow_pytorch():
+    m = adaptive_pool_matrix(9, 6)  # overlapping bins [0,2) [1,3) [3,5) [4,6) [6,8) [7,9)
+    starts = [int(np.argmax(row > 0)) for row in m]
+    widths = [int((row > 0).sum()) for row in m]
+    assert starts == [0, 1, 3, 4, 6, 7] and widths == [2] * 6
+    np.testing.assert_array_equal(adaptive_pool_matrix(3, 6), np.repeat(np.eye(3), 2, axis=0))
+
+
+def test_avg_pool_excludes_padding():
+    x = jnp.arange(1.0, 9.0).reshape(1, 8, 1)
+    y = avg_pool1d_exclude_pad(x)[0, :, 0]
+    np.testing.assert_allclose(y, [(1 + 2 + 3) / 3, (2 + 3 + 4 + 5) / 4, (4 + 5 + 6 + 7) / 4,
+                                   (6 + 7 + 8) / 3])
+
+
+def test_unet_modes_and_shapes():
+    key = jax.random.key(0)
+    x = jax.random.uniform(key, (3, 80, 32, 1), minval=-1, maxval=1)
+    z = jax.random.normal(key, (3, 10))
+    cond = jnp.array([0, 1, 1])
+    g = UNet(conditional=True)
+    apply = jax.jit(g.apply, static_argnames=("train", "mutable"))
+    variables = init_variables("unet_generator", jax.random.key(1))
+    out, updates = apply(variables, x, z, cond, train=True, mutable=("batch_stats",))
+    chex.assert_shape(out, (3, 80, 32, 1))
+    assert float(jnp.max(jnp.abs(out))) < 1.0
+    changed = jax.tree.map(lambda a, b: bool(jnp.any(a != b)), variables["batch_stats"],
+                           updates["batch_stats"])
+    assert all(jax.tree.leaves(changed))
+    # The condition changes the output; the filter ignores a missing condition.
+    other = apply(variables, x, z, 1 - cond, train=False)
+    assert float(jnp.max(jnp.abs(other - apply(variables, x, z, cond, train=False)))) > 0
+    with pytest.raises(ValueError, match="needs cond"):
+        g.apply(variables, x, z, None)
+    f_vars = init_variables("unet_filter", jax.random.key(2))
+    chex.assert_shape(jax.jit(UNet().apply)(f_vars, x, z), (3, 80, 32, 1))
+
+
+def test_classifier_dropout_only_in_training():
+    x = jax.random.normal(jax.random.key(0), (2, 80, 32, 1))
+    net = AlexNet(num_classes=3)
+    apply = jax.jit(net.apply, static_argnames="train")
+    variables = net.init(jax.random.key(1), x)
+    eval_a = apply(variables, x)
+    np.testing.assert_array_equal(eval_a, apply(variables, x))
+    t1 = apply(variables, x, train=True, rngs={"dropout": jax.random.key(2)})
+    t2 = apply(variables, x, train=True, rngs={"dropout": jax.random.key(3)})
+    assert float(jnp.max(jnp.abs(t1 - t2))) > 0
+    audio = jax.random.normal(jax.random.key(0), (2, 8192))
+    audionet = AudioNet(num_classes=10)
+    logits, features = jax.jit(audionet.apply)(audionet.init(jax.random.key(1), audio), audio)
+    chex.assert_shape((logits, features), ((2, 10), (2, 128, 64)))
+
+
+def test_melgan_shapes():
+    mel = jax.random.normal(jax.random.key(0), (2, 80, 32))
+    gen = MelGANGenerator()
+    wav = jax.jit(gen.apply)(gen.init(jax.random.key(1), mel), mel)
+    chex.assert_shape(wav, (2, 8192))
+    disc = MelGANDiscriminator(num_scales=3)
+    outs = jax.jit(disc.apply)(disc.init(jax.random.key(2), wav), wav)
+    assert len(outs) == 3 and all(len(o) == 7 for o in outs)
+    chex.assert_shape([o[-1] for o in outs], [(2, 32, 1), (2, 16, 1), (2, 8, 1)])
+
+
+def test_invalid_discriminator_configuration_is_refused():
+    with pytest.raises(ValueError, match="last two widths"):
+        MelGANDiscriminator(num_scales=1, n_layers=2).init(jax.random.key(0), jnp.zeros((1, 8192)))
