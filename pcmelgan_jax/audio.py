@@ -160,9 +160,7 @@ def hann_window(win_length: int = WIN_LENGTH) -> np.ndarray:
     return window
 
 
-def stft_magnitude(
-    audio: jax.Array, n_fft: int = N_FFT, hop_length: int = HOP_LENGTH
-) -> jax.Array:
+def stft_magnitude(audio: jax.Array, n_fft: int = N_FFT, hop_length: int = HOP_LENGTH) -> jax.Array:
     """|STFT| of reflect-padded audio, no centring. (..., T) -> (..., n_fft//2+1, frames).
 
     The pad is (n_fft - hop) / 2 samples on each side, so T samples give T // hop frames.

@@ -44,9 +44,7 @@ def parity_files(directory: str | None = None) -> list[str]:
     directory = directory or parity_dir()
     if not os.path.isdir(directory):
         raise FileNotFoundError(f"{directory}: parity directory not found")
-    return sorted(
-        os.path.join(directory, f) for f in os.listdir(directory) if f.endswith(".npz")
-    )
+    return sorted(os.path.join(directory, f) for f in os.listdir(directory) if f.endswith(".npz"))
 
 
 def _relative(reference: np.ndarray) -> float:
@@ -165,8 +163,10 @@ def _run(args: argparse.Namespace) -> int:
             continue
         for c in comparisons:
             failed += not c.passed
-            print(f"{os.path.basename(path):34s} {c.output:18s} {c.max_abs_error:12.3e} "
-                  f"{c.tolerance:11.3e}  {'yes' if c.passed else 'NO'}")
+            print(
+                f"{os.path.basename(path):34s} {c.output:18s} {c.max_abs_error:12.3e} "
+                f"{c.tolerance:11.3e}  {'yes' if c.passed else 'NO'}"
+            )
     print("parity: all outputs match the original" if not failed else f"parity: {failed} failures")
     return 1 if failed else 0
 
@@ -177,6 +177,9 @@ def add_parser(subparsers) -> None:
         help="check every model against the original PyTorch golden vectors",
         description="Runs every network on the golden inputs in DIR and compares the outputs.",
     )
-    parser.add_argument("--dir", default=None, help="golden .npz folder (default: "
-                        "$PCMELGAN_PARITY_DIR or ../shared/parity)")
+    parser.add_argument(
+        "--dir",
+        default=None,
+        help="golden .npz folder (default: $PCMELGAN_PARITY_DIR or ../shared/parity)",
+    )
     parser.set_defaults(func=_run)

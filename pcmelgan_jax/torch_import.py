@@ -183,9 +183,7 @@ def ignored_keys(network: str, state_dict: Mapping[str, Any]) -> set[str]:
     """Keys that are known but carry nothing to convert (BatchNorm counters, F's unused layers)."""
     ignored = {k for k in state_dict if k.endswith("num_batches_tracked")}
     if network == "unet_filter":
-        ignored |= {
-            k for k in state_dict if k.split(".")[0] in ("embed_condition", "project_cond")
-        }
+        ignored |= {k for k in state_dict if k.split(".")[0] in ("embed_condition", "project_cond")}
     return ignored
 
 
@@ -221,8 +219,10 @@ def convert_state_dict(
             value = value.detach().cpu().float().numpy()
         array = _to_flax(np.asarray(value, dtype=np.float32), kind)
         if array.shape != shape:
-            wrong_shape.append(f"{key}: got {tuple(np.shape(value))}, expected a tensor "
-                               f"that maps to Flax shape {shape}")
+            wrong_shape.append(
+                f"{key}: got {tuple(np.shape(value))}, expected a tensor "
+                f"that maps to Flax shape {shape}"
+            )
             continue
         node = variables.setdefault(collection, {})
         for name in path[:-1]:
@@ -236,11 +236,15 @@ def convert_state_dict(
     if wrong_shape:
         problems.append(f"mis-shaped keys ({len(wrong_shape)}): " + "; ".join(wrong_shape))
     if problems:
-        raise StateDictError(f"{source} does not match {network} {arch or ''}: " + " | ".join(problems))
+        raise StateDictError(
+            f"{source} does not match {network} {arch or ''}: " + " | ".join(problems)
+        )
     return variables
 
 
-def export_state_dict(network: str, variables: Mapping[str, Any], **arch: Any) -> dict[str, np.ndarray]:
+def export_state_dict(
+    network: str, variables: Mapping[str, Any], **arch: Any
+) -> dict[str, np.ndarray]:
     """Flax variables -> a PyTorch state dict (numpy arrays) with the original's keys.
 
     The inverse of ``convert_state_dict`` (BatchNorm's ``num_batches_tracked`` is set to 0).
@@ -290,7 +294,8 @@ def infer_network(state_dict: Mapping[str, Any]) -> tuple[str, dict[str, Any]]:
         return "melgan_discriminator", {"num_scales": len(scales)}
     raise StateDictError(
         "cannot tell which network this state dict belongs to (first keys: "
-        + ", ".join(list(sd)[:5]) + ")"
+        + ", ".join(list(sd)[:5])
+        + ")"
     )
 
 
@@ -321,8 +326,10 @@ def load_torch_state_dict(path: str | os.PathLike) -> dict[str, Any]:
     if isinstance(obj, Mapping):
         for wrapper in ("state_dict", "model_state_dict", "model", "netG"):
             inner = obj.get(wrapper)
-            if isinstance(inner, Mapping) and inner and all(
-                hasattr(v, "shape") for v in inner.values()
+            if (
+                isinstance(inner, Mapping)
+                and inner
+                and all(hasattr(v, "shape") for v in inner.values())
             ):
                 return dict(inner)
         tensors = {k: v for k, v in obj.items() if hasattr(v, "shape")}
@@ -358,8 +365,13 @@ def import_torch_checkpoint(
         overwrite=overwrite,
     )
     count = sum(int(np.size(v)) for v in _leaves(variables.get("params", {})))
-    return {"source": os.fspath(pt_path), "out": os.fspath(out_dir), "network": network,
-            "arch": arch, "parameters": count}
+    return {
+        "source": os.fspath(pt_path),
+        "out": os.fspath(out_dir),
+        "network": network,
+        "arch": arch,
+        "parameters": count,
+    }
 
 
 def _leaves(tree):
@@ -388,8 +400,10 @@ def _run(args: argparse.Namespace) -> int:
             failures += 1
             print(f"error: {e}")
             continue
-        print(f"{summary['source']} -> {summary['out']}: {summary['network']} "
-              f"{summary['arch'] or ''} ({summary['parameters']:,} parameters)")
+        print(
+            f"{summary['source']} -> {summary['out']}: {summary['network']} "
+            f"{summary['arch'] or ''} ({summary['parameters']:,} parameters)"
+        )
     if failures:
         print(f"{failures} of {len(args.files)} files failed")
     return 1 if failures else 0

@@ -96,9 +96,7 @@ def test_batchnorm_matches_pytorch_semantics():
         np.asarray(y).reshape(-1, 2), (xn - mean) / np.sqrt(var_biased + 1e-5), atol=1e-5
     )
     np.testing.assert_allclose(updates["batch_stats"]["mean"], 0.1 * mean, rtol=1e-5)
-    np.testing.assert_allclose(
-        updates["batch_stats"]["var"], 0.9 + 0.1 * var_unbiased, rtol=1e-5
-    )
+    np.testing.assert_allclose(updates["batch_stats"]["var"], 0.9 + 0.1 * var_unbiased, rtol=1e-5)
     y_eval = bn.apply({**variables, **updates}, x, train=False)
     stats = updates["batch_stats"]
     np.testing.assert_allclose(
@@ -117,8 +115,9 @@ def test_adaptive_pool_bins_follow_pytorch():
 def test_avg_pool_excludes_padding():
     x = jnp.arange(1.0, 9.0).reshape(1, 8, 1)
     y = avg_pool1d_exclude_pad(x)[0, :, 0]
-    np.testing.assert_allclose(y, [(1 + 2 + 3) / 3, (2 + 3 + 4 + 5) / 4, (4 + 5 + 6 + 7) / 4,
-                                   (6 + 7 + 8) / 3])
+    np.testing.assert_allclose(
+        y, [(1 + 2 + 3) / 3, (2 + 3 + 4 + 5) / 4, (4 + 5 + 6 + 7) / 4, (6 + 7 + 8) / 3]
+    )
 
 
 def test_unet_modes_and_shapes():
@@ -132,8 +131,9 @@ def test_unet_modes_and_shapes():
     out, updates = apply(variables, x, z, cond, train=True, mutable=("batch_stats",))
     chex.assert_shape(out, (3, 80, 32, 1))
     assert float(jnp.max(jnp.abs(out))) < 1.0
-    changed = jax.tree.map(lambda a, b: bool(jnp.any(a != b)), variables["batch_stats"],
-                           updates["batch_stats"])
+    changed = jax.tree.map(
+        lambda a, b: bool(jnp.any(a != b)), variables["batch_stats"], updates["batch_stats"]
+    )
     assert all(jax.tree.leaves(changed))
     # The condition changes the output; the filter ignores a missing condition.
     other = apply(variables, x, z, 1 - cond, train=False)

@@ -11,8 +11,12 @@ FILES = parity.parity_files()
 
 def test_parity_directory_has_every_network():
     names = {os.path.basename(f) for f in FILES}
-    assert {"audio2mel.npz", "unet_filter.npz", "unet_generator.npz",
-            "melgan_generator.npz"} <= names
+    assert {
+        "audio2mel.npz",
+        "unet_filter.npz",
+        "unet_generator.npz",
+        "melgan_generator.npz",
+    } <= names
     assert any(n.startswith("alexnet_k") for n in names)
     assert any(n.startswith("audionet_k") for n in names)
     assert any(n.startswith("melgan_discriminator_") for n in names)

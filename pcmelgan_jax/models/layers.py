@@ -133,7 +133,7 @@ def polyphase_kernel(kernel: Array, stride: int) -> Array:
 
 
 class ConvTranspose1d(nn.Module):
-    """MelGAN's weight-normed ConvTranspose1d (kernel 2r, stride r): (B, L, C_in) -> (B, L*r, C_out).
+    """MelGAN's weight-normed ConvTranspose1d (kernel 2r, stride r): (B, L, C_in) -> (B, rL, C_out).
 
     Weight norm follows PyTorch ``weight_norm(dim=0)`` on the (in, out, k) weight: one gain
     per INPUT channel. ``implementation`` picks the polyphase stride-1 form or XLA's
@@ -255,9 +255,7 @@ def adaptive_avg_pool2d(x: Array, out_size: tuple[int, int]) -> Array:
     """PyTorch ``AdaptiveAvgPool2d``. (B, H, W, C) -> (B, out_h, out_w, C)."""
     mh = jnp.asarray(adaptive_pool_matrix(x.shape[1], out_size[0]), x.dtype)
     mw = jnp.asarray(adaptive_pool_matrix(x.shape[2], out_size[1]), x.dtype)
-    return jnp.einsum(
-        "oh,bhwc,pw->bopc", mh, x, mw, precision=jax.lax.Precision.HIGHEST
-    )
+    return jnp.einsum("oh,bhwc,pw->bopc", mh, x, mw, precision=jax.lax.Precision.HIGHEST)
 
 
 def upsample_nearest2d(x: Array, factor: int = 2) -> Array:

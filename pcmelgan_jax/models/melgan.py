@@ -99,7 +99,9 @@ class NLayerDiscriminator(nn.Module):
                 f"invalid MelGAN discriminator (ndf={self.ndf}, n_layers={self.n_layers}): "
                 "the original's penultimate layer expects the last two widths to be equal"
             )
-        x = leaky_relu(Conv(min(nf * 2, 1024), (5,), padding=2, name=f"layer_{self.n_layers + 1}")(x))
+        x = leaky_relu(
+            Conv(min(nf * 2, 1024), (5,), padding=2, name=f"layer_{self.n_layers + 1}")(x)
+        )
         outputs.append(x)
         outputs.append(Conv(1, (3,), padding=1, name=f"layer_{self.n_layers + 2}")(x))
         return outputs

@@ -1,0 +1,86 @@
+"""Data parallelism: a 1-d device mesh with a ``data`` axis, batch sharding, multi-host setup.
+
+Parameters and optimiser states are replicated (``P()``); batches are split along their
+leading axis over every device of the mesh (``P("data")``). Each process feeds its own
+host-local batch; ``shard_batch`` assembles the global array.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import jax
+import numpy as np
+from jax.sharding import Mesh, NamedSharding
+from jax.sharding import PartitionSpec as P
+
+DATA_AXIS = "data"
+
+
+def maybe_initialize_distributed(config: Any) -> bool:
+    """Calls ``jax.distributed.initialize`` when ``config.distributed`` asks for it.
+
+    ``config.distributed`` (optional ConfigDict): ``enabled`` (bool), and optionally
+    ``coordinator_address``, ``num_processes``, ``process_id`` (left to JAX's cluster
+    auto-detection when unset). Returns True when it initialised. Call it before any other
+    JAX computation.
+    """
+    dist = config.get("distributed") if hasattr(config, "get") else None
+    if not dist or not dist.get("enabled", False):
+        return False
+    kwargs = {
+        k: dist.get(k)
+        for k in ("coordinator_address", "num_processes", "process_id")
+        if dist.get(k) is not None
+    }
+    jax.distributed.initialize(**kwargs)
+    return True
+
+
+def make_mesh(devices: Sequence[jax.Device] | None = None) -> Mesh:
+    """A mesh with one ``data`` axis over ``devices`` (default: every device of every process).
+
+    The axis type is ``Auto``: with jax's default (Explicit) a reshape of a batch-sharded
+    array inside a model raises a sharding type error.
+    """
+    auto = (jax.sharding.AxisType.Auto,)
+    if devices is None:
+        return jax.make_mesh((jax.device_count(),), (DATA_AXIS,), axis_types=auto)
+    devices = list(devices)
+    return Mesh(np.asarray(devices), (DATA_AXIS,), axis_types=auto)
+
+
+def replicated(mesh: Mesh) -> NamedSharding:
+    """Sharding of a fully replicated array (parameters, optimiser state, keys)."""
+    return NamedSharding(mesh, P())
+
+
+def batch_sharded(mesh: Mesh) -> NamedSharding:
+    """Sharding of an array split along its leading (batch) axis over ``data``."""
+    return NamedSharding(mesh, P(DATA_AXIS))
+
+
+def replicate(tree: Any, mesh: Mesh) -> Any:
+    """Places every leaf of ``tree`` replicated on ``mesh``."""
+    return jax.device_put(tree, replicated(mesh))
+
+
+def shard_batch(batch: Mapping[str, np.ndarray], mesh: Mesh) -> dict[str, jax.Array]:
+    """Host-local batch (per process, leading axis B_local) -> global batch-sharded arrays.
+
+    The global batch is B_local * process_count; it must divide the number of mesh devices.
+    """
+    sharding = batch_sharded(mesh)
+    size = mesh.devices.size
+    out = {}
+    for key, value in batch.items():
+        value = np.asarray(value)
+        global_batch = value.shape[0] * jax.process_count()
+        if global_batch % size:
+            raise ValueError(
+                f"the global batch ({global_batch}) is not divisible by the {size} devices of "
+                "the mesh; choose a batch size that is a multiple of the device count"
+            )
+        out[key] = jax.make_array_from_process_local_data(sharding, value)
+    return out
