@@ -11,12 +11,15 @@ MelGAN discriminator with 3 scales), at one batch size:
 Losses (the same on both sides): mean squared error to a random target for the U-Nets and the
 MelGAN generator, cross-entropy for the classifiers, the hinge loss on real audio summed over
 scales for the discriminator. Times are medians over ``--repeats`` calls after warm-up, each
-call waited for (``jax.block_until_ready``).
+call waited for (``jax.block_until_ready``); the compared implementations are called in
+interleaved rounds so that they see the same background load (the load average is recorded).
 
 A second group ("upsampling") times the MelGAN upsampling layers forward+backward three ways:
 a naive Flax ``nn.ConvTranspose`` (PyTorch-equivalent padding, weight norm per input channel),
 the models' ``ConvTranspose1d(implementation="direct")`` and its polyphase form, next to
 PyTorch's ``ConvTranspose1d``; and the whole MelGAN generator train step with the direct form.
+A third ("grouped_conv") times the discriminator's grouped convolutions (kernel 41, stride 4,
+4 input channels per group) as XLA grouped convs vs gathered patches + one einsum.
 
 Usage::
 
@@ -66,6 +69,7 @@ LABELS = {
     "melgan_generator": "MelGAN generator",
     "melgan_discriminator": "MelGAN discriminator (3 scales)",
 }
+KINDS = ("forward", "train_step")
 LR = 1e-4
 BETAS = (0.5, 0.9)
 # MelGAN upsampling layers: (in channels, out channels, ratio, input length) at 32 mel frames.
@@ -114,38 +118,44 @@ def make_inputs(name: str, batch_size: int, seed: int = 0) -> dict[str, np.ndarr
 # --------------------------------------------------------------------------------------------
 
 
-def time_calls(call: Callable[[], Any], repeats: int, warmup: int) -> dict[str, Any]:
-    """Times ``call`` (which must wait for its result).
+def time_interleaved(
+    calls: dict[str, Callable[[], Any]], repeats: int, warmup: int
+) -> dict[str, dict[str, Any]]:
+    """Times several calls (each must wait for its result) in interleaved rounds.
 
-    ``warmup`` untimed calls (the first one, which compiles, is timed separately as
-    ``first_ms``), then ``repeats`` timed ones. Returns {'first_ms', 'median_ms', 'min_ms',
-    'all_ms', 'last'} where 'last' is the last call's return value.
+    Each call first runs ``warmup`` times untimed (the first run, which compiles, is timed
+    separately as ``first_ms``); then ``repeats`` rounds call every entry once in turn, so
+    that the compared implementations see the same background load. Returns per key
+    {'first_ms', 'median_ms', 'min_ms', 'all_ms', 'last'} ('last': the last return value).
     """
-    t0 = time.perf_counter()
-    last = call()
-    first = time.perf_counter() - t0
-    for _ in range(max(warmup - 1, 0)):
-        last = call()
-    times = []
-    for _ in range(repeats):
+    first, last = {}, {}
+    for key, call in calls.items():
         t0 = time.perf_counter()
-        last = call()
-        times.append(time.perf_counter() - t0)
-    ms = [1e3 * t for t in times]
+        last[key] = call()
+        first[key] = time.perf_counter() - t0
+        for _ in range(max(warmup - 1, 0)):
+            last[key] = call()
+    times: dict[str, list[float]] = {key: [] for key in calls}
+    for _ in range(repeats):
+        for key, call in calls.items():
+            t0 = time.perf_counter()
+            last[key] = call()
+            times[key].append(1e3 * (time.perf_counter() - t0))
     return {
-        "first_ms": 1e3 * first,
-        "median_ms": statistics.median(ms),
-        "min_ms": min(ms),
-        "all_ms": [round(t, 3) for t in ms],
-        "last": last,
+        key: {
+            "first_ms": 1e3 * first[key],
+            "median_ms": statistics.median(times[key]),
+            "min_ms": min(times[key]),
+            "all_ms": [round(t, 3) for t in times[key]],
+            "last": last[key],
+        }
+        for key in calls
     }
 
 
-def _timed(call: Callable[[], Any], repeats: int, warmup: int) -> dict[str, Any]:
-    """``time_calls`` without the return value."""
-    out = time_calls(call, repeats, warmup)
-    del out["last"]
-    return out
+def _strip(timings: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """Drops the 'last' return values (not JSON)."""
+    return {k: {f: v for f, v in t.items() if f != "last"} for k, t in timings.items()}
 
 
 # --------------------------------------------------------------------------------------------
@@ -214,10 +224,12 @@ def _init_args(name: str, inp: dict[str, jax.Array]) -> tuple:
     return (inp["mel"],)
 
 
-def bench_jax(
-    name: str, inputs: dict[str, np.ndarray], repeats: int, warmup: int, seed: int = 0, **kw: Any
-) -> dict[str, Any]:
-    """JAX forward (eval) and train-step timings of one network."""
+def prepare_jax(name: str, inputs: dict[str, np.ndarray], seed: int = 0, **kw: Any) -> dict:
+    """Builds one JAX network; returns {'params': count, 'forward': call, 'train_step': call}.
+
+    'forward' runs the jitted evaluation-mode forward; 'train_step' one jitted, donated Adam
+    step and returns the loss. Both wait for their results. ``kw`` goes to the model.
+    """
     model = _jax_model(name, **kw)
     inp = {k: jnp.asarray(v) for k, v in inputs.items()}
     init_kw = {"train": False} if name.startswith("unet") or name in ("alexnet", "audionet") else {}
@@ -227,7 +239,6 @@ def bench_jax(
     n_params = sum(int(np.prod(p.shape)) for p in jax.tree.leaves(variables["params"]))
 
     fwd = jax.jit(lambda v, i: _jax_apply(name, model, v, i, False, jax.random.key(0))[0])
-    forward = _timed(lambda: jax.block_until_ready(fwd(variables, inp)), repeats, warmup)
 
     tx = optax.adam(LR, b1=BETAS[0], b2=BETAS[1])
 
@@ -249,6 +260,7 @@ def bench_jax(
         return (params, batch_stats, opt_state, rng), loss
 
     train_step = jax.jit(step, donate_argnums=0)
+    eval_variables = jax.tree.map(jnp.copy, variables)  # the train state's buffers are donated
     params = variables["params"]
     state = [(params, variables.get("batch_stats"), tx.init(params), jax.random.key(seed + 1))]
 
@@ -256,9 +268,11 @@ def bench_jax(
         state[0], loss = train_step(state[0], inp)
         return jax.block_until_ready((state[0], loss))[1]
 
-    train = time_calls(call_train, repeats, warmup)
-    loss = float(jax.device_get(train.pop("last")))
-    return {"params": n_params, "forward": forward, "train_step": train, "final_loss": loss}
+    return {
+        "params": n_params,
+        "forward": lambda: jax.block_until_ready(fwd(eval_variables, inp)),
+        "train_step": call_train,
+    }
 
 
 # --------------------------------------------------------------------------------------------
@@ -280,26 +294,44 @@ def _torch_inputs(name: str, inputs: dict[str, np.ndarray]) -> dict[str, Any]:
     return out
 
 
-def bench_torch(
-    name: str, inputs: dict[str, np.ndarray], repeats: int, warmup: int, seed: int = 0
-) -> dict[str, Any]:
-    """PyTorch forward (eval, inference mode) and train-step timings of one network."""
+def prepare_torch(name: str, inputs: dict[str, np.ndarray], seed: int = 0) -> dict:
+    """Builds one PyTorch network twice (eval copy, train copy); returns like ``prepare_jax``."""
     from bench import torch_reference as tr
 
-    model = tr.build_network(name, seed)
+    model = tr.build_network(name, seed).eval()
     n_params = sum(p.numel() for p in model.parameters())
     inp = _torch_inputs(name, inputs)
-    model.eval()
 
     def call_forward():
         with torch.inference_mode():
             tr.forward(name, model, inp)
 
-    forward = _timed(call_forward, repeats, warmup)
-    step = tr.make_train_step(name, model, lr=LR)
-    train = time_calls(lambda: step(inp), repeats, warmup)
-    loss = float(train.pop("last"))
-    return {"params": n_params, "forward": forward, "train_step": train, "final_loss": loss}
+    step = tr.make_train_step(name, tr.build_network(name, seed), lr=LR)
+    return {"params": n_params, "forward": call_forward, "train_step": lambda: step(inp)}
+
+
+def bench_network(
+    name: str, batch_size: int, repeats: int, warmup: int, use_torch: bool = True
+) -> dict[str, Any]:
+    """Forward and train-step timings of one network, JAX and (optionally) PyTorch."""
+    inputs = make_inputs(name, batch_size)
+    sides = {"jax": prepare_jax(name, inputs)}
+    if use_torch and torch is not None:
+        sides["torch"] = prepare_torch(name, inputs)
+    calls = {f"{side}/{kind}": s[kind] for side, s in sides.items() for kind in KINDS}
+    timings = time_interleaved(calls, repeats, warmup)
+    entry: dict[str, Any] = {}
+    for side, s in sides.items():
+        loss = float(np.asarray(timings[f"{side}/train_step"]["last"]))
+        entry[side] = {"params": s["params"], "final_loss": loss}
+        for kind in KINDS:
+            entry[side][kind] = _strip({kind: timings[f"{side}/{kind}"]})[kind]
+    if "torch" in entry:
+        for kind in KINDS:
+            entry[f"ratio_{kind}"] = (
+                entry["jax"][kind]["median_ms"] / entry["torch"][kind]["median_ms"]
+            )
+    return entry
 
 
 # --------------------------------------------------------------------------------------------
@@ -348,27 +380,40 @@ def _check_naive_against_torch() -> float | None:
             v = torch.from_numpy(kernel.transpose(2, 1, 0).copy())  # (in, out, k)
             g = torch.from_numpy(scale.copy())[:, None, None]
             tc.weight.copy_(g * v / v.norm(dim=(1, 2), keepdim=True))
-            tc.bias.copy_(torch.from_numpy(np.asarray(params["layer_instance"]["bias"])))
+            tc.bias.copy_(torch.from_numpy(np.array(params["layer_instance"]["bias"])))
             want = tc(torch.from_numpy(x.transpose(0, 2, 1))).numpy().transpose(0, 2, 1)
         got = np.asarray(layer.apply(variables, jnp.asarray(x)))
         worst = max(worst, float(np.max(np.abs(got - want))))
     return worst
 
 
-def bench_upsampling(batch_size: int, repeats: int, warmup: int) -> dict[str, Any]:
-    """Forward+backward (grads of params and input) of each MelGAN upsampling layer."""
+def _nest(timings: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """{'impl/kind': t} -> {impl: {kind: t}} without the return values."""
+    out: dict[str, dict[str, Any]] = {}
+    for key, t in _strip(timings).items():
+        impl, kind = key.split("/")
+        out.setdefault(impl, {})[kind] = t
+    return out
+
+
+def bench_upsampling(
+    batch_size: int, repeats: int, warmup: int, use_torch: bool = True
+) -> dict[str, Any]:
+    """Forward and forward+backward (grads of params and input) of each MelGAN upsampling
+    layer, naive Flax / models direct / models polyphase / PyTorch, and the whole generator's
+    JAX train step with the direct vs the polyphase form."""
     from pcmelgan_jax.models import ConvTranspose1d
 
     rows = []
     for c_in, c_out, r, length in UPSAMPLE_LAYERS:
         x_np = np.random.default_rng(0).standard_normal((batch_size, length, c_in))
         x = jnp.asarray(x_np.astype(np.float32))
-        row: dict[str, Any] = {"c_in": c_in, "c_out": c_out, "ratio": r, "length_in": length}
         impls = {
             "flax_conv_transpose": naive_conv_transpose(c_out, r),
             "direct": ConvTranspose1d(c_out, r, implementation="direct"),
             "polyphase": ConvTranspose1d(c_out, r, implementation="polyphase"),
         }
+        calls: dict[str, Callable[[], Any]] = {}
         for impl, layer in impls.items():
             params = jax.jit(layer.init)(jax.random.key(0), x)
 
@@ -377,15 +422,11 @@ def bench_upsampling(batch_size: int, repeats: int, warmup: int) -> dict[str, An
 
             grad = jax.jit(jax.grad(loss, argnums=(0, 1)))
             fwd = jax.jit(layer.apply)
-            row[impl] = {
-                "forward": _timed(
-                    lambda f=fwd, p=params, x=x: jax.block_until_ready(f(p, x)), repeats, warmup
-                ),
-                "forward_backward": _timed(
-                    lambda g=grad, p=params, x=x: jax.block_until_ready(g(p, x)), repeats, warmup
-                ),
-            }
-        if torch is not None:
+            calls[f"{impl}/forward"] = lambda f=fwd, p=params, x=x: jax.block_until_ready(f(p, x))
+            calls[f"{impl}/forward_backward"] = lambda g=grad, p=params, x=x: jax.block_until_ready(
+                g(p, x)
+            )
+        if use_torch and torch is not None:
             from bench.torch_reference import weight_norm
 
             tc = weight_norm(
@@ -405,23 +446,23 @@ def bench_upsampling(batch_size: int, repeats: int, warmup: int) -> dict[str, An
                 xt.grad = None
                 torch.mean(tc(xt) ** 2).backward()
 
-            row["torch"] = {
-                "forward": _timed(torch_fwd, repeats, warmup),
-                "forward_backward": _timed(torch_fb, repeats, warmup),
-            }
+            calls["torch/forward"] = torch_fwd
+            calls["torch/forward_backward"] = torch_fb
+        row: dict[str, Any] = {"c_in": c_in, "c_out": c_out, "ratio": r, "length_in": length}
+        row.update(_nest(time_interleaved(calls, repeats, warmup)))
         rows.append(row)
         print(f"  upsample {c_in}->{c_out} r={r} L={length}: done", file=sys.stderr)
 
-    generator_direct = bench_jax(
-        "melgan_generator",
-        make_inputs("melgan_generator", batch_size),
-        repeats,
-        warmup,
-        upsample_implementation="direct",
-    )
+    inputs = make_inputs("melgan_generator", batch_size)
+    nets = {
+        impl: prepare_jax("melgan_generator", inputs, upsample_implementation=impl)
+        for impl in ("direct", "polyphase")
+    }
+    calls = {f"{impl}/{kind}": net[kind] for impl, net in nets.items() for kind in KINDS}
+    generator = _nest(time_interleaved(calls, repeats, warmup))
     return {
         "layers": rows,
-        "melgan_generator_direct": generator_direct,
+        "melgan_generator": generator,
         "naive_vs_torch_max_abs_err": _check_naive_against_torch(),
     }
 
@@ -471,20 +512,18 @@ def bench_grouped_conv(batch_size: int, repeats: int, warmup: int) -> dict[str, 
         w = jnp.asarray(0.05 * rng.standard_normal((41, 4, c_out)).astype(np.float32))
         row: dict[str, Any] = {"c_in": c_in, "c_out": c_out, "groups": groups, "length_in": length}
         outs = {}
+        calls: dict[str, Callable[[], Any]] = {}
         for impl, fn in (("lax", grouped_conv_lax), ("patches", grouped_conv_patches)):
             fwd = jax.jit(lambda w, x, fn=fn, g=groups: fn(w, x, g))
             grad = jax.jit(
                 jax.grad(lambda w, x, fn=fn, g=groups: jnp.mean(jnp.square(fn(w, x, g))), (0, 1))
             )
             outs[impl] = fwd(w, x)
-            row[impl] = {
-                "forward": _timed(
-                    lambda f=fwd, a=(w, x): jax.block_until_ready(f(*a)), repeats, warmup
-                ),
-                "forward_backward": _timed(
-                    lambda g=grad, a=(w, x): jax.block_until_ready(g(*a)), repeats, warmup
-                ),
-            }
+            calls[f"{impl}/forward"] = lambda f=fwd, a=(w, x): jax.block_until_ready(f(*a))
+            calls[f"{impl}/forward_backward"] = lambda g=grad, a=(w, x): jax.block_until_ready(
+                g(*a)
+            )
+        row.update(_nest(time_interleaved(calls, repeats, warmup)))
         row["max_abs_diff"] = float(jnp.max(jnp.abs(outs["lax"] - outs["patches"])))
         rows.append(row)
         print(f"  grouped conv {c_in}->{c_out} g={groups}: done", file=sys.stderr)
@@ -591,18 +630,14 @@ def markdown(results: dict[str, Any]) -> str:
                 + " | ".join(cells)
                 + f" | {naive / poly:.1f}x |"
             )
-        gd = up["melgan_generator_direct"]
-        gp = results["networks"].get("melgan_generator", {}).get("jax")
-        line = (
-            f"\nWhole MelGAN generator, JAX train step: direct transposed conv "
-            f"{_fmt(gd['train_step']['median_ms'])} ms (forward {_fmt(gd['forward']['median_ms'])})"
+        gen = up["melgan_generator"]
+        lines.append(
+            "\nWhole MelGAN generator, JAX train step (forward): direct transposed conv "
+            f"{_fmt(gen['direct']['train_step']['median_ms'])} "
+            f"({_fmt(gen['direct']['forward']['median_ms'])}) ms vs polyphase "
+            f"{_fmt(gen['polyphase']['train_step']['median_ms'])} "
+            f"({_fmt(gen['polyphase']['forward']['median_ms'])}) ms."
         )
-        if gp:
-            line += (
-                f" vs polyphase {_fmt(gp['train_step']['median_ms'])} ms "
-                f"(forward {_fmt(gp['forward']['median_ms'])})"
-            )
-        lines.append(line + ".")
         err = up.get("naive_vs_torch_max_abs_err")
         if err is not None:
             lines.append(f"Naive Flax transposed conv vs PyTorch: max abs error {err:.2g}.")
@@ -653,22 +688,12 @@ def run(
         "networks": {},
     }
     for name in NETWORKS:
-        if name not in only:
-            continue
-        print(f"{name}: JAX ...", file=sys.stderr)
-        inputs = make_inputs(name, batch_size)
-        entry: dict[str, Any] = {"jax": bench_jax(name, inputs, repeats, warmup)}
-        if torch is not None and use_torch:
-            print(f"{name}: torch ...", file=sys.stderr)
-            entry["torch"] = bench_torch(name, inputs, repeats, warmup)
-            for kind in ("forward", "train_step"):
-                entry[f"ratio_{kind}"] = (
-                    entry["jax"][kind]["median_ms"] / entry["torch"][kind]["median_ms"]
-                )
-        results["networks"][name] = entry
+        if name in only:
+            print(f"{name} ...", file=sys.stderr)
+            results["networks"][name] = bench_network(name, batch_size, repeats, warmup, use_torch)
     if "upsampling" in only:
         print("upsampling ...", file=sys.stderr)
-        results["upsampling"] = bench_upsampling(batch_size, repeats, warmup)
+        results["upsampling"] = bench_upsampling(batch_size, repeats, warmup, use_torch)
     if "grouped_conv" in only:
         print("grouped_conv ...", file=sys.stderr)
         results["grouped_conv"] = bench_grouped_conv(batch_size, repeats, warmup)

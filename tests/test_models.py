@@ -174,3 +174,18 @@ def test_melgan_shapes():
 def test_invalid_discriminator_configuration_is_refused():
     with pytest.raises(ValueError, match="last two widths"):
         MelGANDiscriminator(num_scales=1, n_layers=2).init(jax.random.key(0), jnp.zeros((1, 8192)))
+
+
+def test_grouped_conv_as_matmul_equals_xla_grouped_conv():
+    from pcmelgan_jax.models import Conv
+
+    x = jax.random.normal(jax.random.key(0), (2, 64, 16))
+    as_matmul = Conv(32, (41,), strides=4, padding=20, groups=4, grouped_as_matmul=True)
+    xla = Conv(32, (41,), strides=4, padding=20, groups=4, grouped_as_matmul=False)
+    variables = xla.init(jax.random.key(1), x)
+    np.testing.assert_allclose(as_matmul.apply(variables, x), xla.apply(variables, x), atol=1e-5)
+    grads = [
+        jax.grad(lambda v, m=m: jnp.sum(jnp.sin(m.apply(v, x))))(variables)
+        for m in (as_matmul, xla)
+    ]
+    chex.assert_trees_all_close(grads[0], grads[1], atol=1e-4)

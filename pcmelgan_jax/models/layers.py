@@ -73,6 +73,7 @@ class Conv(nn.Module):
     groups: int = 1
     use_bias: bool = True
     weight_norm: bool = True
+    grouped_as_matmul: bool = False
     dtype: jnp.dtype | None = None
 
     @nn.compact
@@ -90,6 +91,17 @@ class Conv(nn.Module):
             kernel = _weight_norm(kernel, gain, -1)
         dtype = self.dtype or x.dtype
         spatial = "".join("DHW"[3 - nd :])
+        if self.grouped_as_matmul and self.groups > 1 and nd == 1 and self.dilation == 1:
+            y = grouped_conv1d_as_matmul(
+                x.astype(dtype),
+                kernel.astype(dtype),
+                as_tuple(self.strides)[0],
+                as_tuple(self.padding)[0],
+                self.groups,
+            )
+            if self.use_bias:
+                y = y + self.param("bias", torch_uniform(fan_in), (self.features,)).astype(dtype)
+            return y
         y = jax.lax.conv_general_dilated(
             x.astype(dtype),
             kernel.astype(dtype),
@@ -103,6 +115,26 @@ class Conv(nn.Module):
             bias = self.param("bias", torch_uniform(fan_in), (self.features,))
             y = y + bias.astype(dtype)
         return y
+
+
+def grouped_conv1d_as_matmul(
+    x: Array, kernel: Array, stride: int, padding: int, groups: int
+) -> Array:
+    """A grouped 1-d convolution as gathered patches and one batched matmul over groups.
+
+    x (B, T, C_in), kernel (k, C_in / groups, C_out) -> (B, T', C_out). Same function as
+    ``lax.conv_general_dilated(..., feature_group_count=groups)``; XLA:CPU computes its
+    kernel gradient several times faster in this form when there are many groups.
+    """
+    k, per_group, c_out = kernel.shape
+    batch, length, _ = x.shape
+    padded = jnp.pad(x, ((0, 0), (padding, padding), (0, 0)))
+    t_out = (length + 2 * padding - k) // stride + 1
+    index = (np.arange(t_out) * stride)[:, None] + np.arange(k)[None, :]
+    patches = padded[:, index, :].reshape(batch, t_out, k, groups, per_group)
+    kernel = kernel.reshape(k, per_group, groups, c_out // groups)
+    y = jnp.einsum("btkgi,kigo->btgo", patches, kernel, precision=jax.lax.Precision.HIGHEST)
+    return y.reshape(batch, t_out, c_out)
 
 
 def transposed_padding(stride: int) -> tuple[int, int]:

@@ -70,6 +70,7 @@ class NLayerDiscriminator(nn.Module):
     ndf: int = 16
     n_layers: int = 4
     downsampling_factor: int = 4
+    grouped_as_matmul: bool = True
 
     @nn.compact
     def __call__(self, x: Array) -> list[Array]:
@@ -88,6 +89,7 @@ class NLayerDiscriminator(nn.Module):
                 strides=stride,
                 padding=stride * 5,
                 groups=nf_prev // 4,
+                grouped_as_matmul=self.grouped_as_matmul,
                 name=f"layer_{n}",
             )(x)
             x = leaky_relu(x)
@@ -118,6 +120,7 @@ class MelGANDiscriminator(nn.Module):
     ndf: int = 16
     n_layers: int = 4
     downsampling_factor: int = 4
+    grouped_as_matmul: bool = True  # see layers.grouped_conv1d_as_matmul
 
     @nn.compact
     def __call__(self, audio: Array) -> list[list[Array]]:
@@ -126,7 +129,11 @@ class MelGANDiscriminator(nn.Module):
         for i in range(self.num_scales):
             results.append(
                 NLayerDiscriminator(
-                    self.ndf, self.n_layers, self.downsampling_factor, name=f"disc_{i}"
+                    self.ndf,
+                    self.n_layers,
+                    self.downsampling_factor,
+                    self.grouped_as_matmul,
+                    name=f"disc_{i}",
                 )(x)
             )
             if i + 1 < self.num_scales:
