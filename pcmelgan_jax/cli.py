@@ -18,6 +18,8 @@ SUBCOMMANDS: dict[str, str] = {
     "parity": "pcmelgan_jax.parity",
     "synth-data": "pcmelgan_jax.data.synth",
     "prepare": "pcmelgan_jax.data.prepare",
+    "quickstart": "pcmelgan_jax.quickstart",
+    "anonymize": "pcmelgan_jax.anonymize",
 }
 
 

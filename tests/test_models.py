@@ -148,7 +148,7 @@ def test_classifier_dropout_only_in_training():
     x = jax.random.normal(jax.random.key(0), (2, 80, 32, 1))
     net = AlexNet(num_classes=3)
     apply = jax.jit(net.apply, static_argnames="train")
-    variables = net.init(jax.random.key(1), x)
+    variables = init_variables("alexnet", jax.random.key(1), num_classes=3)
     eval_a = apply(variables, x)
     np.testing.assert_array_equal(eval_a, apply(variables, x))
     t1 = apply(variables, x, train=True, rngs={"dropout": jax.random.key(2)})
@@ -156,17 +156,19 @@ def test_classifier_dropout_only_in_training():
     assert float(jnp.max(jnp.abs(t1 - t2))) > 0
     audio = jax.random.normal(jax.random.key(0), (2, 8192))
     audionet = AudioNet(num_classes=10)
-    logits, features = jax.jit(audionet.apply)(audionet.init(jax.random.key(1), audio), audio)
+    audionet_vars = init_variables("audionet", jax.random.key(1), num_classes=10)
+    logits, features = jax.jit(audionet.apply)(audionet_vars, audio)
     chex.assert_shape((logits, features), ((2, 10), (2, 128, 64)))
 
 
 def test_melgan_shapes():
     mel = jax.random.normal(jax.random.key(0), (2, 80, 32))
     gen = MelGANGenerator()
-    wav = jax.jit(gen.apply)(gen.init(jax.random.key(1), mel), mel)
+    wav = jax.jit(gen.apply)(init_variables("melgan_generator", jax.random.key(1)), mel)
     chex.assert_shape(wav, (2, 8192))
     disc = MelGANDiscriminator(num_scales=3)
-    outs = jax.jit(disc.apply)(disc.init(jax.random.key(2), wav), wav)
+    disc_vars = init_variables("melgan_discriminator", jax.random.key(2))
+    outs = jax.jit(disc.apply)(disc_vars, wav)
     assert len(outs) == 3 and all(len(o) == 7 for o in outs)
     chex.assert_shape([o[-1] for o in outs], [(2, 32, 1), (2, 16, 1), (2, 8, 1)])
 

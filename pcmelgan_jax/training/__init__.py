@@ -1,4 +1,4 @@
-"""Training of the three stages (classifiers, MelGAN vocoder, PCMelGAN) as jitted, data-parallel steps.
+"""The three training stages (classifiers, vocoder, PCMelGAN) as jitted, data-parallel steps.
 
 - ``state``: train states (per network: params, optimiser state, batch statistics).
 - ``steps``: the pure step functions ``(state, batch, rng) -> (state, metrics)`` and losses.

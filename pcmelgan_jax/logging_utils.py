@@ -1,0 +1,135 @@
+"""Training logs without TensorFlow: TensorBoard event files (tensorboardX), ``metrics.jsonl``
+(one JSON object per logged step), a tqdm progress bar with rate and ETA, and sample panels.
+
+Only process 0 writes; other processes get no-op writers.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import jax
+import numpy as np
+
+
+def _scalar(value: Any) -> float:
+    return float(np.asarray(value))
+
+
+class MetricWriter:
+    """Writes scalars to ``WORKDIR/tensorboard/`` and appends lines to ``WORKDIR/metrics.jsonl``.
+
+    A line: ``{"step": int, "split": "train"|"eval"|..., "time": unix seconds, name: value}``.
+    """
+
+    def __init__(self, workdir: str | os.PathLike, enabled: bool | None = None):
+        self.enabled = jax.process_index() == 0 if enabled is None else enabled
+        self.workdir = os.fspath(workdir)
+        self._tb = None
+        if self.enabled:
+            from tensorboardX import SummaryWriter
+
+            os.makedirs(self.workdir, exist_ok=True)
+            self._tb = SummaryWriter(os.path.join(self.workdir, "tensorboard"))
+            self._jsonl = open(os.path.join(self.workdir, "metrics.jsonl"), "a")  # noqa: SIM115
+
+    def write_scalars(self, step: int, scalars: Mapping[str, Any], split: str = "train") -> None:
+        """Logs ``scalars`` (name -> number) at ``step`` under ``split/``."""
+        if not self.enabled:
+            return
+        values = {k: _scalar(v) for k, v in scalars.items()}
+        for name, value in values.items():
+            if math.isfinite(value):
+                self._tb.add_scalar(f"{split}/{name}", value, step)
+        line = {"step": int(step), "split": split, "time": round(time.time(), 3)}
+        line.update({k: (v if math.isfinite(v) else str(v)) for k, v in values.items()})
+        self._jsonl.write(json.dumps(line) + "\n")
+        self._jsonl.flush()
+
+    def write_image(self, step: int, tag: str, path: str) -> None:
+        """Adds a PNG file to TensorBoard."""
+        if not self.enabled:
+            return
+        import matplotlib.image
+
+        image = matplotlib.image.imread(path)[..., :3]
+        self._tb.add_image(tag, image, step, dataformats="HWC")
+
+    def flush(self) -> None:
+        if self.enabled:
+            self._tb.flush()
+            self._jsonl.flush()
+
+    def close(self) -> None:
+        if self.enabled:
+            self._tb.close()
+            self._jsonl.close()
+            self.enabled = False
+
+
+def read_metrics(workdir: str | os.PathLike, split: str | None = None) -> list[dict]:
+    """The lines of ``WORKDIR/metrics.jsonl`` (optionally of one ``split``)."""
+    path = os.path.join(os.fspath(workdir), "metrics.jsonl")
+    if not os.path.isfile(path):
+        return []
+    with open(path) as f:
+        lines = [json.loads(line) for line in f if line.strip()]
+    return [m for m in lines if split is None or m.get("split") == split]
+
+
+def progress_bar(total: int, initial: int, description: str, enabled: bool = True):
+    """A tqdm bar (steps, rate, ETA); disabled on processes other than 0."""
+    from tqdm.auto import tqdm
+
+    return tqdm(
+        total=total,
+        initial=initial,
+        desc=description,
+        unit="step",
+        dynamic_ncols=True,
+        disable=not enabled or jax.process_index() != 0,
+        mininterval=2.0,
+    )
+
+
+def spectrogram_panel(
+    path: str | os.PathLike,
+    rows: Sequence[Sequence[np.ndarray]],
+    titles: Sequence[str],
+    row_labels: Sequence[str] | None = None,
+) -> str:
+    """Saves a grid of spectrograms (each (80, 32), mel x frames) as a PNG; returns the path.
+
+    ``rows[i][j]`` is drawn in row i, column j; ``titles`` name the columns (e.g. original,
+    filtered, sampled male, sampled female).
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    n_rows, n_cols = len(rows), len(titles)
+    fig, axes = plt.subplots(
+        n_rows, n_cols, figsize=(2.6 * n_cols, 2.4 * n_rows), squeeze=False
+    )
+    for i, row in enumerate(rows):
+        for j, spec in enumerate(row):
+            ax = axes[i][j]
+            ax.imshow(np.asarray(spec), origin="lower", aspect="auto", vmin=-1, vmax=1)
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if i == 0:
+                ax.set_title(titles[j], fontsize=9)
+            if j == 0 and row_labels:
+                ax.set_ylabel(row_labels[i], fontsize=8)
+    fig.tight_layout()
+    path = os.fspath(path)
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    fig.savefig(path, dpi=80)
+    plt.close(fig)
+    return path

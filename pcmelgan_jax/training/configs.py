@@ -1,0 +1,115 @@
+"""Default configurations of the three stages: the paper's settings and small CPU variants.
+
+``configs/*.py`` (for ``train.py --config``) and the quickstart build on these functions.
+Every config has ``stage``, ``data_dir``, ``dataset`` and ``seed``.
+"""
+
+from __future__ import annotations
+
+import ml_collections
+
+
+def _common(stage: str) -> ml_collections.ConfigDict:
+    c = ml_collections.ConfigDict()
+    c.stage = stage
+    c.data_dir = ""  # TFDS data_dir given to `pcmelgan-jax prepare`
+    c.dataset = "audio_mnist/all"
+    c.seed = 0
+    c.batch_size = 64  # global batch (split over processes and devices)
+    c.eval_batch_size = 128
+    c.eval_split = "test"
+    c.num_epochs = 1000
+    c.num_train_steps = -1  # > 0 overrides num_epochs
+    c.b1 = 0.5
+    c.b2 = 0.9
+    c.log_every_steps = 50
+    c.eval_every_steps = 0  # 0 = every epoch, < 0 = never
+    c.checkpoint_every_steps = 0  # 0 = every epoch
+    c.samples_every_steps = -1  # 0 = every epoch, < 0 = only at the end
+    c.keep_checkpoints = 2  # preservation policy: the latest N ...
+    c.keep_period = 0  # ... plus every N-th step when > 0
+    c.async_checkpointing = True
+    c.num_samples = 2
+    c.worker_count = 0  # Grain worker processes
+    c.worker_threads = 2  # Grain reader threads
+    c.progress_bar = True
+    c.distributed = ml_collections.ConfigDict(
+        {"enabled": False, "coordinator_address": None, "num_processes": None, "process_id": None}
+    )
+    return c
+
+
+def classifiers(small: bool = False) -> ml_collections.ConfigDict:
+    """Fixed classifiers (SPEC 8): Adam 1e-4 (0.5, 0.9), batch 64, patience 100 epochs."""
+    c = _common("classifiers")
+    c.classifiers = ("spec_digit", "spec_gender", "audio_digit", "audio_gender")
+    c.learning_rate = 1e-4
+    c.batch_size = 64
+    c.num_epochs = 1000
+    c.patience = 100  # evaluations (epochs) without a better validation loss
+    if small:
+        c.batch_size = 32
+        c.learning_rate = 3e-4
+        c.num_epochs = 3
+        c.patience = 2
+        c.log_every_steps = 10
+    return c
+
+
+def vocoder(small: bool = False) -> ml_collections.ConfigDict:
+    """MelGAN (SPEC 5): hinge + 10 x feature matching, Adam 1e-4 (0.5, 0.9), batch 16."""
+    c = _common("vocoder")
+    c.batch_size = 16
+    c.learning_rate_generator = 1e-4
+    c.learning_rate_discriminator = 1e-4
+    c.feature_matching_weight = 10.0
+    c.mel_loss_weight = 0.0  # optional mel-reconstruction L1 (off = the original's losses)
+    c.generator = ml_collections.ConfigDict(
+        {"ngf": 32, "n_residual_layers": 3, "ratios": (8, 8, 2, 2)}
+    )
+    c.discriminator = ml_collections.ConfigDict(
+        {"num_scales": 3, "ndf": 16, "n_layers": 4, "downsampling_factor": 4}
+    )
+    c.num_epochs = 2120  # as the PCMelGAN authors' 8 kHz MelGAN
+    c.eval_every_steps = 0
+    if small:
+        c.batch_size = 8
+        c.num_epochs = 1
+        c.num_train_steps = 120
+        c.eval_every_steps = 40
+        c.checkpoint_every_steps = 40
+        c.eval_batch_size = 64
+        c.log_every_steps = 10
+        c.learning_rate_generator = 2e-4
+        c.learning_rate_discriminator = 2e-4
+        c.mel_loss_weight = 10.0  # speeds up early training a lot on a tiny budget
+    return c
+
+
+def pcmelgan(small: bool = False) -> ml_collections.ConfigDict:
+    """PCMelGAN (SPEC 6): eps 0.05, lambda 100, lr F = G = 1e-4, FD = GD = 4e-4, batch 128."""
+    c = _common("pcmelgan")
+    c.classifiers_workdir = ""  # holds models/spec_digit, models/spec_gender (required)
+    c.vocoder_workdir = ""  # holds models/generator (optional: sample wavs)
+    c.eps = 0.05
+    c.lamb = 100.0
+    c.noise_dim = 10
+    c.entropy = False  # F maximises FD's entropy instead of the flipped-label CE
+    c.filter_only = False  # the paper's Filter baseline: F and FD only
+    c.learning_rate_filter = 1e-4
+    c.learning_rate_generator = 1e-4
+    c.learning_rate_filter_discriminator = 4e-4
+    c.learning_rate_generator_discriminator = 4e-4
+    c.batch_size = 128
+    c.num_epochs = 1000
+    c.eval_every_steps = 0
+    c.samples_every_steps = 0
+    if small:
+        c.batch_size = 32
+        c.num_epochs = 3
+        c.eval_every_steps = 0
+        c.samples_every_steps = 0
+        c.log_every_steps = 10
+        c.learning_rate_filter = 3e-4
+        c.learning_rate_generator = 3e-4
+    return c

@@ -1,0 +1,412 @@
+"""Training: SPEC-6 step order and losses, 1 vs 4 devices, resume, NaN guard, model selection."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+from pcmelgan_jax import sharding
+from pcmelgan_jax.checkpointing import load_model, read_model_info
+from pcmelgan_jax.models import AlexNet
+from pcmelgan_jax.models.classifiers import softmax_cross_entropy
+from pcmelgan_jax.training import classifiers as classifiers_stage
+from pcmelgan_jax.training import configs, loop, steps
+from pcmelgan_jax.training import state as st
+
+SPEAKERS, REPS = 4, 2  # 2 train / 2 test speakers, 40 utterances each
+SGD_LR = 1e-4  # small: the step stays well-conditioned, so rounding differences stay small
+
+
+@pytest.fixture(scope="session")
+def tiny_data(tmp_path_factory):
+    from pcmelgan_jax.data.prepare import prepare
+    from pcmelgan_jax.data.synth import synthesize_corpus
+
+    root = tmp_path_factory.mktemp("train_data")
+    synthesize_corpus(root / "corpus", speakers=SPEAKERS, reps=REPS, seed=0)
+    prepare(root / "corpus", root / "data", "all")
+    return str(root / "data")
+
+
+def _batch(b: int = 8, seed: int = 0) -> dict[str, np.ndarray]:
+    rs = np.random.RandomState(seed)
+    t = np.arange(8192) / 8000.0
+    freqs = rs.uniform(100, 1500, size=(b, 1))
+    audio = 0.5 * np.sin(2 * np.pi * freqs * t) + 0.05 * rs.randn(b, 8192)
+    return {
+        "audio": audio.astype(np.float32),
+        "digit": (np.arange(b) % 10).astype(np.int32),
+        "gender": (np.arange(b) % 2).astype(np.int32),
+        "speaker": np.zeros(b, np.int32),
+        "mask": np.ones(b, np.float32),
+    }
+
+
+# ----------------------------------------------------------------------------- PCMelGAN step
+
+
+@pytest.fixture(scope="module")
+def pcm():
+    """Initial PCMelGAN state (host), monitors, a batch and the 1-device step result."""
+    # eps above any reachable L1 distortion keeps the distortion hinge at exactly zero: its
+    # gradient, a sign, would otherwise flip with rounding for near-equal elements and make
+    # 1- and 4-device updates differ legitimately. (The order test recomputes the hinge.)
+    hp = steps.PCMelGANHyper(eps=10.0, lamb=100.0)
+    # SGD keeps parameter differences proportional to gradient differences (Adam's first
+    # step is lr * sign(g), which flips for gradients that are zero up to rounding).
+    txs = {
+        n: optax.sgd(SGD_LR)
+        for n in ("filter", "generator", "filter_discriminator", "generator_discriminator")
+    }
+    key = jax.random.key(0, impl="rbg")
+    arch = {
+        "filter": ("unet_filter", {}),
+        "generator": ("unet_generator", {}),
+        "filter_discriminator": ("alexnet", {"num_classes": 2}),
+        "generator_discriminator": ("alexnet", {"num_classes": 3}),
+    }
+    nets = {
+        n: st.network_state(st.init_variables(a, kw, jax.random.fold_in(key, i)), txs[n])
+        for i, (n, (a, kw)) in enumerate(arch.items())
+    }
+    monitors = {
+        n: st.init_variables("alexnet", {"num_classes": k}, jax.random.fold_in(key, 10 + k))[
+            "params"
+        ]
+        for n, k in (("spec_digit", 10), ("spec_gender", 2))
+    }
+    init = jax.device_get(st.new_train_state(nets))
+    batch = _batch(8)
+    rng = jax.random.key(42)
+    step = steps.jit_step(steps.pcmelgan_step, hp=hp, txs=txs)
+
+    def run(devices, n_steps=2):
+        mesh = sharding.make_mesh(devices)
+        state = sharding.replicate(init, mesh)
+        mon = sharding.replicate(monitors, mesh)
+        out = []
+        for _ in range(n_steps):
+            state, metrics = step(state, sharding.shard_batch(batch, mesh), rng, mon)
+            out.append(jax.device_get(metrics))
+        return jax.device_get(state), out
+
+    one = run(jax.devices()[:1])
+    return dict(hp=hp, txs=txs, init=init, monitors=monitors, batch=batch, rng=rng, run=run,
+                one=one)
+
+
+def test_pcmelgan_step_same_on_1_and_4_devices(pcm):
+    assert len(jax.devices()) >= 4, "conftest sets jax_num_cpu_devices=4"
+    state1, metrics1 = pcm["one"]
+    state4, metrics4 = pcm["run"](jax.devices()[:4])
+    for i, (m1, m4) in enumerate(zip(metrics1, metrics4, strict=True)):
+        assert m1.keys() == m4.keys()
+        for k in m1:
+            np.testing.assert_allclose(m4[k], m1[k], rtol=1e-5, atol=1e-6, err_msg=f"{i} {k}")
+    # Parameters: the UPDATES (state - initial state) of every network agree to 1% of that
+    # network's largest update. A sharding error (per-device batch statistics, a quarter-batch
+    # gradient without the all-reduce) changes them by ~100%.
+    for name in state1.networks:
+        leaves1 = jax.tree_util.tree_leaves_with_path(state1.networks[name].params)
+        leaves4 = jax.tree.leaves(state4.networks[name].params)
+        leaves0 = jax.tree.leaves(pcm["init"].networks[name].params)
+        deltas = [
+            (path, np.asarray(a, np.float64) - a0, np.asarray(b, np.float64) - a0, a)
+            for (path, a), b, a0 in zip(leaves1, leaves4, leaves0, strict=True)
+        ]
+        scale = max(float(np.max(np.abs(d1))) for _, d1, _, _ in deltas)
+        assert scale > 0, f"{name} was not updated"
+        for path, d1, d4, a in deltas:
+            atol = 1e-2 * scale + 1e-6 * float(np.max(np.abs(a)))
+            np.testing.assert_allclose(
+                d4, d1, rtol=0, atol=atol, err_msg=f"{name}{jax.tree_util.keystr(path)}"
+            )
+    for name in state1.networks:  # batch statistics: same running means and variances
+        for a, b in zip(jax.tree.leaves(state1.networks[name].batch_stats),
+                        jax.tree.leaves(state4.networks[name].batch_stats), strict=True):
+            atol = 2e-3 * max(float(np.max(np.abs(a))), 1e-3)  # stats of the updated nets
+            np.testing.assert_allclose(b, a, rtol=1e-4, atol=atol, err_msg=name)
+
+
+def test_pcmelgan_step_follows_spec6_order(pcm):
+    """Recomputes the four losses of the first step by hand from the initial state."""
+    hp, init, batch = pcm["hp"], pcm["init"], pcm["batch"]
+    state1, metrics = pcm["one"]
+    m = metrics[0]
+    nets, after = init.networks, state1.networks  # after = after two steps
+    x = steps.spectrogram_batch(jnp.asarray(batch["audio"]))
+    s = jnp.asarray(batch["gender"])
+    b = x.shape[0]
+    rng = jax.random.fold_in(pcm["rng"], 0)
+    k_z1, k_z1b, k_z2, k_s, k_d1, k_d2, k_d3, _, _ = jax.random.split(rng, 9)
+    filt, gen, fd, gd = hp.filter(), hp.generator(), AlexNet(2), AlexNet(3)
+
+    # (1) filter loss with the initial F and FD, flipped labels, distortion vs x
+    z1 = jax.random.normal(k_z1, (b, 10))
+    x1, mut1 = filt.apply(nets["filter"].variables(), x, z1, None, train=True,
+                          mutable=["batch_stats"])
+    fd_logits = fd.apply({"params": nets["filter_discriminator"].params}, x1, train=True,
+                         rngs={"dropout": k_d1})
+    dist = jnp.mean(jnp.abs(x1 - x))
+    want_f = softmax_cross_entropy(fd_logits, 1 - s) + hp.lamb * jax.nn.relu(dist - hp.eps) ** 2
+    np.testing.assert_allclose(m["filter/loss"], want_f, rtol=1e-4)
+
+    # the updated F after step (1): one SGD step of the filter loss
+    def f_loss(p):
+        y, _ = filt.apply(nets["filter"].variables(p), x, z1, None, train=True,
+                          mutable=["batch_stats"])
+        lg = fd.apply({"params": nets["filter_discriminator"].params}, y, train=True,
+                      rngs={"dropout": k_d1})
+        return softmax_cross_entropy(lg, 1 - s) + hp.lamb * jax.nn.relu(
+            jnp.mean(jnp.abs(y - x)) - hp.eps
+        ) ** 2
+
+    f_params = jax.tree.map(lambda p, g: p - SGD_LR * g, nets["filter"].params,
+                            jax.grad(f_loss)(nets["filter"].params))
+    # (2) fresh train-mode pass of the UPDATED filter; G's distortion vs the ORIGINAL x
+    x1b, mut2 = filt.apply({"params": f_params, "batch_stats": mut1["batch_stats"]}, x,
+                           jax.random.normal(k_z1b, (b, 10)), None, train=True,
+                           mutable=["batch_stats"])
+    s_sampled = jax.random.randint(k_s, (b,), 0, 2)
+    x2, _ = gen.apply(nets["generator"].variables(), x1b, jax.random.normal(k_z2, (b, 10)),
+                      s_sampled, train=True, mutable=["batch_stats"])
+    np.testing.assert_allclose(m["generator/distortion"], jnp.mean(jnp.abs(x2 - x)), rtol=1e-4)
+    gd_logits = gd.apply({"params": nets["generator_discriminator"].params}, x2, train=True,
+                         rngs={"dropout": k_d2})
+    np.testing.assert_allclose(m["generator/adversarial"],
+                               softmax_cross_entropy(gd_logits, s_sampled), rtol=1e-4)
+    # (3) FD on x1 of step (2) with the true gender, FD not yet updated
+    fd3 = fd.apply({"params": nets["filter_discriminator"].params}, x1b, train=True,
+                   rngs={"dropout": k_d3})
+    np.testing.assert_allclose(m["filter_discriminator/loss"], softmax_cross_entropy(fd3, s),
+                               rtol=1e-4)
+    # F's running statistics moved by both training passes of the first step
+    bs_after_step1 = mut2["batch_stats"]
+    got = pcm["run"](jax.devices()[:1], n_steps=1)[0].networks["filter"].batch_stats
+    for a, b_ in zip(jax.tree.leaves(got), jax.tree.leaves(bs_after_step1), strict=True):
+        np.testing.assert_allclose(a, b_, rtol=1e-4, atol=1e-6)
+    assert after["filter"].batch_stats is not None
+    # monitoring metrics are present
+    for k in ("monitor/fd_acc", "monitor/gd_real_acc", "monitor/gd_fake_acc",
+              "monitor/gd_sampled_gender_acc", "monitor/generator_digit_acc",
+              "monitor/generator_gender_acc", "monitor/filter_gender_acc"):
+        assert 0.0 <= m[k] <= 1.0, k
+
+
+def test_distortion_penalty_is_squared_hinge_on_mean_l1():
+    x = jnp.zeros((2, 80, 32, 1))
+    y = jnp.full((2, 80, 32, 1), 0.3)
+    penalty, distortion = steps.distortion_penalty(y, x, eps=0.1, lamb=100.0)
+    np.testing.assert_allclose(distortion, 0.3, rtol=1e-6)
+    np.testing.assert_allclose(penalty, 100.0 * 0.2**2, rtol=1e-5)
+    penalty, _ = steps.distortion_penalty(y, x, eps=0.5, lamb=100.0)
+    assert float(penalty) == 0.0
+
+
+def test_entropy_loss_maximises_fd_entropy():
+    gender = jnp.array([0, 1, 0, 1])
+    confident = jnp.array([[5.0, -5.0], [-5.0, 5.0], [5.0, -5.0], [-5.0, 5.0]])
+    uniform = jnp.zeros((4, 2))
+    loss_confident = steps.filter_adversarial_loss(confident, gender, entropy=True)
+    loss_uniform = steps.filter_adversarial_loss(uniform, gender, entropy=True)
+    assert loss_uniform < loss_confident  # F's loss decreases as FD goes to uniform
+    np.testing.assert_allclose(loss_uniform, -np.log(2.0), rtol=1e-6)
+    # the gradient step on the logits moves FD towards uniform (entropy up)
+    g = jax.grad(lambda lg: steps.filter_adversarial_loss(lg, gender, True))(confident * 0.1)
+    moved = confident * 0.1 - 10.0 * g
+    assert steps.mean_entropy(moved) > steps.mean_entropy(confident * 0.1)
+
+
+# ----------------------------------------------------------------------------- loop
+
+
+def _classifier_config(data_dir, **overrides):
+    c = configs.classifiers(small=True)
+    c.data_dir = data_dir
+    c.classifiers = ("spec_gender",)
+    c.batch_size = 8
+    c.eval_batch_size = 40
+    c.num_epochs = 100
+    c.num_train_steps = 6
+    c.eval_every_steps = 3
+    c.checkpoint_every_steps = 2
+    c.log_every_steps = 1
+    c.worker_threads = 0
+    c.async_checkpointing = False
+    c.progress_bar = False
+    for k, v in overrides.items():
+        c[k] = v
+    return c
+
+
+@pytest.fixture(scope="module")
+def cls_stage(tiny_data, tmp_path_factory):
+    """A classifiers stage (spec_gender) whose jitted step the loop tests share."""
+    mesh = sharding.make_mesh(jax.devices()[:1])
+    config = _classifier_config(tiny_data)
+    workdir = str(tmp_path_factory.mktemp("cls_template"))
+    stage = classifiers_stage.build_stage(config, workdir, mesh)
+    initial = jax.device_get(stage.state)
+    return config, mesh, stage, initial
+
+
+def _light_stage(config, mesh, workdir, initial, train_step):
+    """A classifiers-like stage reusing ``train_step`` (compiled once for all loop tests)."""
+    state = sharding.replicate(initial, mesh)
+    eval_fn = jax.jit(steps.classifier_eval_step)
+    names = sorted(config.classifiers)
+    models_dir = os.path.join(workdir, "models")
+
+    def evaluate(state, step):
+        sums = None
+        for batch in loop.eval_batches(config, mesh):
+            sums = loop.sum_metrics(sums, eval_fn({n: state.networks[n].params for n in names},
+                                                   batch))
+        sums = jax.device_get(sums)
+        c = float(sums["count"])
+        return {f"{n}/loss": float(sums[f"{n}/loss_sum"]) / c for n in names}
+
+    def after_evaluation(state, step, metrics, book):
+        book.setdefault("history", []).append([step, metrics["spec_gender/loss"]])
+        return False
+
+    return loop.Stage("classifiers", state, train_step, evaluate, after_evaluation,
+                      finalize=lambda s, b: {"models_dir": models_dir})
+
+
+def test_resume_equals_uninterrupted_run(cls_stage, tmp_path):
+    config, mesh, stage, initial = cls_stage
+
+    class Interrupt(Exception):
+        pass
+
+    def stop_at(k):
+        def wrap(step_fn):
+            def wrapped(state, batch, rng):
+                if int(jax.device_get(state.step)) == k:
+                    raise Interrupt
+                return step_fn(state, batch, rng)
+
+            return wrapped
+
+        return wrap
+
+    straight = _light_stage(config, mesh, str(tmp_path / "a"), initial, stage.train_step)
+    captured = {}
+
+    def capture(step_fn):
+        def wrapped(state, batch, rng):
+            state, metrics = step_fn(state, batch, rng)
+            captured["state"] = jax.device_get(state)
+            return state, metrics
+
+        return wrapped
+
+    straight = dataclasses.replace(straight, train_step=capture(straight.train_step))
+    loop.run(config, str(tmp_path / "a"), straight, mesh)
+    reference = captured.pop("state")
+
+    b = str(tmp_path / "b")
+    first = _light_stage(config, mesh, b, initial, stop_at(3)(stage.train_step))
+    with pytest.raises(Interrupt):
+        loop.run(config, b, first, mesh)
+    assert sorted(os.listdir(os.path.join(b, "checkpoints"))) == ["2"]
+    resumed = _light_stage(config, mesh, b, initial, capture(stage.train_step))
+    loop.run(config, b, resumed, mesh)
+    got = captured.pop("state")
+    assert int(got.step) == int(reference.step) == 6
+    for x, y in zip(jax.tree.leaves(got), jax.tree.leaves(reference), strict=True):
+        np.testing.assert_array_equal(x, y)
+    # keep policy: latest 2 checkpoints; config saved beside
+    assert sorted(os.listdir(os.path.join(b, "checkpoints"))) == ["4", "6"]
+    assert json.load(open(os.path.join(b, "config.json")))["stage"] == "classifiers"
+    lines = [json.loads(x) for x in open(os.path.join(b, "metrics.jsonl"))]
+    assert any(x["split"] == "eval" for x in lines)
+    assert os.path.isdir(os.path.join(b, "tensorboard"))
+
+
+def test_nan_loss_stops_and_keeps_last_good_checkpoint(cls_stage, tmp_path):
+    config, mesh, stage, initial = cls_stage
+
+    def poison(step_fn):
+        def wrapped(state, batch, rng):
+            if int(jax.device_get(state.step)) == 3:  # a diverged network: NaN logits
+                net = state.networks["spec_gender"]
+                params = jax.tree.map(lambda p: p, net.params)
+                params["fc3"]["bias"] = params["fc3"]["bias"] * jnp.nan
+                state = state.replace(networks={"spec_gender": net.replace(params=params)})
+            return step_fn(state, batch, rng)
+
+        return wrapped
+
+    w = str(tmp_path / "nan")
+    bad = _light_stage(config, mesh, w, initial, poison(stage.train_step))
+    with pytest.raises(loop.TrainingDivergedError, match=r"non-finite loss at step 4.*step 2"):
+        loop.run(config, w, bad, mesh)
+    assert sorted(os.listdir(os.path.join(w, "checkpoints"))) == ["2"]
+    mngr = loop.checkpoint_manager(os.path.join(w, "checkpoints"), config)
+    restored, _, _ = loop._restore(mngr, 2, sharding.replicate(initial, mesh))
+    mngr.close()
+    assert all(np.all(np.isfinite(x)) for x in jax.tree.leaves(jax.device_get(restored)))
+
+
+def test_classifiers_early_stopping_and_best_export(tiny_data, tmp_path):
+    """Real stage: stops once validation loss has not improved for `patience` evaluations,
+    and models/<name> holds the best network."""
+    config = _classifier_config(tiny_data, num_train_steps=40, eval_every_steps=1, patience=2,
+                                checkpoint_every_steps=-1, learning_rate=1e-2)
+    w = str(tmp_path / "cls")
+    mesh = sharding.make_mesh(jax.devices()[:1])
+    stage = classifiers_stage.build_stage(config, w, mesh)
+    # a huge learning rate quickly makes validation worse: early stop well before 40 steps
+    final = loop.run(config, w, stage, mesh)
+    assert final["step"] < 40
+    evals = [m for m in (json.loads(x) for x in open(os.path.join(w, "metrics.jsonl")))
+             if m["split"] == "eval"]
+    losses = [m["spec_gender/loss"] for m in evals]
+    best = int(np.argmin(losses))
+    assert len(losses) - 1 - best == config.patience  # stopped after `patience` stale evals
+    info = read_model_info(os.path.join(w, "models", "spec_gender"))
+    assert info["step"] == evals[best]["step"]
+    np.testing.assert_allclose(info["validation_loss"], losses[best], rtol=1e-6)
+    module, variables = load_model(os.path.join(w, "models", "spec_gender"))
+    assert isinstance(module, AlexNet) and module.num_classes == 2
+
+
+def test_vocoder_keeps_best_generator_by_mel_l1():
+    from pcmelgan_jax.training.vocoder import update_best
+
+    book = {"best_mel_l1": None, "best_step": None}
+    improved = [
+        step
+        for step, value in ((1, 2.0), (2, 1.5), (3, 1.7), (4, 1.2), (5, 1.3))
+        if update_best(book, step, value)
+    ]
+    assert improved == [1, 2, 4]
+    assert book == {"best_mel_l1": 1.2, "best_step": 4}
+    assert configs.vocoder(small=True).mel_loss_weight > 0
+    assert configs.vocoder().mel_loss_weight == 0  # off by default (the original's losses)
+
+
+def test_missing_paths_are_named(tmp_path):
+    from pcmelgan_jax.training import pcmelgan
+
+    config = configs.pcmelgan(small=True)
+    config.data_dir = str(tmp_path / "nope")
+    with pytest.raises(FileNotFoundError, match="nope"):
+        loop.make_train_iterator(config)
+    with pytest.raises(FileNotFoundError, match="no_classifiers"):
+        pcmelgan.load_monitors(str(tmp_path / "no_classifiers"))
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(FileNotFoundError, match=r"empty/models/spec_digit"):
+        pcmelgan.load_monitors(str(tmp_path / "empty"))
+    with pytest.raises(FileNotFoundError, match="no_vocoder"):
+        pcmelgan.load_vocoder(str(tmp_path / "no_vocoder"))
+    assert pcmelgan.load_vocoder("") is None
