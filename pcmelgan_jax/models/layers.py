@@ -130,8 +130,10 @@ def grouped_conv1d_as_matmul(
     batch, length, _ = x.shape
     padded = jnp.pad(x, ((0, 0), (padding, padding), (0, 0)))
     t_out = (length + 2 * padding - k) // stride + 1
-    index = (np.arange(t_out) * stride)[:, None] + np.arange(k)[None, :]
-    patches = padded[:, index, :].reshape(batch, t_out, k, groups, per_group)
+    # k strided slices rather than a gather: their gradient is a pad, not a scatter-add
+    span = stride * (t_out - 1) + 1
+    patches = jnp.stack([padded[:, j : j + span : stride] for j in range(k)], axis=2)
+    patches = patches.reshape(batch, t_out, k, groups, per_group)
     kernel = kernel.reshape(k, per_group, groups, c_out // groups)
     y = jnp.einsum("btkgi,kigo->btgo", patches, kernel, precision=jax.lax.Precision.HIGHEST)
     return y.reshape(batch, t_out, c_out)
