@@ -41,7 +41,7 @@ if str(ROOT) not in sys.path:
 
 from pcmelgan_jax import anonymize  # noqa: E402
 from pcmelgan_jax.anonymize import Anonymizer  # noqa: E402
-from pcmelgan_jax.models.registry import build_model, variable_shapes  # noqa: E402
+from pcmelgan_jax.models.registry import build_model, numpy_random_variables  # noqa: E402
 
 try:
     import torch
@@ -51,22 +51,7 @@ except ImportError:  # pragma: no cover
 TARGET_RTF = 50.0
 
 
-def random_variables(network: str, seed: int, **arch: Any) -> dict:
-    """Full-size random variables (NumPy; kernels N(0, 1/fan_in), gains 1, biases ~0)."""
-    rng = np.random.default_rng(seed)
-
-    def fill(path, leaf):
-        name = path[-1].key
-        if name == "kernel":
-            fan_in = int(np.prod(leaf.shape[:-1]))
-            return (rng.standard_normal(leaf.shape) / np.sqrt(fan_in)).astype(np.float32)
-        if name in ("scale", "var"):
-            return np.ones(leaf.shape, np.float32)
-        if name == "embedding":
-            return rng.standard_normal(leaf.shape).astype(np.float32)
-        return (0.01 * rng.standard_normal(leaf.shape)).astype(np.float32)
-
-    return jax.tree_util.tree_map_with_path(fill, variable_shapes(network, **arch))
+random_variables = numpy_random_variables
 
 
 def jax_anonymizer(batch_size: int, vocoder_batch_size: int) -> Anonymizer:

@@ -9,7 +9,6 @@ import os
 import types
 from pathlib import Path
 
-import jax
 import numpy as np
 import pytest
 import soundfile as sf
@@ -18,27 +17,12 @@ from pcmelgan_jax import anonymize
 from pcmelgan_jax.anonymize import AnonymizeError, Anonymizer, anonymize_file, anonymize_path
 from pcmelgan_jax.checkpointing import save_model
 from pcmelgan_jax.cli import main as cli_main
-from pcmelgan_jax.models.registry import variable_shapes
+from pcmelgan_jax.models.registry import numpy_random_variables
 
 BATCH = 4  # windows per jitted batch in these tests
 
 
-def random_variables(network: str, seed: int, **arch) -> dict:
-    """Untrained variables drawn with NumPy (no XLA compile); see tests/test_evaluation.py."""
-    rng = np.random.default_rng(seed)
-
-    def fill(path, leaf):
-        name = path[-1].key
-        if name == "kernel":
-            fan_in = int(np.prod(leaf.shape[:-1]))
-            return (rng.standard_normal(leaf.shape) / np.sqrt(fan_in)).astype(np.float32)
-        if name in ("scale", "var"):
-            return np.ones(leaf.shape, np.float32)
-        if name == "embedding":
-            return rng.standard_normal(leaf.shape).astype(np.float32)
-        return (0.01 * rng.standard_normal(leaf.shape)).astype(np.float32)
-
-    return jax.tree_util.tree_map_with_path(fill, variable_shapes(network, **arch))
+random_variables = numpy_random_variables
 
 
 def save_converted(directory, network: str, seed: int, **arch) -> None:

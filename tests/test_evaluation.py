@@ -10,14 +10,13 @@ import os
 import sys
 from pathlib import Path
 
-import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
 from pcmelgan_jax import evaluation, metrics
 from pcmelgan_jax.checkpointing import read_model_info, save_model
-from pcmelgan_jax.models.registry import variable_shapes
+from pcmelgan_jax.models.registry import numpy_random_variables
 
 ROOT = Path(__file__).resolve().parents[1]
 SPEAKERS, REPS = 4, 2  # train: 1 F + 1 M speaker, test: 1 F + 1 M; 40 utterances each
@@ -27,23 +26,7 @@ BATCH = 16  # 40 test utterances -> 3 batches, the last one padded (mask 0)
 # ------------------------------------------------------------------ tiny models on disk
 
 
-def random_variables(network: str, seed: int, **arch) -> dict:
-    """Untrained variables of ``network`` drawn with NumPy (no XLA compile): kernels
-    N(0, 1/fan_in), weight-norm gains and BatchNorm scales 1, biases 0, running var 1."""
-    rng = np.random.default_rng(seed)
-
-    def fill(path, leaf):
-        name = path[-1].key
-        if name == "kernel":
-            fan_in = int(np.prod(leaf.shape[:-1]))
-            return (rng.standard_normal(leaf.shape) / np.sqrt(fan_in)).astype(np.float32)
-        if name in ("scale", "var"):
-            return np.ones(leaf.shape, np.float32)
-        if name == "embedding":
-            return rng.standard_normal(leaf.shape).astype(np.float32)
-        return (0.01 * rng.standard_normal(leaf.shape)).astype(np.float32)
-
-    return jax.tree_util.tree_map_with_path(fill, variable_shapes(network, **arch))
+random_variables = numpy_random_variables
 
 
 def save_random(directory, network: str, seed: int, via_torch: bool = False, **arch) -> None:

@@ -7,6 +7,7 @@ from typing import Any
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from pcmelgan_jax.audio import N_FRAMES, N_MELS, SEGMENT_LENGTH
 from pcmelgan_jax.models.classifiers import AlexNet, AudioNet
@@ -82,3 +83,26 @@ def variable_shapes(network: str, **kwargs: Any) -> dict:
             lambda: model.init(jax.random.key(0), *example_inputs(network, noise_dim=noise_dim))
         )
     )
+
+
+def numpy_random_variables(network: str, seed: int, **kwargs: Any) -> dict:
+    """Untrained variables of ``network`` drawn with NumPy, without any XLA compile.
+
+    Kernels N(0, 1/fan_in), weight-norm gains, BatchNorm scales and running variances 1,
+    embeddings N(0, 1), everything else N(0, 0.01^2). For tests and benchmarks that need
+    full-size networks quickly; training uses ``init_variables`` (PyTorch's initialisation).
+    """
+    rng = np.random.default_rng(seed)
+
+    def fill(path, leaf):
+        name = path[-1].key
+        if name == "kernel":
+            fan_in = int(np.prod(leaf.shape[:-1]))
+            return (rng.standard_normal(leaf.shape) / np.sqrt(fan_in)).astype(np.float32)
+        if name in ("scale", "var"):
+            return np.ones(leaf.shape, np.float32)
+        if name == "embedding":
+            return rng.standard_normal(leaf.shape).astype(np.float32)
+        return (0.01 * rng.standard_normal(leaf.shape)).astype(np.float32)
+
+    return jax.tree_util.tree_map_with_path(fill, variable_shapes(network, **kwargs))
