@@ -16,6 +16,7 @@ import re
 from collections.abc import Mapping
 from typing import Any
 
+import jax
 import numpy as np
 
 from pcmelgan_jax.models.registry import NETWORKS, variable_shapes
@@ -364,7 +365,7 @@ def import_torch_checkpoint(
         extra={"source": os.path.abspath(pt_path), "converted_from": "pytorch"},
         overwrite=overwrite,
     )
-    count = sum(int(np.size(v)) for v in _leaves(variables.get("params", {})))
+    count = sum(int(np.size(v)) for v in jax.tree.leaves(variables.get("params", {})))
     return {
         "source": os.fspath(pt_path),
         "out": os.fspath(out_dir),
@@ -372,14 +373,6 @@ def import_torch_checkpoint(
         "arch": arch,
         "parameters": count,
     }
-
-
-def _leaves(tree):
-    for value in tree.values():
-        if isinstance(value, Mapping):
-            yield from _leaves(value)
-        else:
-            yield value
 
 
 def default_output_name(pt_path: str) -> str:

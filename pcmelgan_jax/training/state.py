@@ -15,7 +15,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from pcmelgan_jax.models.registry import build_model, example_inputs
+from pcmelgan_jax.models import registry
 
 
 @flax.struct.dataclass
@@ -48,10 +48,8 @@ def adam(learning_rate: float, b1: float = 0.5, b2: float = 0.9) -> optax.Gradie
 
 
 def init_variables(network: str, arch: Mapping[str, Any], key: jax.Array) -> dict[str, Any]:
-    """Initialised variables of ``network`` (jit-compiled ``init`` on a batch of one)."""
-    model = build_model(network, **arch)
-    inputs = example_inputs(network, noise_dim=arch.get("noise_dim", 10))
-    return dict(jax.jit(lambda k: model.init(k, *inputs))(key))
+    """Initialised variables of ``network`` built with ``arch`` (``registry.init_variables``)."""
+    return registry.init_variables(network, key, **dict(arch))
 
 
 def network_state(variables: Mapping[str, Any], tx: optax.GradientTransformation) -> NetworkState:
