@@ -1,4 +1,4 @@
-"""Fixed classifiers, small CPU config for the synthetic corpus (batch 32, 3 epochs, patience 2)."""
+"""Fixed classifiers, small CPU config: AlexNet width 0.25, AudioNet width 0.5, 5 epochs."""
 
 from pcmelgan_jax.training import configs
 

@@ -1,4 +1,4 @@
-"""PCMelGAN, small CPU config for the synthetic corpus: batch 32, 3 epochs."""
+"""PCMelGAN, small CPU config: width 0.25 FD/GD, batch 32, 8 epochs (about 8 min on 2 cores)."""
 
 from pcmelgan_jax.training import configs
 

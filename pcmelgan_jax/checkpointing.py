@@ -97,7 +97,9 @@ def load_model(directory: str | os.PathLike) -> tuple[nn.Module, dict[str, Any]]
     """Restores a model checkpoint: (Flax module, variables as float32 host arrays)."""
     directory = os.path.abspath(os.fspath(directory))
     info = read_model_info(directory)
-    arch = info.get("arch", {})
+    # JSON has no tuples: sequences (e.g. MelGAN ratios) come back as tuples so that the
+    # module stays hashable (a jit static argument)
+    arch = {k: tuple(v) if isinstance(v, list) else v for k, v in info.get("arch", {}).items()}
     model = build_model(info["network"], **arch)
     target = variable_shapes(info["network"], **arch)
     restored = _checkpointer().restore(os.path.join(directory, VARIABLES_DIR), target)

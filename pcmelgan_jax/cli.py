@@ -20,6 +20,8 @@ SUBCOMMANDS: dict[str, str] = {
     "prepare": "pcmelgan_jax.data.prepare",
     "quickstart": "pcmelgan_jax.quickstart",
     "anonymize": "pcmelgan_jax.anonymize",
+    "sweep": "pcmelgan_jax.sweep",
+    "bench": "pcmelgan_jax.bench_report",
 }
 
 

@@ -379,9 +379,15 @@ def load_speaker_data(
 
 
 def train_speaker_classifier(
-    data: SpeakerData, steps: int, batch_size: int, learning_rate: float, seed: int
+    data: SpeakerData,
+    steps: int,
+    batch_size: int,
+    learning_rate: float,
+    seed: int,
+    width: float = 1.0,
 ) -> tuple[Any, dict, dict]:
-    """AlexNet (K = number of training speakers) on the non-held-out real utterances.
+    """AlexNet (K = number of training speakers, ``width`` as ``AlexNet.width``) on the
+    non-held-out real utterances.
 
     Adam (betas 0.5, 0.9), softmax cross-entropy, dropout on; ``steps`` updates on batches
     drawn from per-epoch permutations of ``numpy.random.default_rng(seed)``.
@@ -393,8 +399,8 @@ def train_speaker_classifier(
     from pcmelgan_jax.models.registry import build_model, init_variables
 
     k = len(data.speakers)
-    model = build_model("alexnet", num_classes=k)
-    variables = init_variables("alexnet", jax.random.key(seed), num_classes=k)
+    model = build_model("alexnet", num_classes=k, width=width)
+    variables = init_variables("alexnet", jax.random.key(seed), num_classes=k, width=width)
     params = variables["params"]
     tx = optax.adam(learning_rate, b1=0.5, b2=0.9)
     opt_state = tx.init(params)
@@ -447,6 +453,7 @@ def speaker_classifier(
         "learning_rate": float(settings["learning_rate"]),
         "seed": int(settings["seed"]),
         "holdout_fraction": float(settings["holdout_fraction"]),
+        "width": float(settings.get("width", 1.0)),
     }
     if os.path.isdir(cache_dir) and not settings.get("retrain", False):
         try:
@@ -458,14 +465,15 @@ def speaker_classifier(
         except (OSError, ValueError, KeyError):
             pass  # unreadable cache: retrain below
     module, variables, log = train_speaker_classifier(
-        data, wanted["steps"], wanted["batch_size"], wanted["learning_rate"], wanted["seed"]
+        data, wanted["steps"], wanted["batch_size"], wanted["learning_rate"], wanted["seed"],
+        wanted["width"],
     )
     extra = {"speaker_classifier": {
         "settings": wanted, "speakers": data.speakers,
         "heldout_repetitions": {str(k): v for k, v in data.heldout_reps.items()}, "log": log,
     }}
-    save_model(cache_dir, "alexnet", variables, arch={"num_classes": len(data.speakers)},
-               extra=extra, overwrite=True)
+    arch = {"num_classes": len(data.speakers), "width": wanted["width"]}
+    save_model(cache_dir, "alexnet", variables, arch=arch, extra=extra, overwrite=True)
     return module, variables, {**extra["speaker_classifier"], "reused": False}
 
 
@@ -874,8 +882,11 @@ def run_evaluation(config: Any, workdir: str | os.PathLike) -> dict[str, Any]:
     seed = int(cfg.get("seed", 0))
     batch_size = int(cfg.get("batch_size", 50))
     num_examples = int(cfg.get("num_examples_to_save", 4))
+    from pcmelgan_jax.training.configs import evaluation as default_config
+
     spk_cfg = dict(cfg.get("speaker") or {})
     spk_cfg.setdefault("seed", seed)
+    spk_cfg = {**default_config().speaker.to_dict(), **spk_cfg}
     paths = find_runs(cfg.get("runs"), workdir)
     runs = [resolve_run(p, workdir, cfg) for p in paths]
     os.makedirs(out_dir, exist_ok=True)

@@ -45,17 +45,26 @@ def stage_configs(workdir: str, overrides: list[str] | None = None, seed: int = 
         "classifiers": configs.classifiers(small=True),
         "vocoder": configs.vocoder(small=True),
         "pcmelgan": configs.pcmelgan(small=True),
+        "eval": configs.evaluation(small=True),
     }
     for config in out.values():
         config.data_dir = data_dir
         config.seed = seed
     out["pcmelgan"].classifiers_workdir = os.path.join(workdir, "classifiers")
     out["pcmelgan"].vocoder_workdir = os.path.join(workdir, "vocoder")
+    ev = out["eval"]
+    ev.runs = os.path.join(workdir, "pcmelgan")
+    ev.classifiers_workdir = out["pcmelgan"].classifiers_workdir
+    ev.vocoder_workdir = out["pcmelgan"].vocoder_workdir
+    ev.dataset = out["classifiers"].dataset
+    ev.output_dir = os.path.join(workdir, "eval")
     for item in overrides or []:
         key, _, value = item.partition("=")
         stage, _, field = key.partition(".")
         if stage not in out or not field or not _:
-            raise ValueError(f"bad override {item!r}; expected STAGE.KEY=VALUE, STAGE in {STAGES}")
+            raise ValueError(
+                f"bad override {item!r}; expected STAGE.KEY=VALUE, STAGE in {tuple(out)}"
+            )
         target = out[stage]
         *parents, leaf = field.split(".")
         for p in parents:
@@ -146,15 +155,7 @@ def run_quickstart(
         print("[quickstart] note: pcmelgan_jax.evaluation is not available; skipping the "
               "evaluation (the spectrogram-domain numbers above come from training)")
     else:
-        eval_config = {
-            "runs": os.path.join(workdir, "pcmelgan"),
-            "classifiers_workdir": os.path.join(workdir, "classifiers"),
-            "vocoder_workdir": os.path.join(workdir, "vocoder"),
-            "data_dir": configs["classifiers"].data_dir,
-            "dataset": configs["classifiers"].dataset,
-            "output_dir": eval_dir,
-            "seed": seed,
-        }
+        eval_config = configs["eval"]
         print(f"[quickstart] evaluating -> {eval_dir}", flush=True)
         result = timed("evaluate", lambda: evaluation.run_evaluation(eval_config, workdir))
         summary["eval"] = result if isinstance(result, dict) else {"eval_dir": eval_dir}

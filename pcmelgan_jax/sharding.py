@@ -2,7 +2,9 @@
 
 Parameters and optimiser states are replicated (``P()``); batches are split along their
 leading axis over every device of the mesh (``P("data")``). Each process feeds its own
-host-local batch; ``shard_batch`` assembles the global array.
+host-local batch; ``shard_batch`` assembles the global array. Several seeds trained in one
+program (``num_seeds``) stack their batches as (N, B, ...): ``shard_seed_batch`` splits B over
+``data`` and replicates the seed axis N (``P(None, "data")``).
 """
 
 from __future__ import annotations
@@ -61,6 +63,11 @@ def batch_sharded(mesh: Mesh) -> NamedSharding:
     return NamedSharding(mesh, P(DATA_AXIS))
 
 
+def seed_batch_sharded(mesh: Mesh) -> NamedSharding:
+    """Sharding of a seed-stacked batch (N, B, ...): N replicated, B split over ``data``."""
+    return NamedSharding(mesh, P(None, DATA_AXIS))
+
+
 def replicate(tree: Any, mesh: Mesh) -> Any:
     """Places every leaf of ``tree`` replicated on ``mesh``."""
     return jax.device_put(tree, replicated(mesh))
@@ -76,11 +83,35 @@ def shard_batch(batch: Mapping[str, np.ndarray], mesh: Mesh) -> dict[str, jax.Ar
     out = {}
     for key, value in batch.items():
         value = np.asarray(value)
-        global_batch = value.shape[0] * jax.process_count()
-        if global_batch % size:
-            raise ValueError(
-                f"the global batch ({global_batch}) is not divisible by the {size} devices of "
-                "the mesh; choose a batch size that is a multiple of the device count"
-            )
+        _check_divisible(value.shape[0] * jax.process_count(), size)
         out[key] = jax.make_array_from_process_local_data(sharding, value)
     return out
+
+
+def shard_seed_batch(batch: Mapping[str, np.ndarray], mesh: Mesh) -> dict[str, jax.Array]:
+    """Host-local seed-stacked batch (N, B_local, ...) -> global (N, B_local * process_count,
+    ...) arrays, the seed axis replicated and the batch axis split over ``data``."""
+    sharding = seed_batch_sharded(mesh)
+    size = mesh.devices.size
+    out = {}
+    for key, value in batch.items():
+        value = np.asarray(value)
+        if value.ndim < 2:
+            raise ValueError(f"{key}: a seed-stacked batch is (N, B, ...), got {value.shape}")
+        _check_divisible(value.shape[1] * jax.process_count(), size)
+        global_shape = (value.shape[0], value.shape[1] * jax.process_count(), *value.shape[2:])
+        out[key] = jax.make_array_from_process_local_data(sharding, value, global_shape)
+    return out
+
+
+def stack_seed_batches(batches: Sequence[Mapping[str, np.ndarray]]) -> dict[str, np.ndarray]:
+    """N per-seed batches {name: (B, ...)} -> one {name: (N, B, ...)}."""
+    return {key: np.stack([np.asarray(b[key]) for b in batches]) for key in batches[0]}
+
+
+def _check_divisible(global_batch: int, size: int) -> None:
+    if global_batch % size:
+        raise ValueError(
+            f"the global batch ({global_batch}) is not divisible by the {size} devices of "
+            "the mesh; choose a batch size that is a multiple of the device count"
+        )

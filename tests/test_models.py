@@ -32,6 +32,10 @@ def count(tree) -> int:
         ("alexnet", {"num_classes": 3}, 12_938_947),
         ("alexnet", {"num_classes": 10}, 12_946_122),
         ("audionet", {"num_classes": 10}, 9_087_130),
+        # width 0.25 (small CPU configs), counted by hand: convs 16-48-96-64-64, hidden 256
+        ("alexnet", {"num_classes": 2, "width": 0.25}, 809_906),
+        # convs 25-16-32-32-32-16 (features 16 x 128), hidden 256, 128
+        ("audionet", {"num_classes": 10, "width": 0.25}, 569_374),
         ("melgan_generator", {}, 4_266_050),
         ("melgan_discriminator", {}, 16_924_086),
     ],

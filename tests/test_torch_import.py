@@ -69,10 +69,14 @@ def test_model_checkpoint_roundtrip(tmp_path):
     variables = torch_import.convert_state_dict(
         "melgan_generator", golden_state_dict("melgan_generator")
     )
-    path = checkpointing.save_model(tmp_path / "gen", "melgan_generator", variables)
+    # the arch as the vocoder stage writes it: JSON turns the ratios tuple into a list
+    arch = {"ratios": [8, 8, 2, 2]}
+    path = checkpointing.save_model(tmp_path / "gen", "melgan_generator", variables, arch)
     with pytest.raises(FileExistsError):
         checkpointing.save_model(tmp_path / "gen", "melgan_generator", variables)
     model, restored = checkpointing.load_model(path)
+    assert model.ratios == (8, 8, 2, 2)
+    hash(model)  # hashable again: usable as a jit static argument
     jax.tree.map(np.testing.assert_array_equal, restored, variables)
     assert sorted(os.listdir(tmp_path)) == ["gen"]  # no temporary folders left behind
     data = np.load(GOLDEN["melgan_generator"])

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import os
 
@@ -260,7 +261,8 @@ def cls_stage(tiny_data, tmp_path_factory):
 def _light_stage(config, mesh, workdir, initial, train_step):
     """A classifiers-like stage reusing ``train_step`` (compiled once for all loop tests)."""
     state = sharding.replicate(initial, mesh)
-    eval_fn = jax.jit(steps.classifier_eval_step)
+    widths = classifiers_stage.classifier_widths(config)
+    eval_fn = jax.jit(functools.partial(steps.classifier_eval_step, widths=widths))
     names = sorted(config.classifiers)
     models_dir = os.path.join(workdir, "models")
 
@@ -361,7 +363,7 @@ def test_classifiers_early_stopping_and_best_export(tiny_data, tmp_path):
     """Real stage: stops once validation loss has not improved for `patience` evaluations,
     and models/<name> holds the best network."""
     config = _classifier_config(tiny_data, num_train_steps=40, eval_every_steps=1, patience=2,
-                                checkpoint_every_steps=-1, learning_rate=1e-2)
+                                checkpoint_every_steps=-1, learning_rate=1e-2, spec_width=0.25)
     w = str(tmp_path / "cls")
     mesh = sharding.make_mesh(jax.devices()[:1])
     stage = classifiers_stage.build_stage(config, w, mesh)
@@ -377,7 +379,8 @@ def test_classifiers_early_stopping_and_best_export(tiny_data, tmp_path):
     assert info["step"] == evals[best]["step"]
     np.testing.assert_allclose(info["validation_loss"], losses[best], rtol=1e-6)
     module, variables = load_model(os.path.join(w, "models", "spec_gender"))
-    assert isinstance(module, AlexNet) and module.num_classes == 2
+    assert isinstance(module, AlexNet) and module.num_classes == 2 and module.width == 0.25
+    assert variables["params"]["conv1"]["kernel"].shape[-1] == 16  # 64 x 0.25
 
 
 def test_vocoder_keeps_best_generator_by_mel_l1():
@@ -410,3 +413,42 @@ def test_missing_paths_are_named(tmp_path):
     with pytest.raises(FileNotFoundError, match="no_vocoder"):
         pcmelgan.load_vocoder(str(tmp_path / "no_vocoder"))
     assert pcmelgan.load_vocoder("") is None
+
+
+def test_vocoder_warmup_step_trains_generator_on_mel_loss_only():
+    from pcmelgan_jax.audio import log_mel
+
+    hp = steps.VocoderHyper(mel_loss_weight=10.0, generator_arch=(("ngf", 8),))
+    txs = {"generator": optax.adam(1e-3)}
+    gen = st.network_state(
+        st.init_variables("melgan_generator", {"ngf": 8}, jax.random.key(0, impl="rbg")),
+        txs["generator"],
+    )
+    other = st.network_state({"params": {"w": jnp.ones((3,))}}, optax.adam(1e-3))
+    state = st.new_train_state({"generator": gen, "discriminator": other})
+    batch = {k: jnp.asarray(v) for k, v in _batch(2).items()}
+    mel = log_mel(batch["audio"])
+    expected = float(jnp.mean(jnp.abs(log_mel(hp.generator().apply(
+        {"params": gen.params}, mel)) - mel)))
+    initial = jax.device_get(gen.params)
+    step = steps.jit_step(steps.vocoder_warmup_step, hp=hp, txs=txs)
+    new, metrics = step(state, batch, jax.random.key(0))  # donates state
+    np.testing.assert_allclose(metrics["mel_l1"], expected, rtol=1e-5)
+    np.testing.assert_allclose(metrics["generator/loss"], 10.0 * expected, rtol=1e-5)
+    assert int(new.step) == 1 and metrics["finite"] == 1.0
+    assert set(metrics) == {"generator/loss", "mel_l1", "finite"}
+    np.testing.assert_array_equal(new.networks["discriminator"].params["w"], np.ones(3))
+    changed = jax.tree.map(
+        lambda a, b: bool(np.any(np.asarray(a) != np.asarray(b))),
+        new.networks["generator"].params, initial,
+    )
+    assert all(jax.tree.leaves(changed))
+
+
+def test_vocoder_warmup_needs_the_mel_loss(tmp_path):
+    from pcmelgan_jax.training import vocoder
+
+    config = configs.vocoder()
+    config.discriminator_start_step = 10
+    with pytest.raises(ValueError, match="mel_loss_weight must be > 0"):
+        vocoder.build_stage(config, str(tmp_path), sharding.make_mesh(jax.devices()[:1]))

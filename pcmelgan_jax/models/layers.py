@@ -12,6 +12,11 @@
 
 Parameter layouts (what the PyTorch importer writes): ``kernel`` is (*window, in/groups, out)
 for ``Conv`` and (k, in, out) for ``ConvTranspose1d``; ``scale`` is the weight-norm gain.
+
+Mixed precision: every layer's ``dtype`` is its computation dtype (``None``: the input's).
+Parameters are always created and kept in float32; weight norm is computed in float32 and
+the resulting kernel cast to ``dtype``; BatchNorm statistics are float32 (see ``BatchNorm``).
+The pooling helpers keep their input's dtype.
 """
 
 from __future__ import annotations
@@ -62,7 +67,8 @@ class Conv(nn.Module):
     """Channels-last convolution, PyTorch init, optional weight norm (gain per output channel).
 
     x: (B, *spatial, C_in) -> (B, *spatial', features). ``padding`` is PyTorch's symmetric
-    zero padding per spatial axis (an int applies to every axis).
+    zero padding per spatial axis (an int applies to every axis). ``dtype``: computation
+    dtype (None = x's); the float32 kernel is weight-normed in float32, then cast.
     """
 
     features: int
@@ -226,12 +232,15 @@ class BatchNorm(nn.Module):
 
     Training mode normalises with the batch statistics (biased variance) and, outside of
     ``init``, updates ``batch_stats`` with momentum 0.1 and the UNBIASED variance, as PyTorch
-    does. Evaluation mode uses the running statistics. Statistics are computed in float32.
-    Under ``jit`` with a batch sharded over devices the statistics are global (not per device).
+    does. Evaluation mode uses the running statistics. Statistics are computed in float32
+    (a bfloat16 input is upcast for them) and ``batch_stats`` stay float32; the normalised
+    output has dtype ``dtype`` (None = x's). Under ``jit`` with a batch sharded over devices
+    the statistics are global (not per device).
     """
 
     momentum: float = 0.1
     epsilon: float = 1e-5
+    dtype: jnp.dtype | None = None
 
     @nn.compact
     def __call__(self, x: Array, train: bool) -> Array:
@@ -253,7 +262,7 @@ class BatchNorm(nn.Module):
         else:
             mean, var = running_mean.value, running_var.value
         inv = jax.lax.rsqrt(var + self.epsilon) * scale
-        return ((x.astype(jnp.float32) - mean) * inv + bias).astype(x.dtype)
+        return ((x.astype(jnp.float32) - mean) * inv + bias).astype(self.dtype or x.dtype)
 
 
 def max_pool(x: Array, window: Sequence[int], strides: Sequence[int]) -> Array:

@@ -67,11 +67,30 @@ def jit_init(init_fn, *args: Any) -> Any:
     return jax.jit(init_fn).lower(*args).compile(compiler_options=INIT_COMPILER_OPTIONS)(*args)
 
 
+# compiled init programs by (network, architecture, key type): several seeds or runs of the
+# same network in one process (``num_seeds``, sweeps) compile its initialisation once
+_INIT_PROGRAMS: dict[tuple, Any] = {}
+
+
 def init_variables(network: str, key: jax.Array, **kwargs: Any) -> dict:
     """Freshly initialised variables ({'params'[, 'batch_stats']}) of ``network``."""
-    model = build_model(network, **kwargs)
-    inputs = example_inputs(network, noise_dim=kwargs.get("noise_dim", 10))
-    return dict(jit_init(lambda k: model.init(k, *inputs), key))
+    try:
+        cache_key = (network, tuple(sorted(kwargs.items())), key.shape, str(key.dtype))
+        hash(cache_key)
+    except TypeError:  # an unhashable architecture value: compile without caching
+        cache_key = None
+    program = _INIT_PROGRAMS.get(cache_key) if cache_key is not None else None
+    if program is None:
+        model = build_model(network, **kwargs)
+        inputs = example_inputs(network, noise_dim=kwargs.get("noise_dim", 10))
+        program = (
+            jax.jit(lambda k: model.init(k, *inputs))
+            .lower(key)
+            .compile(compiler_options=INIT_COMPILER_OPTIONS)
+        )
+        if cache_key is not None:
+            _INIT_PROGRAMS[cache_key] = program
+    return dict(program(key))
 
 
 def variable_shapes(network: str, **kwargs: Any) -> dict:

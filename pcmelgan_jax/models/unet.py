@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -14,23 +16,33 @@ CHANNELS = (8, 16, 32, 64, 128)
 BOTTLENECK_SHAPE = (5, 2)  # 80 x 32 after four 2x poolings
 
 
-def dense(features: int, fan_in: int, name: str) -> nn.Dense:
-    """A Linear layer with PyTorch's default initialisation."""
+def dense(features: int, fan_in: int, name: str, dtype: Any = None) -> nn.Dense:
+    """A Linear layer with PyTorch's default initialisation, float32 parameters and
+    computation dtype ``dtype`` (None: promoted from the input and the parameters)."""
     return nn.Dense(
-        features, kernel_init=torch_uniform(fan_in), bias_init=torch_uniform(fan_in), name=name
+        features,
+        kernel_init=torch_uniform(fan_in),
+        bias_init=torch_uniform(fan_in),
+        dtype=dtype,
+        param_dtype=jnp.float32,
+        name=name,
     )
 
 
 class DoubleConv(nn.Module):
-    """(weight-normed 3x3 conv -> BatchNorm -> ReLU) x 2. (B, H, W, C) -> (B, H, W, features)."""
+    """(weight-normed 3x3 conv -> BatchNorm -> ReLU) x 2. (B, H, W, C) -> (B, H, W, features).
+
+    ``dtype``: computation dtype (None = x's); BatchNorm statistics stay float32.
+    """
 
     features: int
+    dtype: Any = None
 
     @nn.compact
     def __call__(self, x: Array, train: bool) -> Array:
         for i in range(2):
-            x = Conv(self.features, (3, 3), padding=1, name=f"conv{i}")(x)
-            x = nn.relu(BatchNorm(name=f"bn{i}")(x, train))
+            x = Conv(self.features, (3, 3), padding=1, dtype=self.dtype, name=f"conv{i}")(x)
+            x = nn.relu(BatchNorm(dtype=self.dtype, name=f"bn{i}")(x, train))
         return x
 
 
@@ -41,12 +53,17 @@ class UNet(nn.Module):
     train) -> (B, 80, 32, 1) in (-1, 1). ``train`` selects batch statistics (and updates
     ``batch_stats``, so apply with ``mutable=['batch_stats']``) or running statistics.
     The filter (``conditional=False``) has no conditioning parameters.
+
+    ``dtype`` is the computation dtype (e.g. ``jnp.bfloat16``): inputs are cast to it at entry,
+    parameters stay float32 (cast per layer), BatchNorm statistics are float32 and the output
+    is returned in float32 (tanh computed in float32).
     """
 
     conditional: bool = False
     noise_dim: int = 10
     embedding_dim: int = 16
     num_classes: int = 2
+    dtype: Any = jnp.float32
 
     @nn.compact
     def __call__(self, x: Array, z: Array, cond: Array | None = None, train: bool = False) -> Array:
@@ -54,14 +71,15 @@ class UNet(nn.Module):
             raise ValueError(f"UNet expects (B, 80, 32, 1) spectrograms, got {x.shape}")
         h, w = BOTTLENECK_SHAPE
         batch = x.shape[0]
+        x = x.astype(self.dtype)
         skips = []
         for level, features in enumerate(CHANNELS, start=1):
             if level > 1:
                 x = max_pool(x, (2, 2), (2, 2))
-            x = DoubleConv(features, name=f"down{level}")(x, train)
+            x = DoubleConv(features, dtype=self.dtype, name=f"down{level}")(x, train)
             skips.append(x)
         skips.pop()  # the bottleneck is not a skip
-        noise = dense(CHANNELS[-1] * h * w, self.noise_dim, "project_noise")(z)
+        noise = dense(CHANNELS[-1] * h * w, self.noise_dim, "project_noise", self.dtype)(z)
         noise = noise.reshape(batch, CHANNELS[-1], h, w).transpose(0, 2, 3, 1)  # PyTorch C,H,W
         parts = [x, noise.astype(x.dtype)]
         if self.conditional:
@@ -71,14 +89,16 @@ class UNet(nn.Module):
                 self.num_classes,
                 self.embedding_dim,
                 embedding_init=nn.initializers.normal(1.0),
+                dtype=self.dtype,
+                param_dtype=jnp.float32,
                 name="embed_condition",
             )(cond)
-            label = dense(h * w, self.embedding_dim, "project_cond")(embedding)
+            label = dense(h * w, self.embedding_dim, "project_cond", self.dtype)(embedding)
             parts.append(label.reshape(batch, h, w, 1).astype(x.dtype))
         x = jnp.concatenate(parts, axis=-1)
         for level in range(len(CHANNELS) - 1, 0, -1):
             x = upsample_nearest2d(x)
             x = jnp.concatenate([skips[level - 1], x], axis=-1)
-            x = DoubleConv(CHANNELS[level - 1], name=f"up{level + 1}")(x, train)
-        x = Conv(1, (1, 1), weight_norm=False, name="conv_last")(x)
-        return jnp.tanh(x)
+            x = DoubleConv(CHANNELS[level - 1], dtype=self.dtype, name=f"up{level + 1}")(x, train)
+        x = Conv(1, (1, 1), weight_norm=False, dtype=self.dtype, name="conv_last")(x)
+        return jnp.tanh(x.astype(jnp.float32))

@@ -9,6 +9,7 @@ improved for ``config.patience`` evaluations.
 
 from __future__ import annotations
 
+import functools
 import os
 from typing import Any
 
@@ -26,10 +27,21 @@ from pcmelgan_jax.training.steps import (
 )
 
 
-def classifier_network(name: str) -> tuple[str, dict]:
-    """(registry network, arch) of a classifier name."""
+def classifier_network(name: str, width: float = 1.0) -> tuple[str, dict]:
+    """(registry network, arch) of a classifier name at ``width``."""
     domain, _, k = CLASSIFIER_TASKS[name]
-    return ("alexnet" if domain == "spec" else "audionet"), {"num_classes": k}
+    arch = {"num_classes": k}
+    if width != 1.0:
+        arch["width"] = float(width)
+    return ("alexnet" if domain == "spec" else "audionet"), arch
+
+
+def classifier_widths(config: Any) -> dict[str, float]:
+    """{name: width} from ``config.spec_width`` / ``config.audio_width`` (default 1.0)."""
+    return {
+        name: float(config.get(f"{CLASSIFIER_TASKS[name][0]}_width", 1.0))
+        for name in config.classifiers
+    }
 
 
 def build_stage(config: Any, workdir: str, mesh) -> loop.Stage:
@@ -39,16 +51,17 @@ def build_stage(config: Any, workdir: str, mesh) -> loop.Stage:
             raise ValueError(
                 f"unknown classifier {name!r}; expected some of {list(CLASSIFIER_TASKS)}"
             )
+    widths = classifier_widths(config)
     txs = {n: adam(config.learning_rate, config.b1, config.b2) for n in names}
     init_key = jax.random.key(config.seed, impl="rbg")
     networks = {}
     for i, name in enumerate(names):
-        network, arch = classifier_network(name)
+        network, arch = classifier_network(name, widths[name])
         networks[name] = network_state(
             init_variables(network, arch, jax.random.fold_in(init_key, i)), txs[name]
         )
     state = sharding.replicate(new_train_state(networks), mesh)
-    eval_fn = jax.jit(classifier_eval_step)
+    eval_fn = jax.jit(functools.partial(classifier_eval_step, widths=widths))
     models_dir = os.path.join(workdir, "models")
 
     def evaluate(state, step):
@@ -70,7 +83,7 @@ def build_stage(config: Any, workdir: str, mesh) -> loop.Stage:
         for n in names:
             loss = metrics[f"{n}/loss"]
             if n not in best or loss < best[n]["loss"]:
-                network, arch = classifier_network(n)
+                network, arch = classifier_network(n, widths[n])
                 save_model(
                     os.path.join(models_dir, n),
                     network,
@@ -104,7 +117,7 @@ def build_stage(config: Any, workdir: str, mesh) -> loop.Stage:
     return loop.Stage(
         name="classifiers",
         state=state,
-        train_step=jit_step(classifier_step, txs=txs),
+        train_step=jit_step(classifier_step, txs=txs, widths=widths),
         evaluate=evaluate,
         after_evaluation=after_evaluation,
         finalize=finalize,

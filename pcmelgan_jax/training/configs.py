@@ -47,12 +47,16 @@ def classifiers(small: bool = False) -> ml_collections.ConfigDict:
     c.batch_size = 64
     c.num_epochs = 1000
     c.patience = 100  # evaluations (epochs) without a better validation loss
+    c.spec_width = 1.0  # AlexNet width multiplier (1.0 = the original architecture)
+    c.audio_width = 1.0  # AudioNet width multiplier
     if small:
         c.batch_size = 32
-        c.learning_rate = 3e-4
-        c.num_epochs = 3
-        c.patience = 2
+        c.learning_rate = 1e-3
+        c.num_epochs = 5
+        c.patience = 3
         c.log_every_steps = 10
+        c.spec_width = 0.25
+        c.audio_width = 0.5  # at 0.25 AudioNet did not learn gender from raw audio
     return c
 
 
@@ -64,6 +68,7 @@ def vocoder(small: bool = False) -> ml_collections.ConfigDict:
     c.learning_rate_discriminator = 1e-4
     c.feature_matching_weight = 10.0
     c.mel_loss_weight = 0.0  # optional mel-reconstruction L1 (off = the original's losses)
+    c.discriminator_start_step = 0  # > 0: G warms up on the mel loss alone for these steps
     c.generator = ml_collections.ConfigDict(
         {"ngf": 32, "n_residual_layers": 3, "ratios": (8, 8, 2, 2)}
     )
@@ -75,9 +80,10 @@ def vocoder(small: bool = False) -> ml_collections.ConfigDict:
     if small:
         c.batch_size = 8
         c.num_epochs = 1
-        c.num_train_steps = 120
-        c.eval_every_steps = 40
-        c.checkpoint_every_steps = 40
+        c.num_train_steps = 320
+        c.discriminator_start_step = 300  # the mel-loss warm-up does most of the work here
+        c.eval_every_steps = 150
+        c.checkpoint_every_steps = 100
         c.eval_batch_size = 64
         c.log_every_steps = 10
         c.learning_rate_generator = 2e-4
@@ -96,6 +102,10 @@ def pcmelgan(small: bool = False) -> ml_collections.ConfigDict:
     c.noise_dim = 10
     c.entropy = False  # F maximises FD's entropy instead of the flipped-label CE
     c.filter_only = False  # the paper's Filter baseline: F and FD only
+    c.discriminator_width = 1.0  # AlexNet width of FD and GD (1.0 = the original)
+    c.compute_dtype = "float32"  # or "bfloat16": bf16 compute, float32 params and optimizer state
+    c.num_seeds = 1  # > 1: seeds seed..seed+N-1 trained at once (vmapped), runs WORKDIR/seed_<S>
+    c.seeds_strategy = "auto"  # vmap | map (lax.map) | unroll | auto (unroll on CPU, else vmap)
     c.learning_rate_filter = 1e-4
     c.learning_rate_generator = 1e-4
     c.learning_rate_filter_discriminator = 4e-4
@@ -106,10 +116,46 @@ def pcmelgan(small: bool = False) -> ml_collections.ConfigDict:
     c.samples_every_steps = 0
     if small:
         c.batch_size = 32
-        c.num_epochs = 3
+        c.num_epochs = 8
+        c.discriminator_width = 0.25
         c.eval_every_steps = 0
         c.samples_every_steps = 0
         c.log_every_steps = 10
         c.learning_rate_filter = 3e-4
         c.learning_rate_generator = 3e-4
+    return c
+
+
+def evaluation(small: bool = False) -> ml_collections.ConfigDict:
+    """Evaluation (SPEC 8; ``configs/eval.py``). Empty strings mean "derive it" (see eval.py)."""
+    from ml_collections import config_dict
+
+    c = ml_collections.ConfigDict()
+    # PCMelGAN / Filter-only run workdirs or globs, comma-separated ("" = WORKDIR/pcmelgan or
+    # WORKDIR itself).
+    c.runs = ""
+    c.classifiers_workdir = ""  # holds models/spec_{digit,gender}, models/audio_{...}
+    c.vocoder_workdir = ""  # holds models/generator (MelGAN)
+    c.data_dir = ""  # TFDS data_dir
+    c.dataset = ""  # e.g. "audio_mnist/all"
+    c.eps = config_dict.placeholder(float)  # eps of runs without a config.json
+    c.output_dir = ""  # "" = WORKDIR/eval
+    c.seed = 0  # noise z1, z2 and the sampled gender s'
+    c.batch_size = 50
+    c.num_examples_to_save = 4  # per run: wavs and a spectrogram panel
+    # Speaker re-identification classifier (AlexNet on real training-speaker utterances),
+    # cached in OUTPUT_DIR/speaker_classifier/.
+    c.speaker = ml_collections.ConfigDict()
+    c.speaker.holdout_fraction = 0.2  # of each speaker's repetitions, held out
+    c.speaker.steps = 1000
+    c.speaker.batch_size = 64
+    c.speaker.learning_rate = 1e-4
+    c.speaker.width = 1.0  # AlexNet width multiplier
+    c.speaker.seed = 0
+    c.speaker.retrain = False
+    if small:
+        c.speaker.steps = 300
+        c.speaker.batch_size = 32
+        c.speaker.learning_rate = 1e-3
+        c.speaker.width = 0.25
     return c

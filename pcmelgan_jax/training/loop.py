@@ -13,6 +13,14 @@
   progress bar, periodic evaluation and samples.
 - NaN guard: every step reports a ``finite`` flag; a non-finite loss raises
   ``TrainingDivergedError`` without saving, so the last good checkpoint stays.
+- Seeds: a stage with ``num_seeds`` N > 1 trains N independent runs in one program (seeds
+  ``config.seed + i``): its state's network leaves, its step's ``rng`` (N keys
+  ``jax.random.key(config.seed + i)``) and its metrics carry a leading seed axis; N data
+  iterators (seeded ``config.seed + i``) give N batches per step, stacked to (N, B, ...) (see
+  ``sharding.shard_seed_batch``). One checkpoint holds the stacked state, the N iterator
+  states and the N keys. Metrics are logged as the mean over seeds (split ``train``) and per
+  seed (split ``train/seed<S>``, S the seed); ``evaluate`` returns (N,) values, logged the
+  same way.
 """
 
 from __future__ import annotations
@@ -52,6 +60,11 @@ class Stage:
       finalize: ``(state, bookkeeping) -> {name: value}`` once training ends (exports the
         networks); its result is written to ``WORKDIR/final_metrics.json``.
       bookkeeping: initial JSON-able loop state of the stage (best values, patience...).
+      num_seeds: N > 1: ``state`` network leaves are stacked (N, ...) over the seeds
+        ``config.seed + i``; ``train_step`` takes (N, B, ...) batches and (N,) keys and returns
+        (N,) metrics; ``evaluate`` returns {name: (N,) values}; ``write_samples`` and
+        ``finalize`` get the stacked state (``finalize`` exports one run per seed; a
+        ``per_seed`` entry {"seed<S>": {name: value}} of its result is logged per seed).
     """
 
     name: str
@@ -62,6 +75,7 @@ class Stage:
     write_samples: Callable | None = None
     finalize: Callable | None = None
     bookkeeping: dict = dataclasses.field(default_factory=dict)
+    num_seeds: int = 1
 
 
 def checkpoint_manager(directory: str, config: Any):
@@ -122,12 +136,67 @@ def _restore(mngr, step: int, target_state):
     return restored["state"], restored["data_iter"], restored["loop"]
 
 
-def key_to_json(key: jax.Array) -> list[int]:
-    return np.asarray(jax.random.key_data(key)).ravel().tolist()
+def key_to_json(key: jax.Array) -> list:
+    """A key as a JSON list of its uint32 words; (N,) keys as N such lists."""
+    data = np.asarray(jax.random.key_data(key))
+    return data.ravel().tolist() if key.ndim == 0 else data.reshape(key.shape[0], -1).tolist()
 
 
-def key_from_json(data: list[int], impl: str = "threefry2x32") -> jax.Array:
+def key_from_json(data: list, impl: str = "threefry2x32") -> jax.Array:
+    """The inverse of ``key_to_json`` (a key, or (N,) keys from N lists)."""
     return jax.random.wrap_key_data(np.asarray(data, np.uint32), impl=impl)
+
+
+def seed_keys(seeds: list[int]) -> jax.Array:
+    """(N,) keys: ``jax.random.key(s)`` for each seed, stacked."""
+    return jax.numpy.stack([jax.random.key(s) for s in seeds])
+
+
+def run_seeds(config: Any, num_seeds: int) -> list[int]:
+    """The seeds of a ``num_seeds`` run: ``config.seed + i``."""
+    return [int(config.seed) + i for i in range(num_seeds)]
+
+
+def per_seed(values: dict[str, Any], seeds: list[int]) -> dict[str, dict[str, float]]:
+    """{name: (N,) values} -> {"": means over the seeds, "seed<S>": that seed's values}."""
+    arrays = {k: np.asarray(v, np.float64).reshape(len(seeds)) for k, v in values.items()}
+    out = {"": {k: float(np.mean(v)) for k, v in arrays.items()}}
+    for i, s in enumerate(seeds):
+        out[f"seed{s}"] = {k: float(v[i]) for k, v in arrays.items()}
+    return out
+
+
+class SeedIterators:
+    """N data iterators (one per seed) as one: ``next`` -> host batch (N, B, ...), with a
+    JSON-able ``get_state`` / ``set_state`` of the N iterator states."""
+
+    def __init__(self, iterators: list):
+        self.iterators = list(iterators)
+        self.steps_per_epoch = self.iterators[0].steps_per_epoch
+
+    def __iter__(self) -> SeedIterators:
+        return self
+
+    def __next__(self) -> dict[str, np.ndarray]:
+        return sharding.stack_seed_batches([next(it) for it in self.iterators])
+
+    def get_state(self) -> dict:
+        return {"num_seeds": len(self.iterators),
+                "iterators": [it.get_state() for it in self.iterators]}
+
+    def set_state(self, state: dict) -> None:
+        states = state.get("iterators") if isinstance(state, dict) else None
+        if states is None or len(states) != len(self.iterators):
+            raise ValueError(
+                f"the checkpoint's data state is for {len(states) if states else 1} seed(s), "
+                f"this run has {len(self.iterators)}"
+            )
+        for it, st in zip(self.iterators, states, strict=True):
+            it.set_state(st)
+
+    def close(self) -> None:
+        for it in self.iterators:
+            it.close()
 
 
 def require_path(path: str, what: str) -> str:
@@ -140,8 +209,9 @@ def require_path(path: str, what: str) -> str:
     return path
 
 
-def make_train_iterator(config: Any):
-    """The training batch iterator of ``config`` (per-process batch)."""
+def make_train_iterator(config: Any, seed: int | None = None):
+    """The training batch iterator of ``config`` (per-process batch), shuffled with ``seed``
+    (default ``config.seed``)."""
     from pcmelgan_jax.data.pipeline import make_dataset
 
     data_dir = require_path(config.data_dir, "data_dir (the prepared TFDS data)")
@@ -151,7 +221,7 @@ def make_train_iterator(config: Any):
         config.dataset,
         "train",
         batch_size=per_process,
-        seed=config.seed,
+        seed=config.seed if seed is None else seed,
         train=True,
         worker_count=config.get("worker_count", 0),
         worker_threads=config.get("worker_threads", 0),
@@ -200,21 +270,54 @@ def _interval(value: Any, steps_per_epoch: int) -> int:
     return value if value > 0 else 0
 
 
+def _write(writer: MetricWriter, step: int, values: dict, split: str, seeds: list[int] | None):
+    """Logs ``values`` under ``split``; with ``seeds``, (N,) values as their mean under
+    ``split`` and each seed's under ``split/seed<S>``."""
+    if seeds is None:
+        writer.write_scalars(step, values, split)
+        return
+    for name, scalars in per_seed(values, seeds).items():
+        writer.write_scalars(step, scalars, f"{split}/{name}" if name else split)
+
+
+def _check_seeds(mngr, step: int, seeds: list[int] | None, workdir: str) -> None:
+    """Raises ValueError when the checkpoint at ``step`` holds other seeds than this run."""
+    import orbax.checkpoint as ocp
+
+    meta = mngr.restore(step, args=ocp.args.Composite(loop=ocp.args.JsonRestore()))["loop"]
+    saved = meta.get("seeds")
+    if saved != seeds:
+        def what(s):
+            return f"the seeds {s}" if s else "a single seed"
+
+        raise ValueError(
+            f"{workdir}/checkpoints (step {step}) holds {what(saved)}, this run trains "
+            f"{what(seeds)}: use the same --config.seed and --config.num_seeds, or another "
+            "workdir"
+        )
+
+
 def run(config: Any, workdir: str, stage: Stage, mesh=None, rng: jax.Array | None = None) -> dict:
     """Trains ``stage`` to the end (or resumes it), evaluating, logging and checkpointing.
 
-    Returns the final metrics (also in ``WORKDIR/final_metrics.json``). Raises
-    ``TrainingDivergedError`` on a NaN or Inf loss.
+    With ``stage.num_seeds`` N > 1 the N seeds ``config.seed + i`` train together (see the
+    module docstring); ``rng`` then holds (N,) keys. Returns the final metrics (also in
+    ``WORKDIR/final_metrics.json``). Raises ``TrainingDivergedError`` on a NaN or Inf loss.
     """
     workdir = os.path.abspath(workdir)
     os.makedirs(workdir, exist_ok=True)
     mesh = mesh if mesh is not None else sharding.make_mesh()
+    num_seeds = int(stage.num_seeds)
+    seeds = run_seeds(config, num_seeds) if num_seeds > 1 else None
     config_json = config_to_json(config)
-    if jax.process_index() == 0:
-        with open(os.path.join(workdir, "config.json"), "w") as f:
-            json.dump(config_json, f, indent=2, sort_keys=True)
-    rng = jax.random.key(config.seed) if rng is None else rng
-    train_iter = make_train_iterator(config)
+    if seeds is None:
+        rng = jax.random.key(config.seed) if rng is None else rng
+        train_iter = make_train_iterator(config)
+        shard = sharding.shard_batch
+    else:
+        rng = seed_keys(seeds) if rng is None else rng
+        train_iter = SeedIterators([make_train_iterator(config, s) for s in seeds])
+        shard = sharding.shard_seed_batch
     steps_per_epoch = train_iter.steps_per_epoch
     num_steps = total_steps(config, steps_per_epoch)
     log_every = max(1, int(config.get("log_every_steps", 10)))
@@ -229,14 +332,20 @@ def run(config: Any, workdir: str, stage: Stage, mesh=None, rng: jax.Array | Non
         "bookkeeping": dict(stage.bookkeeping),
         "early_stopped": False,
     }
+    if seeds is not None:
+        loop_meta["seeds"] = seeds
     start = 0
     latest = mngr.latest_step()
     if latest is not None:
+        _check_seeds(mngr, latest, seeds, workdir)
         state, iter_state, loop_meta = _restore(mngr, latest, stage.state)
         train_iter.set_state(iter_state)
         rng = key_from_json(loop_meta["rng"])
         start = int(np.asarray(state.step))
         print(f"[{stage.name}] resuming from step {start} ({workdir}/checkpoints)", flush=True)
+    if jax.process_index() == 0:
+        with open(os.path.join(workdir, "config.json"), "w") as f:
+            json.dump(config_json, f, indent=2, sort_keys=True)
     state = sharding.replicate(state, mesh)
     writer = MetricWriter(workdir)
     bookkeeping = loop_meta["bookkeeping"]
@@ -246,18 +355,23 @@ def run(config: Any, workdir: str, stage: Stage, mesh=None, rng: jax.Array | Non
     step = start
     try:
         while step < num_steps and not stop:
-            batch = sharding.shard_batch(next(train_iter), mesh)
+            batch = shard(next(train_iter), mesh)
             state, metrics = stage.train_step(state, batch, rng)
             metrics = jax.device_get(metrics)
-            if not metrics.pop("finite", 1.0) or not all(
-                np.all(np.isfinite(v)) for v in metrics.values()
-            ):
+            finite = np.asarray(metrics.pop("finite", 1.0))
+            if not np.all(finite) or not all(np.all(np.isfinite(v)) for v in metrics.values()):
                 bad = sorted(k for k, v in metrics.items() if not np.all(np.isfinite(v)))
+                where = ""
+                if seeds is not None:
+                    ok = finite.astype(bool) & np.all(
+                        [np.isfinite(v) for v in metrics.values()], axis=0
+                    )
+                    where = f" in seed(s) {[s for s, g in zip(seeds, ok, strict=True) if not g]}"
                 mngr.wait_until_finished()
                 last = mngr.latest_step()
                 raise TrainingDivergedError(
-                    f"[{stage.name}] non-finite loss at step {step + 1} ({', '.join(bad)}); "
-                    "stopping without saving. The last good checkpoint is "
+                    f"[{stage.name}] non-finite loss at step {step + 1} ({', '.join(bad)})"
+                    f"{where}; stopping without saving. The last good checkpoint is "
                     + (f"step {last} in {workdir}/checkpoints" if last is not None else "none")
                 )
             step += 1
@@ -265,12 +379,23 @@ def run(config: Any, workdir: str, stage: Stage, mesh=None, rng: jax.Array | Non
             sums = sum_metrics(sums, metrics)
             count += 1
             if step % log_every == 0 or step == num_steps:
-                means = {k: float(v) / count for k, v in sums.items()}
                 now = time.perf_counter()
-                means["steps_per_second"] = count / max(now - t_log, 1e-9)
-                means["examples_per_second"] = means["steps_per_second"] * config.batch_size
-                means["epoch"] = step / steps_per_epoch
-                writer.write_scalars(step, means, "train")
+                steps_per_second = count / max(now - t_log, 1e-9)
+                rates = {
+                    "steps_per_second": steps_per_second,
+                    "examples_per_second": steps_per_second * config.batch_size * num_seeds,
+                    "epoch": step / steps_per_epoch,
+                }
+                if seeds is None:
+                    means = {k: float(v) / count for k, v in sums.items()}
+                    means.update(rates)
+                    writer.write_scalars(step, means, "train")
+                else:
+                    per = per_seed({k: np.asarray(v) / count for k, v in sums.items()}, seeds)
+                    means = {**per.pop(""), **rates}
+                    writer.write_scalars(step, means, "train")
+                    for name, values in per.items():
+                        writer.write_scalars(step, values, f"train/{name}")
                 bar.set_postfix(
                     {k.split("/")[-1]: f"{v:.3g}" for k, v in list(means.items())[:3]},
                     refresh=False,
@@ -280,7 +405,7 @@ def run(config: Any, workdir: str, stage: Stage, mesh=None, rng: jax.Array | Non
                 step % eval_every == 0 or step == num_steps
             ):
                 eval_metrics = stage.evaluate(state, step)
-                writer.write_scalars(step, eval_metrics, "eval")
+                _write(writer, step, eval_metrics, "eval", seeds)
                 if stage.after_evaluation is not None:
                     stop = bool(stage.after_evaluation(state, step, eval_metrics, bookkeeping))
             if stage.write_samples is not None and samples_every and step % samples_every == 0:
@@ -300,6 +425,11 @@ def run(config: Any, workdir: str, stage: Stage, mesh=None, rng: jax.Array | Non
         writer.write_scalars(
             step, {k: v for k, v in final.items() if isinstance(v, int | float)}, "final"
         )
+        for name, values in (final.get("per_seed") or {}).items():
+            writer.write_scalars(
+                step, {k: v for k, v in values.items() if isinstance(v, int | float)},
+                f"final/{name}",
+            )
         if jax.process_index() == 0:
             with open(os.path.join(workdir, "final_metrics.json"), "w") as f:
                 json.dump(final, f, indent=2, sort_keys=True)

@@ -89,14 +89,19 @@ CLASSIFIER_TASKS = {
 }
 
 
-def classifier_module(name: str) -> AlexNet | AudioNet:
+def classifier_module(name: str, width: float = 1.0) -> AlexNet | AudioNet:
+    """The classifier of task ``name`` (a CLASSIFIER_TASKS key) at ``width``."""
     domain, _, k = CLASSIFIER_TASKS[name]
-    return AlexNet(num_classes=k) if domain == "spec" else AudioNet(num_classes=k)
+    if domain == "spec":
+        return AlexNet(num_classes=k, width=width)
+    return AudioNet(num_classes=k, width=width)
 
 
-def _classifier_logits(name: str, params: Any, spec: Array, audio: Array, train: bool, key=None):
+def _classifier_logits(
+    name: str, params: Any, spec: Array, audio: Array, train: bool, key=None, width: float = 1.0
+):
     domain = CLASSIFIER_TASKS[name][0]
-    module = classifier_module(name)
+    module = classifier_module(name, width)
     rngs = {"dropout": key} if train else None
     if domain == "spec":
         return module.apply({"params": params}, spec, train=train, rngs=rngs)
@@ -104,10 +109,17 @@ def _classifier_logits(name: str, params: Any, spec: Array, audio: Array, train:
 
 
 def classifier_step(
-    state: TrainState, batch: Mapping[str, Array], rng: Array, *, txs: Mapping[str, Any]
+    state: TrainState,
+    batch: Mapping[str, Array],
+    rng: Array,
+    *,
+    txs: Mapping[str, Any],
+    widths: Mapping[str, float] | None = None,
 ) -> tuple[TrainState, Metrics]:
     """One Adam update of every classifier in ``state.networks`` (names of CLASSIFIER_TASKS),
-    each on its own label, with dropout. Metrics ``<name>/loss``, ``<name>/accuracy``."""
+    each on its own label, with dropout. ``widths`` {name: width} (default 1.0). Metrics
+    ``<name>/loss``, ``<name>/accuracy``."""
+    widths = widths or {}
     rng = jax.random.fold_in(rng, state.step)
     spec = spectrogram_batch(batch["audio"])
     networks, metrics = {}, {}
@@ -116,7 +128,9 @@ def classifier_step(
         key = jax.random.fold_in(rng, i)
 
         def loss_fn(params, name=name, labels=labels, key=key):
-            logits = _classifier_logits(name, params, spec, batch["audio"], True, key)
+            logits = _classifier_logits(
+                name, params, spec, batch["audio"], True, key, widths.get(name, 1.0)
+            )
             return softmax_cross_entropy(logits, labels), logits
 
         (loss, logits), grads = jax.value_and_grad(loss_fn, has_aux=True)(net.params)
@@ -126,17 +140,23 @@ def classifier_step(
     return TrainState(step=state.step + 1, networks=networks), metrics
 
 
-def classifier_eval_step(params: Mapping[str, Any], batch: Mapping[str, Array]) -> Metrics:
+def classifier_eval_step(
+    params: Mapping[str, Any],
+    batch: Mapping[str, Array],
+    widths: Mapping[str, float] | None = None,
+) -> Metrics:
     """Masked sums over one evaluation batch: ``<name>/loss_sum``, ``<name>/correct``, ``count``.
 
-    ``params`` {name: params}. Divide the summed sums by the summed ``count``.
+    ``params`` {name: params}, ``widths`` {name: width}. Divide the sums by the summed ``count``.
     """
+    widths = widths or {}
     spec = spectrogram_batch(batch["audio"])
     mask = batch["mask"]
     out = {"count": jnp.sum(mask)}
     for name, p in params.items():
         labels = batch[CLASSIFIER_TASKS[name][1]]
-        logits = _classifier_logits(name, p, spec, batch["audio"], False)
+        width = widths.get(name, 1.0)
+        logits = _classifier_logits(name, p, spec, batch["audio"], False, None, width)
         logp = jax.nn.log_softmax(logits)
         nll = -jnp.take_along_axis(logp, labels[:, None], axis=-1)[:, 0]
         out[f"{name}/loss_sum"] = jnp.sum(nll * mask)
@@ -225,6 +245,27 @@ def vocoder_step(
     return TrainState(step=state.step + 1, networks=networks), metrics
 
 
+def vocoder_warmup_step(
+    state: TrainState, batch: Mapping[str, Array], rng: Array, *, hp: VocoderHyper,
+    txs: Mapping[str, Any],
+) -> tuple[TrainState, Metrics]:
+    """MelGAN warm-up: a G update on the mel-reconstruction loss alone
+    (``hp.mel_loss_weight`` x L1(log-mel(G(s)), s)); D is left untouched. About 3x cheaper
+    than ``vocoder_step``; metrics ``generator/loss`` and ``mel_l1``."""
+    del rng
+    gen, g_net = hp.generator(), state.networks["generator"]
+    mel = log_mel(batch["audio"])
+
+    def loss_fn(g_params):
+        mel_err = l1(log_mel(gen.apply({"params": g_params}, mel)), mel)
+        return hp.mel_loss_weight * mel_err, mel_err
+
+    (loss, mel_err), grads = jax.value_and_grad(loss_fn, has_aux=True)(g_net.params)
+    networks = {**state.networks, "generator": apply_gradients(g_net, grads, txs["generator"])}
+    metrics = {"generator/loss": loss, "mel_l1": mel_err}
+    return TrainState(step=state.step + 1, networks=networks), metrics
+
+
 def vocoder_eval_step(g_params: Any, batch: Mapping[str, Array], *, hp: VocoderHyper) -> Metrics:
     """Masked sum of the per-utterance mel L1 (input log-mel vs re-analysed output)."""
     mel = log_mel(batch["audio"])
@@ -235,25 +276,71 @@ def vocoder_eval_step(g_params: Any, batch: Mapping[str, Array], *, hp: VocoderH
 
 # ----------------------------------------------------------------------------- PCMelGAN
 
+# config value -> computation dtype of the networks (parameters and optimizer state are
+# float32 either way)
+COMPUTE_DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
+
+
+def compute_dtype(name: str, field: str = "compute_dtype") -> Any:
+    """The JAX dtype of the config value ``name`` ("float32" or "bfloat16"); ValueError naming
+    ``field`` otherwise."""
+    if name not in COMPUTE_DTYPES:
+        raise ValueError(
+            f"{field} must be one of {', '.join(map(repr, COMPUTE_DTYPES))}, got {name!r}"
+        )
+    return COMPUTE_DTYPES[name]
+
 
 @dataclasses.dataclass(frozen=True)
 class PCMelGANHyper:
-    """PCMelGAN loss settings (SPEC 6)."""
+    """PCMelGAN loss settings (SPEC 6).
+
+    ``compute_dtype`` "bfloat16" runs F, G, FD, GD and the monitors in bfloat16 with float32
+    parameters, batch statistics and optimizer state; their outputs, hence every loss and
+    gradient, are float32.
+    """
 
     eps: float = 0.05
     lamb: float = 100.0
     noise_dim: int = 10
     entropy: bool = False  # F maximises FD's entropy instead of the flipped-label CE
     filter_only: bool = False  # the Filter baseline: F and FD only
+    discriminator_width: float = 1.0  # AlexNet width of FD and GD (1.0 = the original)
+    monitor_widths: tuple = ()  # ((classifier name, AlexNet width), ...) of the monitors
+    compute_dtype: str = "float32"  # or "bfloat16" (float32 params and optimizer state)
+
+    def __post_init__(self):
+        compute_dtype(self.compute_dtype)  # validates
+
+    @property
+    def dtype(self) -> Any:
+        """The networks' computation dtype."""
+        return compute_dtype(self.compute_dtype)
+
+    def monitor(self, name: str) -> AlexNet:
+        """The fixed spectrogram classifier ``name`` ("spec_digit" / "spec_gender")."""
+        width = dict(self.monitor_widths).get(name, 1.0)
+        return AlexNet(num_classes=CLASSIFIER_TASKS[name][2], width=width, dtype=self.dtype)
+
+    def discriminators(self) -> tuple[AlexNet, AlexNet]:
+        """(FD with 2 classes, GD with 3 classes)."""
+        w, dt = self.discriminator_width, self.dtype
+        return AlexNet(num_classes=2, width=w, dtype=dt), AlexNet(num_classes=3, width=w, dtype=dt)
 
     def filter(self) -> UNet:
-        return UNet(conditional=False, noise_dim=self.noise_dim)
+        return UNet(conditional=False, noise_dim=self.noise_dim, dtype=self.dtype)
 
     def generator(self) -> UNet:
-        return UNet(conditional=True, noise_dim=self.noise_dim)
+        return UNet(conditional=True, noise_dim=self.noise_dim, dtype=self.dtype)
 
 
-def _monitor(monitors: Mapping[str, Any] | None, x: Array, labels: Mapping[str, Array], prefix):
+def _monitor(
+    monitors: Mapping[str, Any] | None,
+    x: Array,
+    labels: Mapping[str, Array],
+    prefix: str,
+    hp: PCMelGANHyper,
+):
     """Fixed classifiers (eval mode) on spectrograms x: ``<prefix>_<task>_acc``."""
     out = {}
     if not monitors:
@@ -261,9 +348,7 @@ def _monitor(monitors: Mapping[str, Any] | None, x: Array, labels: Mapping[str, 
     for task, label in labels.items():
         name = f"spec_{task.split('_')[-1]}"
         if name in monitors:
-            logits = AlexNet(num_classes=CLASSIFIER_TASKS[name][2]).apply(
-                {"params": monitors[name]}, x, train=False
-            )
+            logits = hp.monitor(name).apply({"params": monitors[name]}, x, train=False)
             out[f"{prefix}_{task}_acc"] = accuracy(logits, label)
     return out
 
@@ -282,7 +367,7 @@ def pcmelgan_step(
     update on real x and stop_gradient(x2), weight 0.5. ``monitors`` {"spec_digit",
     "spec_gender": AlexNet params} (optional) give the fixed classifiers' accuracies."""
     filt, gen = hp.filter(), hp.generator()
-    fd, gd = AlexNet(num_classes=2), AlexNet(num_classes=3)
+    fd, gd = hp.discriminators()
     nets = dict(state.networks)
     rng = jax.random.fold_in(rng, state.step)
     k_z1, k_z1b, k_z2, k_s, k_d1, k_d2, k_d3, k_d4, k_d5 = jax.random.split(rng, 9)
@@ -361,7 +446,7 @@ def pcmelgan_step(
     metrics["monitor/fd_acc"] = accuracy(fd_logits, s)
     nets["filter"], nets["filter_discriminator"] = f_net, fd_net
     metrics.update(
-        _monitor(monitors, x1, {"digit": batch["digit"], "gender": s}, "monitor/filter")
+        _monitor(monitors, x1, {"digit": batch["digit"], "gender": s}, "monitor/filter", hp)
     )
 
     # (4) GD update: real x with the true gender, stop_gradient(x2) as fake (class 2)
@@ -391,6 +476,7 @@ def pcmelgan_step(
                 x2,
                 {"digit": batch["digit"], "gender": s, "sampled_gender": s_sampled},
                 "monitor/generator",
+                hp,
             )
         )
     return TrainState(step=state.step + 1, networks=nets), metrics
@@ -430,9 +516,7 @@ def pcmelgan_eval_step(
             labels["sampled_gender"] = sampled
         for task, label in labels.items():
             name = f"spec_{task.split('_')[-1]}"
-            logits = AlexNet(num_classes=CLASSIFIER_TASKS[name][2]).apply(
-                {"params": monitors[name]}, y
-            )
+            logits = hp.monitor(name).apply({"params": monitors[name]}, y)
             out[f"{prefix}_{task}_correct"] = jnp.sum((jnp.argmax(logits, -1) == label) * mask)
         per = jnp.mean(jnp.abs(y - x), axis=(1, 2, 3))
         out[f"{prefix}_distortion_sum"] = jnp.sum(per * mask)
@@ -460,3 +544,73 @@ def with_finite_flag(step: Callable) -> Callable:
 def jit_step(step: Callable, **static: Any) -> Callable:
     """``jax.jit`` of ``step`` with its keyword settings bound and the state donated."""
     return jax.jit(with_finite_flag(functools.partial(step, **static)), donate_argnums=0)
+
+
+SEED_STRATEGIES = ("auto", "vmap", "map", "unroll")
+
+
+def resolve_seed_strategy(strategy: str) -> str:
+    """``"vmap"``, ``"map"`` or ``"unroll"``; ``"auto"`` is ``unroll`` on CPU (vmapping the
+    per-seed weights turns every convolution into a grouped one, which XLA:CPU runs slowly,
+    and a ``lax.map`` loop was slower still) else ``vmap``."""
+    if strategy not in SEED_STRATEGIES:
+        raise ValueError(f"seeds_strategy must be one of {SEED_STRATEGIES}, not {strategy!r}")
+    if strategy == "auto":
+        return "unroll" if jax.default_backend() == "cpu" else "vmap"
+    return strategy
+
+
+def seeds_step(step: Callable, strategy: str = "vmap") -> Callable:
+    """``step`` over a leading seed axis, in one program.
+
+    ``(state, batch, rng, *extra) -> (state, metrics)`` where ``state.networks`` leaves are
+    (N, ...), ``state.step`` is one shared scalar, ``batch`` leaves are (N, B, ...), ``rng``
+    is (N,) keys and ``extra`` (e.g. the fixed monitor classifiers) is shared by every seed
+    (not batched); the metrics come back as (N,) arrays. Seed i computes ``step`` on
+    ``state.networks[i]``, ``batch[i]`` and ``rng[i]``. ``strategy`` ``"vmap"`` vectorises
+    with ``jax.vmap`` (equal to the unbatched step up to rounding: vmap batches the
+    convolutions); ``"map"`` loops over the seeds inside the program with ``jax.lax.map``;
+    ``"unroll"`` writes the N unbatched steps one after another into the program (the
+    unbatched step's arithmetic; compile time grows with N; the choice for CPU).
+    """
+    strategy = resolve_seed_strategy(strategy)
+    axes = TrainState(step=None, networks=0)  # type: ignore[arg-type]
+
+    @functools.wraps(step)
+    def vectorised(state, batch, rng, *extra):
+        def one(s, b, r):
+            return step(s, b, r, *extra)
+
+        return jax.vmap(one, in_axes=(axes, 0, 0), out_axes=(axes, 0))(state, batch, rng)
+
+    @functools.wraps(step)
+    def mapped(state, batch, rng, *extra):
+        def one(args):
+            networks, b, r = args
+            new, metrics = step(TrainState(step=state.step, networks=networks), b, r, *extra)
+            return new.networks, metrics
+
+        networks, metrics = jax.lax.map(one, (state.networks, batch, rng))
+        return TrainState(step=state.step + 1, networks=networks), metrics
+
+    @functools.wraps(step)
+    def unrolled(state, batch, rng, *extra):
+        outs = []
+        for i in range(rng.shape[0]):
+            networks = jax.tree.map(lambda x, i=i: x[i], state.networks)
+            b = jax.tree.map(lambda x, i=i: x[i], batch)
+            new, metrics = step(TrainState(step=state.step, networks=networks), b, rng[i], *extra)
+            outs.append((new.networks, metrics))
+        networks, metrics = jax.tree.map(lambda *xs: jnp.stack(xs), *outs)
+        return TrainState(step=state.step + 1, networks=networks), metrics
+
+    return {"vmap": vectorised, "map": mapped, "unroll": unrolled}[strategy]
+
+
+def jit_seeds_step(step: Callable, strategy: str = "vmap", **static: Any) -> Callable:
+    """``jax.jit`` of ``seeds_step(step, strategy)`` (keyword settings bound, state donated):
+    N seeds in one program, each with its own finite flag (``metrics["finite"]`` (N,))."""
+    return jax.jit(
+        seeds_step(with_finite_flag(functools.partial(step, **static)), strategy),
+        donate_argnums=0,
+    )

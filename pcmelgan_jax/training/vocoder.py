@@ -1,7 +1,9 @@
 """Stage ``vocoder``: MelGAN (SPEC 5) on real log-mels of real audio.
 
 Hinge loss, feature matching (weight ``config.feature_matching_weight``), optional
-mel-reconstruction loss (``config.mel_loss_weight``, 0 = off as in the original). Every
+mel-reconstruction loss (``config.mel_loss_weight``, 0 = off as in the original). With
+``config.discriminator_start_step`` = N > 0 the first N steps are a warm-up that trains the
+generator on the mel-reconstruction loss alone (``steps.vocoder_warmup_step``). Every
 evaluation measures the mel L1 between the input log-mel and the log-mel re-analysed from
 the generated audio on ``config.eval_split``; the best generator by it is exported to
 ``WORKDIR/models/generator`` (its discriminator of the same step to
@@ -21,7 +23,13 @@ from pcmelgan_jax.audio import log_mel, write_audio
 from pcmelgan_jax.checkpointing import save_model
 from pcmelgan_jax.training import loop
 from pcmelgan_jax.training.state import adam, init_variables, network_state, new_train_state
-from pcmelgan_jax.training.steps import VocoderHyper, jit_step, vocoder_eval_step, vocoder_step
+from pcmelgan_jax.training.steps import (
+    VocoderHyper,
+    jit_step,
+    vocoder_eval_step,
+    vocoder_step,
+    vocoder_warmup_step,
+)
 
 
 def hyper(config: Any) -> VocoderHyper:
@@ -53,6 +61,13 @@ def update_best(book: dict, step: int, mel_l1: float) -> bool:
 
 def build_stage(config: Any, workdir: str, mesh) -> loop.Stage:
     hp = hyper(config)
+    warmup_steps = int(config.get("discriminator_start_step", 0) or 0)
+    if warmup_steps > 0 and hp.mel_loss_weight <= 0:
+        raise ValueError(
+            f"vocoder config: discriminator_start_step={warmup_steps} trains the generator on "
+            "the mel-reconstruction loss alone first, so mel_loss_weight must be > 0 (it is "
+            f"{hp.mel_loss_weight})"
+        )
     txs = {
         "generator": adam(config.learning_rate_generator, config.b1, config.b2),
         "discriminator": adam(config.learning_rate_discriminator, config.b1, config.b2),
@@ -123,10 +138,20 @@ def build_stage(config: Any, workdir: str, mesh) -> loop.Stage:
             after_evaluation(state, step, evaluate(state, step), book)
         return {"best_mel_l1": book["best_mel_l1"], "best_step": book["best_step"]}
 
+    full_step = jit_step(vocoder_step, hp=hp, txs=txs)
+    if warmup_steps > 0:
+        warmup_step = jit_step(vocoder_warmup_step, hp=hp, txs=txs)
+
+        def train_step(state, batch, rng):
+            step = int(jax.device_get(state.step))
+            return (warmup_step if step < warmup_steps else full_step)(state, batch, rng)
+    else:
+        train_step = full_step
+
     return loop.Stage(
         name="vocoder",
         state=state,
-        train_step=jit_step(vocoder_step, hp=hp, txs=txs),
+        train_step=train_step,
         evaluate=evaluate,
         after_evaluation=after_evaluation,
         write_samples=write_samples,

@@ -1,0 +1,210 @@
+"""N PCMelGAN seeds in one program (vmapped, or lax.map) vs N sequential single-seed steps.
+
+    .venv/bin/python -m bench.bench_seeds [--num-seeds 4] [--batch-size 16] [--repeats 3]
+        [--discriminator-width 1.0] [--filter-only] [--out bench/results/seeds.json]
+
+The one-program sides run ``steps.jit_seeds_step(pcmelgan_step, "vmap" | "map")`` (what
+``--config.num_seeds=N`` trains with; ``seeds_strategy=auto`` picks map on CPU) on (N, B)
+batches; the sequential side runs the single-seed jitted
+``pcmelgan_step`` N times, one per seed, each on its own state, batch and key. Both take Adam
+with the paper's learning rates and the fixed monitor classifiers, on the default device.
+Timings exclude compilation (first call) and are the median over ``repeats`` of one vmapped
+step and of N sequential steps; examples/s = N * B / that time. Writes
+``bench/results/seeds.json`` and prints a markdown table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import jax
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def make_batch(b: int, seed: int = 0) -> dict[str, np.ndarray]:
+    """A synthetic batch: ``audio`` (B, 8192) tones plus noise, labels and mask (B,)."""
+    rs = np.random.RandomState(seed)
+    t = np.arange(8192) / 8000.0
+    audio = 0.5 * np.sin(2 * np.pi * rs.uniform(100, 1500, (b, 1)) * t) + 0.05 * rs.randn(b, 8192)
+    return {
+        "audio": audio.astype(np.float32),
+        "digit": rs.randint(0, 10, b).astype(np.int32),
+        "gender": rs.randint(0, 2, b).astype(np.int32),
+        "speaker": np.zeros(b, np.int32),
+        "mask": np.ones(b, np.float32),
+    }
+
+
+def setup(num_seeds: int, width: float, filter_only: bool) -> dict:
+    """Hyper-parameters, optimisers, monitors and N freshly initialised single-seed states."""
+    from pcmelgan_jax.training import state as st
+    from pcmelgan_jax.training import steps
+
+    hp = steps.PCMelGANHyper(discriminator_width=width, filter_only=filter_only)
+    disc = {} if width == 1.0 else {"width": width}
+    archs = {  # name: (network, arch, learning rate)
+        "filter": ("unet_filter", {"noise_dim": hp.noise_dim}, 1e-4),
+        "filter_discriminator": ("alexnet", {"num_classes": 2, **disc}, 4e-4),
+    }
+    if not filter_only:
+        archs["generator"] = ("unet_generator", {"noise_dim": hp.noise_dim}, 1e-4)
+        archs["generator_discriminator"] = ("alexnet", {"num_classes": 3, **disc}, 4e-4)
+    txs = {name: st.adam(lr) for name, (_, _, lr) in archs.items()}
+
+    def init(seed: int):
+        key = jax.random.key(seed, impl="rbg")
+        return st.new_train_state({
+            name: st.network_state(
+                st.init_variables(network, arch, jax.random.fold_in(key, i)), txs[name])
+            for i, (name, (network, arch, _)) in enumerate(sorted(archs.items()))
+        })
+
+    key = jax.random.key(100, impl="rbg")
+    monitors = {
+        "spec_digit": st.init_variables("alexnet", {"num_classes": 10}, key)["params"],
+        "spec_gender": st.init_variables("alexnet", {"num_classes": 2},
+                                         jax.random.fold_in(key, 1))["params"],
+    }
+    return {"hp": hp, "txs": txs, "monitors": monitors,
+            "states": [jax.device_get(init(s)) for s in range(num_seeds)]}
+
+
+def _time(call: Callable[[], object], repeats: int) -> dict:
+    """First call (compilation) and the median of ``repeats`` further calls, in seconds."""
+    t0 = time.perf_counter()
+    jax.block_until_ready(call())
+    first = time.perf_counter() - t0
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        jax.block_until_ready(call())
+        times.append(time.perf_counter() - t0)
+    return {"first_s": round(first, 3), "median_s": round(statistics.median(times), 4),
+            "all_s": [round(t, 4) for t in times]}
+
+
+def time_seeds(s: dict, b: int, repeats: int, strategy: str = "vmap") -> dict:
+    """One step over the N seeds in one program (``strategy`` "vmap" or "map"): batch
+    (N, B, ...), keys (N,)."""
+    from pcmelgan_jax import sharding
+    from pcmelgan_jax.training import loop, steps
+    from pcmelgan_jax.training.state import stack_seeds
+
+    n = len(s["states"])
+    step = steps.jit_seeds_step(steps.pcmelgan_step, strategy, hp=s["hp"], txs=s["txs"])
+    box = {"state": jax.device_put(stack_seeds(s["states"]))}
+    batch = jax.device_put(sharding.stack_seed_batches([make_batch(b, i) for i in range(n)]))
+    rngs = loop.seed_keys(list(range(n)))
+    monitors = jax.device_put(s["monitors"])
+
+    def call():
+        box["state"], metrics = step(box["state"], batch, rngs, monitors)
+        return metrics
+
+    return _time(call, repeats)
+
+
+def time_sequential(s: dict, b: int, repeats: int) -> dict:
+    """N single-seed steps one after another, each on its own state, batch and key."""
+    from pcmelgan_jax.training import steps
+
+    n = len(s["states"])
+    step = steps.jit_step(steps.pcmelgan_step, hp=s["hp"], txs=s["txs"])
+    states = [jax.device_put(x) for x in s["states"]]
+    batches = [jax.device_put(make_batch(b, i)) for i in range(n)]
+    rngs = [jax.random.key(i) for i in range(n)]
+    monitors = jax.device_put(s["monitors"])
+
+    def call():
+        out = []
+        for i in range(n):
+            states[i], metrics = step(states[i], batches[i], rngs[i], monitors)
+            out.append(metrics)
+        return out
+
+    return _time(call, repeats)
+
+
+def markdown(results: list[dict]) -> str:
+    """The results as a markdown table (examples/s = N * B / median time)."""
+    lines = [
+        "| seeds | batch | strategy | ex/s | step (s) | sequential ex/s | speed-up |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for r in results:
+        q = r["sequential"]
+        for name, key in (("vmap", "vmapped"), ("lax.map", "mapped"), ("unroll", "unrolled")):
+            v = r[key]
+            lines.append(
+                f"| {r['num_seeds']} | {r['batch_size']} | {name} | {v['examples_per_s']} | "
+                f"{v['median_s']} | {q['examples_per_s']} | "
+                f"{v['examples_per_s'] / q['examples_per_s']:.2f}x |"
+            )
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--num-seeds", default="4", help="N, or several: 2,4,8")
+    p.add_argument("--batch-size", type=int, default=16, help="per seed")
+    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--discriminator-width", type=float, default=1.0,
+                   help="AlexNet width of FD and GD (1.0 = the paper's networks)")
+    p.add_argument("--filter-only", action="store_true", help="the Filter baseline (F, FD)")
+    p.add_argument("--out", default=str(ROOT / "bench" / "results" / "seeds.json"))
+    args = p.parse_args(argv)
+    device = jax.devices()[0]
+    load_start = list(os.getloadavg())
+    results = []
+    for n in (int(x) for x in args.num_seeds.split(",")):
+        s = setup(n, args.discriminator_width, args.filter_only)
+        b = args.batch_size
+        row = {"stage": "pcmelgan-filter" if args.filter_only else "pcmelgan",
+               "num_seeds": n, "batch_size": b, "repeats": args.repeats,
+               "discriminator_width": args.discriminator_width}
+        for name, fn in (
+            ("vmapped", lambda *a: time_seeds(*a, strategy="vmap")),
+            ("mapped", lambda *a: time_seeds(*a, strategy="map")),
+            ("unrolled", lambda *a: time_seeds(*a, strategy="unroll")),
+            ("sequential", time_sequential),
+        ):
+            t = fn(s, b, args.repeats)
+            row[name] = {"examples_per_s": round(n * b / t["median_s"], 2), **t}
+        seq = row["sequential"]["examples_per_s"]
+        row["speedup"] = round(row["vmapped"]["examples_per_s"] / seq, 3)
+        row["map_speedup"] = round(row["mapped"]["examples_per_s"] / seq, 3)
+        row["unroll_speedup"] = round(row["unrolled"]["examples_per_s"] / seq, 3)
+        print(json.dumps(row), flush=True)
+        results.append(row)
+    out = {
+        "device": f"{device.device_kind} ({device.platform})",
+        "environment": {
+            "platform": platform.platform(),
+            "cores": os.cpu_count(),
+            "jax": jax.__version__,
+            "jax_device": str(device),
+            "devices": [str(d) for d in jax.devices()],
+            "load_average_start": load_start,
+            "load_average_end": list(os.getloadavg()),
+        },
+        "note": "median wall time of one vmapped step over N seeds vs N sequential single-seed "
+                "steps, after one compile/warm-up call; ex/s = N * batch / time",
+        "results": results,
+    }
+    os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
+    with open(args.out, "w") as f:
+        json.dump(out, f, indent=1)
+    print(markdown(results))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,26 @@
+"""The paper's eps sweep: eps in {0.005, 0.01, 0.05, 0.1} x 3 seeds, plus the Filter baseline.
+
+    pcmelgan-jax sweep configs/sweeps/eps.py --workdir runs/sweep_eps [--print]
+
+Runs ``eps0.05_seed0`` ... (configs/pcmelgan.py) and ``filter_eps0.05_seed0`` ...
+(configs/filter_only.py) under the workdir; the classifiers, vocoder and data come from
+``overrides`` (change them with ``--set classifiers_workdir=...``).
+"""
+
+import ml_collections
+
+
+def get_config() -> ml_collections.ConfigDict:
+    c = ml_collections.ConfigDict()
+    c.base = "configs/pcmelgan.py"  # relative to this file's folder, the repo root or the cwd
+    c.filter_base = "configs/filter_only.py"
+    c.axes = ml_collections.ConfigDict({"eps": [0.005, 0.01, 0.05, 0.1]})
+    c.seeds = [0, 1, 2]
+    # Fixed for every run, as --config.x=y (the README's stage workdirs).
+    c.overrides = ml_collections.ConfigDict({
+        "data_dir": "data",
+        "classifiers_workdir": "runs/classifiers",
+        "vocoder_workdir": "runs/vocoder",
+    })
+    c.filter_only_baseline = True  # the Filter column of the paper's tables
+    return c

@@ -1,0 +1,26 @@
+"""A tiny eps sweep for CPU: the small configs, eps in {0.01, 0.1} x 2 seeds, with Filter.
+
+    pcmelgan-jax sweep configs/sweeps/eps_small.py --workdir runs/sweep_small \
+        --set classifiers_workdir=runs/classifiers --set vocoder_workdir=runs/vocoder
+
+8 runs of configs/pcmelgan_small.py / configs/filter_only_small.py (a few minutes each on 2
+cores); the stage workdirs default to those of the README's training commands.
+"""
+
+import ml_collections
+
+
+def get_config() -> ml_collections.ConfigDict:
+    c = ml_collections.ConfigDict()
+    c.base = "configs/pcmelgan_small.py"
+    c.filter_base = "configs/filter_only_small.py"
+    c.axes = ml_collections.ConfigDict({"eps": [0.01, 0.1]})
+    c.seeds = [0, 1]
+    c.overrides = ml_collections.ConfigDict({
+        "data_dir": "data",
+        "classifiers_workdir": "runs/classifiers",
+        "vocoder_workdir": "runs/vocoder",
+        "progress_bar": False,  # one line per log step instead of a bar per run
+    })
+    c.filter_only_baseline = True
+    return c

@@ -1,0 +1,233 @@
+"""``pcmelgan-jax bench``: the report from small fake results shaped like the scripts' JSON.
+
+The real benchmarks are never run; the run mode is checked with tiny fake scripts.
+"""
+
+import json
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from pcmelgan_jax import bench_report as br
+from pcmelgan_jax import cli, repo
+
+ENV = {
+    "devices": ["NVIDIA H100 (gpu:0)"], "cpu": "Test CPU", "cores": 2, "platform": "Linux-x",
+    "python": "3.11.7", "versions": {"jax": "0.1", "torch": "not installed"},
+    "date": "2025-01-01T00:00:00+00:00", "load_average": [1.0, 0.5, 0.25],
+}
+
+MODELS = {
+    "environment": {"jax_device": "cpu", "torch": "2.13.0+cpu", "torch_threads": 2,
+                    "load_average_start": [4.0, 3.0, 2.0], "load_average_end": [6.0, 5.0, 4.0]},
+    "batch_size": 16, "repeats": 5, "warmup": 1,
+    "networks": {
+        "unet_filter": {
+            "jax": {"params": 5, "forward": {"median_ms": 50.0, "first_ms": 3000.0},
+                    "train_step": {"median_ms": 150.0, "first_ms": 9000.0}},
+            "torch": {"params": 5, "forward": {"median_ms": 200.0},
+                      "train_step": {"median_ms": 600.0}},
+            "ratio_forward": 0.25, "ratio_train_step": 0.25,
+        },
+        "melgan_discriminator": {  # measured without torch
+            "jax": {"params": 7, "forward": {"median_ms": 1250.0},
+                    "train_step": {"median_ms": 14000.0}},
+        },
+    },
+    "upsampling": {"layers": [{
+        "c_in": 512, "c_out": 256, "ratio": 8, "length_in": 32,
+        "polyphase": {"forward": {"median_ms": 50.0}, "forward_backward": {"median_ms": 200.0}},
+        "torch": {"forward": {"median_ms": 70.0}, "forward_backward": {"median_ms": 250.0}},
+    }]},
+}
+TRAIN = {
+    "environment": {"jax_device": "cpu", "load_average": [2.0, 1.0, 1.0]},
+    "results": [
+        {"stage": "classifier", "batch_size": 16, "repeats": 3,
+         "jax": {"median_s": 0.1, "examples_per_s": 160.0},
+         "torch": {"median_s": 0.2, "examples_per_s": 80.0}},
+        {"stage": "pcmelgan", "batch_size": 128, "repeats": 2,
+         "jax": {"median_s": 4.0, "examples_per_s": 32.0}},
+    ],
+}
+DATA = {
+    "benchmark": "input pipeline, train mode", "step_examples_per_sec": 9.25,
+    "step_source": "SPEC section 10",
+    "results": [{"workers": 0, "threads": 2, "batch_size": 128, "examples_per_sec": 1541.4,
+                 "ratio_to_step": 166.7, "meets_10x": True}],
+}
+
+
+def _rtf(x):
+    return {"audio_seconds": 30.0, "wall_seconds": 30.0 / x, "rtf": x}
+
+
+ANONYMIZE = {
+    "environment": {"jax_device": "cpu", "load_average_start": [0.3, 0, 0],
+                    "load_average_end": [1.1, 0, 0]},
+    "seconds": 30.0, "clips": 20, "repeats": 2, "batch_size": 8, "vocoder_batch_size": 4,
+    "target_rtf": 50.0,
+    "anonymize": {"jax": {"long": _rtf(25.0), "clips": _rtf(35.0)},
+                  "torch": {"long": _rtf(20.0), "clips": _rtf(28.0)}},
+    "copy_synthesis": {"jax": {"long": _rtf(30.0), "clips": _rtf(42.0)}},
+    "vocoder_network_batch": 16,
+    "vocoder_network": {"jax": _rtf(40.0), "torch": _rtf(32.0)},
+}
+SEEDS = {"results": [{"stage": "pcmelgan", "num_seeds": 4, "batch_size": 32,
+                      "vmapped": {"examples_per_s": 300.0},
+                      "sequential": {"examples_per_s": 100.0}}]}
+
+
+def fake_root(tmp_path: Path, scripts=("models", "data", "train", "anonymize")) -> Path:
+    root = tmp_path / "checkout"
+    (root / "bench" / "results").mkdir(parents=True)
+    (root / "bench" / "__init__.py").write_text("")
+    for name in scripts:
+        (root / "bench" / f"bench_{name}.py").write_text("")
+    return root
+
+
+def write_results(root: Path, **files) -> None:
+    for name, data in files.items():
+        (root / "bench" / "results" / f"{name}.json").write_text(json.dumps(data))
+
+
+def table_rows(report: str, section: str) -> dict[str, list[str]]:
+    """label -> the other cells of the table rows in ``## section`` of the report."""
+    body = report.split(f"## {section}:", 1)[1].split("\n## ", 1)[0]
+    rows = {}
+    for line in body.splitlines():
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        if line.startswith("| ") and not line.startswith("|---") and cells[1] != "batch size":
+            rows[cells[0]] = cells[1:]
+    return rows
+
+
+def test_report_from_results(tmp_path):
+    root = fake_root(tmp_path, scripts=("models", "data", "train", "anonymize", "seeds"))
+    write_results(root, models=MODELS, train=TRAIN, data=DATA, anonymize=ANONYMIZE, seeds=SEEDS)
+    report, outcomes = br.build_report(root, run=False, env=ENV)
+    assert [o.status for o in outcomes] == ["ok"] * 5
+    assert "NVIDIA H100 (gpu:0)" in report and "Python 3.11.7" in report
+    assert "torch not installed" in report and "1.00 / 0.50 / 0.25" in report
+    assert "(--from-results)" in report
+
+    models = table_rows(report, "models")
+    assert models["UNet filter F, forward"] == ["16", "50.0", "200", "0.25"]
+    assert models["UNet filter F, train step"] == ["16", "150", "600", "0.25"]
+    assert models["MelGAN discriminator (3 scales), train step"] == ["16", "14,000", "n/a", "n/a"]
+    up = [k for k in models if k.startswith("upsampling")]
+    assert models[up[0]] == ["16", "200", "250", "0.80"]
+    assert "| network | batch size | JAX (ms) | PyTorch (ms) | JAX / PyTorch time |" in report
+    assert "load average (1 min) at start / end 4.0 / 6.0" in report
+
+    train = table_rows(report, "train")
+    assert train["classifier"] == ["16", "160", "80.0", "2.00"]
+    assert train["pcmelgan"] == ["128", "32.0", "n/a", "n/a"]
+    assert "JAX / PyTorch throughput" in report
+
+    data = table_rows(report, "data")
+    assert data["pipeline, 0 workers, 2 reader threads"] == ["128", "1,541", "n/a", "n/a"]
+    assert "166.7x" in report
+
+    anon = table_rows(report, "anonymize")
+    assert anon["anonymize (F + G + vocoder), 30 s recording"] == ["8 / 4", "25.0", "20.0", "1.25"]
+    assert anon["copy synthesis (vocoder), 20 x 1 s clips"] == ["8 / 4", "42.0", "n/a", "n/a"]
+    assert anon["vocoder network forward"] == ["16", "40.0", "32.0", "1.25"]
+
+    assert table_rows(report, "seeds")["pcmelgan 4 seeds"] == ["32", "300", "100", "3.00"]
+
+
+def test_seed_times_give_a_speedup():
+    table = br.seeds_table({"results": [{"num_seeds": 8, "vmapped": {"seconds": 2.0},
+                                         "sequential": {"seconds": 10.0}}]})
+    assert "| 8 seeds | ? | 2.00 | 10.0 | 5.00 |" in table.markdown()
+
+
+def test_seeds_json_of_bench_seeds():
+    """The shape bench/bench_seeds.py writes (narrow discriminators named in the label)."""
+    row = {"stage": "pcmelgan", "num_seeds": 4, "batch_size": 8, "discriminator_width": 0.25,
+           "vmapped": {"examples_per_s": 6.0, "median_s": 5.3},
+           "sequential": {"examples_per_s": 10.0, "median_s": 3.2}, "speedup": 0.6}
+    table = br.seeds_table({"device": "cpu (cpu)", "results": [row]})
+    assert "| pcmelgan 4 seeds (FD/GD width 0.25) | 8 | 6.00 | 10.0 | 0.60 |" in table.markdown()
+
+
+def test_missing_script_and_results(tmp_path):
+    root = fake_root(tmp_path)  # no bench_seeds.py
+    write_results(root, models=MODELS)
+    report, outcomes = br.build_report(root, only="models,train,seeds", run=False, env=ENV)
+    status = {o.bench.name: o.status for o in outcomes}
+    assert status == {"models": "ok", "train": "no results", "seeds": "missing"}
+    assert "`bench/bench_seeds.py` does not exist (yet)" in report
+    assert "pcmelgan-jax bench --only train" in report
+    # run mode: a missing script is a line, not a failure, and nothing else is selected
+    report, outcomes = br.build_report(root, only="seeds", run=True, env=ENV)
+    assert outcomes[0].status == "missing" and "does not exist (yet): not run" in report
+    with pytest.raises(ValueError, match="unknown benchmark"):
+        br.select("models,nope")
+
+
+def test_bad_json_is_a_failure(tmp_path):
+    root = fake_root(tmp_path)
+    write_results(root, train={"results": [{"stage": "x"}]})
+    report, outcomes = br.build_report(root, only="train", run=False, env=ENV)
+    assert outcomes[0].status == "failed" and "**FAILED**: cannot read" in report
+
+
+def test_run_mode_with_fake_scripts(tmp_path):
+    """Runs scripts as ``python -m bench.bench_x``: one writes its JSON, one fails."""
+    root = fake_root(tmp_path)
+    (root / "bench" / "bench_train.py").write_text(textwrap.dedent(f"""
+        import json, pathlib, sys
+        out = pathlib.Path(__file__).resolve().parents[1] / "bench" / "results" / "train.json"
+        if "--out" in sys.argv:
+            out = pathlib.Path(sys.argv[sys.argv.index("--out") + 1])
+        print("args", sys.argv[1:])
+        out.write_text(json.dumps({TRAIN!r}))
+    """))
+    (root / "bench" / "bench_anonymize.py").write_text(
+        "import sys\nprint('loading model ...', file=sys.stderr)\n"
+        "raise SystemExit('out of memory in vocoder')\n"
+    )
+    report, outcomes = br.build_report(root, only="train,anonymize", run=True, quick=True,
+                                       no_torch=True, env=ENV)
+    assert [o.status for o in outcomes] == ["ok", "failed"]
+    assert table_rows(report, "train")["classifier"] == ["16", "160", "80.0", "2.00"]
+    logged = (root / "bench" / "results" / "logs" / "train.stdout.txt").read_text()
+    assert "'--batch-sizes', '16', '--repeats', '2', '--no-torch'" in logged
+    assert "**FAILED**: exited with status 1" in report
+    assert "loading model ...\nout of memory in vocoder" in report
+    assert "small --quick settings" in report
+
+    # a separate results folder is passed to the scripts with --out
+    other = tmp_path / "other"
+    report, outcomes = br.build_report(root, only="train", run=True, results_dir=other,
+                                       env=ENV)
+    assert outcomes[0].status == "ok" and (other / "train.json").is_file()
+
+
+def test_cli_writes_report_and_exit_code(tmp_path, monkeypatch, capsys):
+    root = fake_root(tmp_path)
+    write_results(root, models=MODELS, train={"results": "garbage"})
+    monkeypatch.setattr(repo, "PACKAGE_DIR", root / "pcmelgan_jax")
+    monkeypatch.setattr(br, "environment", lambda: ENV)
+    out = tmp_path / "r" / "report.md"
+    assert cli.main(["bench", "--from-results", "--only", "models", "--out", str(out)]) == 0
+    assert "| UNet filter F, forward | 16 |" in out.read_text()
+    assert not list(out.parent.glob("*.tmp"))
+    assert cli.main(["bench", "--from-results", "--only", "train", "--out", str(out)]) == 1
+    assert cli.main(["bench", "--from-results", "--only", "nope"]) == 2
+    capsys.readouterr()
+
+
+def test_repo_root_error(tmp_path, monkeypatch, capsys):
+    assert (br.bench_root() / "bench" / "bench_models.py").is_file()  # this checkout
+    site = tmp_path / "site-packages" / "pcmelgan_jax"
+    site.mkdir(parents=True)
+    with pytest.raises(repo.RepoRootError, match="bench.*source checkout"):
+        br.bench_root(package_dir=site)
+    monkeypatch.setattr(repo, "PACKAGE_DIR", site)
+    assert cli.main(["bench", "--from-results"]) == 2
+    assert "non-editable install" in capsys.readouterr().err
