@@ -59,7 +59,11 @@ def pcm():
     # eps above any reachable L1 distortion keeps the distortion hinge at exactly zero: its
     # gradient, a sign, would otherwise flip with rounding for near-equal elements and make
     # 1- and 4-device updates differ legitimately. (The order test recomputes the hinge.)
-    hp = steps.PCMelGANHyper(eps=10.0, lamb=100.0)
+    w = 0.25  # narrow AlexNets: the same code paths, a fraction of the compile and run time
+    hp = steps.PCMelGANHyper(
+        eps=10.0, lamb=100.0, discriminator_width=w,
+        monitor_widths=(("spec_digit", w), ("spec_gender", w)),
+    )
     # SGD keeps parameter differences proportional to gradient differences (Adam's first
     # step is lr * sign(g), which flips for gradients that are zero up to rounding).
     txs = {
@@ -70,15 +74,16 @@ def pcm():
     arch = {
         "filter": ("unet_filter", {}),
         "generator": ("unet_generator", {}),
-        "filter_discriminator": ("alexnet", {"num_classes": 2}),
-        "generator_discriminator": ("alexnet", {"num_classes": 3}),
+        "filter_discriminator": ("alexnet", {"num_classes": 2, "width": w}),
+        "generator_discriminator": ("alexnet", {"num_classes": 3, "width": w}),
     }
     nets = {
         n: st.network_state(st.init_variables(a, kw, jax.random.fold_in(key, i)), txs[n])
         for i, (n, (a, kw)) in enumerate(arch.items())
     }
     monitors = {
-        n: st.init_variables("alexnet", {"num_classes": k}, jax.random.fold_in(key, 10 + k))[
+        n: st.init_variables("alexnet", {"num_classes": k, "width": w},
+                             jax.random.fold_in(key, 10 + k))[
             "params"
         ]
         for n, k in (("spec_digit", 10), ("spec_gender", 2))
@@ -147,7 +152,8 @@ def test_pcmelgan_step_follows_spec6_order(pcm):
     b = x.shape[0]
     rng = jax.random.fold_in(pcm["rng"], 0)
     k_z1, k_z1b, k_z2, k_s, k_d1, k_d2, k_d3, _, _ = jax.random.split(rng, 9)
-    filt, gen, fd, gd = hp.filter(), hp.generator(), AlexNet(2), AlexNet(3)
+    filt, gen = hp.filter(), hp.generator()
+    fd, gd = AlexNet(2, width=0.25), AlexNet(3, width=0.25)
 
     # (1) filter loss with the initial F and FD, flipped labels, distortion vs x
     z1 = jax.random.normal(k_z1, (b, 10))
