@@ -25,27 +25,13 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from bench.bench_train import make_batch as _batch  # the synthetic batch the benchmarks use
 from pcmelgan_jax.models import registry
 from pcmelgan_jax.training import pcmelgan as pcmelgan_stage
 from pcmelgan_jax.training import state as st
 from pcmelgan_jax.training import steps
 
 WIDTH = 0.25  # FD, GD and monitor AlexNets (fast)
-
-
-def _batch(b: int = 8, seed: int = 0) -> dict[str, np.ndarray]:
-    """Fixed synthetic batch: noisy sines, alternating genders."""
-    rs = np.random.RandomState(seed)
-    t = np.arange(8192) / 8000.0
-    audio = 0.5 * np.sin(2 * np.pi * rs.uniform(100, 1500, size=(b, 1)) * t)
-    audio = audio + 0.05 * rs.randn(b, 8192)
-    return {
-        "audio": audio.astype(np.float32),
-        "digit": (np.arange(b) % 10).astype(np.int32),
-        "gender": (np.arange(b) % 2).astype(np.int32),
-        "speaker": np.zeros(b, np.int32),
-        "mask": np.ones(b, np.float32),
-    }
 
 
 def _rel_errors(ref, out) -> tuple[float, float]:

@@ -13,6 +13,7 @@ import numpy as np
 import optax
 import pytest
 
+from bench.bench_train import make_batch as _batch  # the synthetic batch the benchmarks use
 from pcmelgan_jax import sharding
 from pcmelgan_jax.checkpointing import load_model, read_model_info
 from pcmelgan_jax.models import AlexNet
@@ -34,20 +35,6 @@ def tiny_data(tmp_path_factory):
     synthesize_corpus(root / "corpus", speakers=SPEAKERS, reps=REPS, seed=0)
     prepare(root / "corpus", root / "data", "all")
     return str(root / "data")
-
-
-def _batch(b: int = 8, seed: int = 0) -> dict[str, np.ndarray]:
-    rs = np.random.RandomState(seed)
-    t = np.arange(8192) / 8000.0
-    freqs = rs.uniform(100, 1500, size=(b, 1))
-    audio = 0.5 * np.sin(2 * np.pi * freqs * t) + 0.05 * rs.randn(b, 8192)
-    return {
-        "audio": audio.astype(np.float32),
-        "digit": (np.arange(b) % 10).astype(np.int32),
-        "gender": (np.arange(b) % 2).astype(np.int32),
-        "speaker": np.zeros(b, np.int32),
-        "mask": np.ones(b, np.float32),
-    }
 
 
 # ----------------------------------------------------------------------------- PCMelGAN step

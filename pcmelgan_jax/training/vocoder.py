@@ -98,22 +98,15 @@ def build_stage(config: Any, workdir: str, mesh) -> loop.Stage:
 
     def export(state, step, mel_l1):
         extra = {"step": step, "validation_mel_l1": mel_l1}
-        save_model(
-            os.path.join(models_dir, "generator"),
-            "melgan_generator",
-            jax.device_get({"params": state.networks["generator"].params}),
-            g_arch,
-            extra=extra,
-            overwrite=True,
-        )
-        save_model(
-            os.path.join(models_dir, "discriminator"),
-            "melgan_discriminator",
-            jax.device_get({"params": state.networks["discriminator"].params}),
-            d_arch,
-            extra=extra,
-            overwrite=True,
-        )
+        for name, arch in (("generator", g_arch), ("discriminator", d_arch)):
+            save_model(
+                os.path.join(models_dir, name),
+                f"melgan_{name}",
+                jax.device_get({"params": state.networks[name].params}),
+                arch,
+                extra=extra,
+                overwrite=True,
+            )
 
     def after_evaluation(state, step, metrics, book):
         if update_best(book, step, metrics["mel_l1"]):
