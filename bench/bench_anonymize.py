@@ -1,6 +1,7 @@
-"""Anonymisation real-time factor on CPU: JAX next to the PyTorch reference modules.
+"""Anonymisation real-time factor: JAX next to the PyTorch reference modules, same device.
 
     python bench/bench_anonymize.py [--seconds 60] [--clips 40] [--repeats 3] [--no-torch]
+        [--torch-device auto|cpu|cuda]
 
 Both frameworks run the same pipeline (``pcmelgan_jax.anonymize``: reading, resampling,
 50 %-overlap windows, log-mel crossfade, chunked vocoding, writing); only the networks differ:
@@ -39,6 +40,7 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
+from bench.common import configure_torch, environment, torch_device  # noqa: E402
 from pcmelgan_jax import anonymize  # noqa: E402
 from pcmelgan_jax.anonymize import Anonymizer  # noqa: E402
 from pcmelgan_jax.models.registry import build_model, numpy_random_variables  # noqa: E402
@@ -65,39 +67,43 @@ def jax_anonymizer(batch_size: int, vocoder_batch_size: int) -> Anonymizer:
 class TorchAnonymizer(Anonymizer):
     """The anonymisation pipeline on the PyTorch reference modules (same weights)."""
 
-    def __init__(self, source: Anonymizer, copy_synthesis: bool = False):
+    def __init__(self, source: Anonymizer, copy_synthesis: bool = False, device: str = "cpu"):
         from bench import torch_reference as tr
         from pcmelgan_jax.torch_import import export_state_dict
 
         super().__init__(source.filter, source.generator, source.vocoder, "", "",
                          source.batch_size, source.vocoder_batch_size)
         self.copy_synthesis = copy_synthesis
+        self.device = device
 
         def load(module, network, variables, strict=True):
             sd = {k: torch.from_numpy(np.asarray(v)) for k, v in
                   export_state_dict(network, variables).items()}
             module.load_state_dict(sd, strict=strict)
-            return module.eval()
+            return module.eval().to(device)
 
         self.t_filter = load(tr.UNet(False), "unet_filter", source.filter[1], strict=False)
         self.t_generator = load(tr.UNet(True), "unet_generator", source.generator[1])
         self.t_vocoder = load(tr.MelGANGenerator(), "melgan_generator", source.vocoder[1])
-        self.audio2mel = tr.Audio2Mel().eval()
+        self.audio2mel = tr.Audio2Mel().eval().to(device)
         self.normalize_mel = tr.normalize_mel
+
+    def _tensor(self, x: np.ndarray):
+        return torch.from_numpy(np.ascontiguousarray(x)).to(self.device)
 
     def transform_mels(self, windows, z1, z2, cond):
         with torch.inference_mode():
-            s = self.audio2mel(torch.from_numpy(windows))
+            s = self.audio2mel(self._tensor(windows))
             if self.copy_synthesis:
-                return s.numpy()
+                return s.cpu().numpy()
             x, mean, std = self.normalize_mel(s)
-            x = self.t_filter(x[:, None], torch.from_numpy(z1), None)
-            x = self.t_generator(x, torch.from_numpy(z2), torch.from_numpy(cond).long())
-            return (x[:, 0] * 3 * std[:, None, None] + mean[:, None, None]).numpy()
+            x = self.t_filter(x[:, None], self._tensor(z1), None)
+            x = self.t_generator(x, self._tensor(z2), self._tensor(cond).long())
+            return (x[:, 0] * 3 * std[:, None, None] + mean[:, None, None]).cpu().numpy()
 
     def vocode(self, mels):
         with torch.inference_mode():
-            return self.t_vocoder(torch.from_numpy(np.ascontiguousarray(mels)))[:, 0].numpy()
+            return self.t_vocoder(self._tensor(mels))[:, 0].cpu().numpy()
 
 
 def tone(seconds: float, sr: int, seed: int) -> np.ndarray:
@@ -149,13 +155,14 @@ def time_pipeline(model: Anonymizer, inputs: dict, out_root: Path, repeats: int)
     return result
 
 
-def time_vocoder_network(model: Anonymizer, batch: int, repeats: int, use_torch: bool) -> dict:
+def time_vocoder_network(model: Anonymizer, batch: int, repeats: int,
+                         torch_device: str | None) -> dict:
     """The MelGAN forward alone on (batch, 80, 32) log-mels."""
     mels = (np.random.default_rng(0).standard_normal((batch, 80, 32)) - 3).astype(np.float32)
     out = {}
     runners = {"jax": model.vocode}
-    if use_torch:
-        runners["torch"] = TorchAnonymizer(model).vocode
+    if torch_device:
+        runners["torch"] = TorchAnonymizer(model, device=torch_device).vocode
     for name, fn in runners.items():
         fn(mels)
         walls = []
@@ -169,16 +176,11 @@ def time_vocoder_network(model: Anonymizer, batch: int, repeats: int, use_torch:
     return out
 
 
-def environment() -> dict[str, Any]:
-    from bench.bench_models import environment as env
-
-    return env()
-
-
 def markdown(results: dict[str, Any]) -> str:
     env = results["environment"]
     lines = [
         f"Anonymisation real-time factor (audio seconds per wall second; higher is better), "
+        f"JAX on {env['jax_device']}, PyTorch on {results.get('torch_device') or '-'}; "
         f"{env['cpu']}, {env['cores']} cores, load average at start / end "
         f"{env['load_average_start'][0]:.1f} / {env['load_average_end'][0]:.1f}; median of "
         f"{results['repeats']}; U-Net batch {results['batch_size']}, vocoder batch "
@@ -211,14 +213,15 @@ def markdown(results: dict[str, Any]) -> str:
 
 
 def run(seconds: float, clips: int, repeats: int, batch_size: int, vocoder_batch_size: int,
-        use_torch: bool) -> dict[str, Any]:
-    if torch is not None and use_torch:
-        torch.set_num_threads(os.cpu_count() or 1)
-    use_torch = use_torch and torch is not None
+        use_torch: bool, torch_device_name: str = "auto") -> dict[str, Any]:
+    """Time every pipeline; PyTorch on ``torch_device_name`` (see ``bench.common``)."""
+    device = torch_device(torch_device_name) if use_torch and torch is not None else None
+    if device:
+        configure_torch(device)
     results: dict[str, Any] = {
         "environment": environment(), "seconds": seconds, "clips": clips, "repeats": repeats,
         "batch_size": batch_size, "vocoder_batch_size": vocoder_batch_size,
-        "target_rtf": TARGET_RTF,
+        "target_rtf": TARGET_RTF, "torch_device": device,
         "notes": "random full-size weights; same pipeline code for both frameworks; RTF = "
                  "audio seconds / wall seconds including reading, resampling and writing",
     }
@@ -231,14 +234,15 @@ def run(seconds: float, clips: int, repeats: int, batch_size: int, vocoder_batch
             results[pipe] = {}
             print(f"{pipe}: JAX ...", file=sys.stderr, flush=True)
             results[pipe]["jax"] = time_pipeline(m, inputs, tmp / f"out_{pipe}_jax", repeats)
-            if use_torch:
+            if device:
                 print(f"{pipe}: PyTorch ...", file=sys.stderr, flush=True)
-                tm = TorchAnonymizer(model, copy_synthesis=pipe == "copy_synthesis")
+                tm = TorchAnonymizer(model, copy_synthesis=pipe == "copy_synthesis",
+                                     device=device)
                 results[pipe]["torch"] = time_pipeline(tm, inputs, tmp / f"out_{pipe}_t",
                                                        repeats)
     print("vocoder network ...", file=sys.stderr, flush=True)
     results["vocoder_network_batch"] = 16
-    results["vocoder_network"] = time_vocoder_network(model, 16, repeats, use_torch)
+    results["vocoder_network"] = time_vocoder_network(model, 16, repeats, device)
     results["environment"]["load_average_end"] = os.getloadavg()
     results["meets_target"] = {
         name: results["anonymize"]["jax"][name]["rtf"] >= TARGET_RTF for name in ("long", "clips")
@@ -254,13 +258,17 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--batch-size", type=int, default=8, help="windows per U-Net batch")
     parser.add_argument("--vocoder-batch-size", type=int, default=4)
     parser.add_argument("--no-torch", action="store_true", help="skip the PyTorch columns")
+    parser.add_argument("--torch-device", default="auto", choices=("auto", "cpu", "cuda"),
+                        help="auto: CUDA when JAX runs on a GPU, else CPU")
     parser.add_argument("--out", default=str(ROOT / "bench" / "results" / "anonymize.json"))
     args = parser.parse_args(argv)
     results = run(args.seconds, args.clips, args.repeats, args.batch_size,
-                  args.vocoder_batch_size, not args.no_torch)
+                  args.vocoder_batch_size, not args.no_torch, args.torch_device)
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(results, indent=2))
+    tmp = out.with_name(out.name + ".tmp")
+    tmp.write_text(json.dumps(results, indent=2))
+    tmp.replace(out)
     print(markdown(results))
     print(f"\nwrote {out}")
 

@@ -1,7 +1,8 @@
 """N PCMelGAN seeds in one program (vmapped, or lax.map) vs N sequential single-seed steps.
 
-    .venv/bin/python -m bench.bench_seeds [--num-seeds 4] [--batch-size 16] [--repeats 3]
-        [--discriminator-width 1.0] [--filter-only] [--out bench/results/seeds.json]
+    .venv/bin/python -m bench.bench_seeds [--num-seeds 4] [--batch-size 16[,128]]
+        [--repeats 3] [--strategies vmap,map,unroll] [--discriminator-width 1.0]
+        [--filter-only] [--out bench/results/seeds.json]
 
 The one-program sides run ``steps.jit_seeds_step(pcmelgan_step, "vmap" | "map")`` (what
 ``--config.num_seeds=N`` trains with; ``seeds_strategy=auto`` picks map on CPU) on (N, B)
@@ -18,14 +19,12 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
-import statistics
-import time
-from collections.abc import Callable
 from pathlib import Path
 
 import jax
 import numpy as np
+
+from bench.common import environment, timed
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -78,20 +77,6 @@ def setup(num_seeds: int, width: float, filter_only: bool) -> dict:
             "states": [jax.device_get(init(s)) for s in range(num_seeds)]}
 
 
-def _time(call: Callable[[], object], repeats: int) -> dict:
-    """First call (compilation) and the median of ``repeats`` further calls, in seconds."""
-    t0 = time.perf_counter()
-    jax.block_until_ready(call())
-    first = time.perf_counter() - t0
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        jax.block_until_ready(call())
-        times.append(time.perf_counter() - t0)
-    return {"first_s": round(first, 3), "median_s": round(statistics.median(times), 4),
-            "all_s": [round(t, 4) for t in times]}
-
-
 def time_seeds(s: dict, b: int, repeats: int, strategy: str = "vmap") -> dict:
     """One step over the N seeds in one program (``strategy`` "vmap" or "map"): batch
     (N, B, ...), keys (N,)."""
@@ -110,7 +95,7 @@ def time_seeds(s: dict, b: int, repeats: int, strategy: str = "vmap") -> dict:
         box["state"], metrics = step(box["state"], batch, rngs, monitors)
         return metrics
 
-    return _time(call, repeats)
+    return timed(call, repeats)
 
 
 def time_sequential(s: dict, b: int, repeats: int) -> dict:
@@ -131,7 +116,10 @@ def time_sequential(s: dict, b: int, repeats: int) -> dict:
             out.append(metrics)
         return out
 
-    return _time(call, repeats)
+    return timed(call, repeats)
+
+
+STRATEGIES = {"vmap": "vmapped", "map": "mapped", "unroll": "unrolled"}  # flag -> JSON key
 
 
 def markdown(results: list[dict]) -> str:
@@ -143,7 +131,9 @@ def markdown(results: list[dict]) -> str:
     for r in results:
         q = r["sequential"]
         for name, key in (("vmap", "vmapped"), ("lax.map", "mapped"), ("unroll", "unrolled")):
-            v = r[key]
+            v = r.get(key)
+            if v is None:
+                continue
             lines.append(
                 f"| {r['num_seeds']} | {r['batch_size']} | {name} | {v['examples_per_s']} | "
                 f"{v['median_s']} | {q['examples_per_s']} | "
@@ -155,54 +145,52 @@ def markdown(results: list[dict]) -> str:
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--num-seeds", default="4", help="N, or several: 2,4,8")
-    p.add_argument("--batch-size", type=int, default=16, help="per seed")
+    p.add_argument("--batch-size", default="16", help="per seed, or several: 16,128")
     p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--strategies", default="vmap,map,unroll",
+                   help="one-program strategies to time (comma-separated subset)")
     p.add_argument("--discriminator-width", type=float, default=1.0,
                    help="AlexNet width of FD and GD (1.0 = the paper's networks)")
     p.add_argument("--filter-only", action="store_true", help="the Filter baseline (F, FD)")
     p.add_argument("--out", default=str(ROOT / "bench" / "results" / "seeds.json"))
     args = p.parse_args(argv)
-    device = jax.devices()[0]
-    load_start = list(os.getloadavg())
+    strategies = [x.strip() for x in args.strategies.split(",") if x.strip()]
+    unknown = sorted(set(strategies) - set(STRATEGIES))
+    if unknown or not strategies:
+        p.error(f"--strategies: unknown {unknown}; choose from {', '.join(STRATEGIES)}")
+    env = environment()
     results = []
     for n in (int(x) for x in args.num_seeds.split(",")):
         s = setup(n, args.discriminator_width, args.filter_only)
-        b = args.batch_size
-        row = {"stage": "pcmelgan-filter" if args.filter_only else "pcmelgan",
-               "num_seeds": n, "batch_size": b, "repeats": args.repeats,
-               "discriminator_width": args.discriminator_width}
-        for name, fn in (
-            ("vmapped", lambda *a: time_seeds(*a, strategy="vmap")),
-            ("mapped", lambda *a: time_seeds(*a, strategy="map")),
-            ("unrolled", lambda *a: time_seeds(*a, strategy="unroll")),
-            ("sequential", time_sequential),
-        ):
-            t = fn(s, b, args.repeats)
-            row[name] = {"examples_per_s": round(n * b / t["median_s"], 2), **t}
-        seq = row["sequential"]["examples_per_s"]
-        row["speedup"] = round(row["vmapped"]["examples_per_s"] / seq, 3)
-        row["map_speedup"] = round(row["mapped"]["examples_per_s"] / seq, 3)
-        row["unroll_speedup"] = round(row["unrolled"]["examples_per_s"] / seq, 3)
-        print(json.dumps(row), flush=True)
-        results.append(row)
+        for b in (int(x) for x in args.batch_size.split(",")):
+            row = {"stage": "pcmelgan-filter" if args.filter_only else "pcmelgan",
+                   "num_seeds": n, "batch_size": b, "repeats": args.repeats,
+                   "discriminator_width": args.discriminator_width}
+            for strategy in strategies:
+                t = time_seeds(s, b, args.repeats, strategy=strategy)
+                row[STRATEGIES[strategy]] = {"examples_per_s": round(n * b / t["median_s"], 2),
+                                             **t}
+            t = time_sequential(s, b, args.repeats)
+            row["sequential"] = {"examples_per_s": round(n * b / t["median_s"], 2), **t}
+            seq = row["sequential"]["examples_per_s"]
+            for key, name in (("vmapped", "speedup"), ("mapped", "map_speedup"),
+                              ("unrolled", "unroll_speedup")):
+                if key in row:
+                    row[name] = round(row[key]["examples_per_s"] / seq, 3)
+            print(json.dumps(row), flush=True)
+            results.append(row)
     out = {
-        "device": f"{device.device_kind} ({device.platform})",
-        "environment": {
-            "platform": platform.platform(),
-            "cores": os.cpu_count(),
-            "jax": jax.__version__,
-            "jax_device": str(device),
-            "devices": [str(d) for d in jax.devices()],
-            "load_average_start": load_start,
-            "load_average_end": list(os.getloadavg()),
-        },
-        "note": "median wall time of one vmapped step over N seeds vs N sequential single-seed "
-                "steps, after one compile/warm-up call; ex/s = N * batch / time",
+        "device": env["jax_device"],
+        "environment": {**env, "load_average_end": list(os.getloadavg())},
+        "note": "median wall time of one step over N seeds in one program vs N sequential "
+                "single-seed steps, after one compile/warm-up call; ex/s = N * batch / time",
         "results": results,
     }
     os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
-    with open(args.out, "w") as f:
+    tmp = args.out + ".tmp"
+    with open(tmp, "w") as f:
         json.dump(out, f, indent=1)
+    os.replace(tmp, args.out)
     print(markdown(results))
 
 

@@ -6,8 +6,11 @@ Stages: ``classifier`` (one spectrogram AlexNet, K=10, with the log-mel front-en
 ``vocoder`` (MelGAN D then G update), ``pcmelgan`` (the four SPEC-6 updates plus the fixed
 classifiers' monitoring). The JAX side runs the project's jitted steps
 (``pcmelgan_jax.training.steps``) on the default device; the PyTorch side runs
-``bench/torch_train_reference.py`` on CPU. Writes ``bench/results/train.json`` and prints a
-markdown table. Timings exclude compilation (first call) and report the median of
+``bench/torch_train_reference.py`` on the same kind of device (``--torch-device auto``: CUDA
+when JAX runs on a GPU, with cuDNN autotuning and TF32 like XLA's float32 default, else CPU).
+``--dtype bfloat16`` runs the JAX pcmelgan networks in bfloat16 (float32 parameters).
+Writes ``bench/results/train.json`` (atomically) and prints a markdown table. Timings
+exclude compilation (first call) and report the median of
 ``repeats`` calls.
 """
 
@@ -16,13 +19,12 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
-import statistics
-import time
 from pathlib import Path
 
 import jax
 import numpy as np
+
+from bench.common import configure_torch, environment, timed, torch_device, torch_wait
 
 ROOT = Path(__file__).resolve().parents[1]
 STAGES = ("classifier", "vocoder", "pcmelgan")
@@ -41,8 +43,9 @@ def make_batch(b: int, seed: int = 0) -> dict[str, np.ndarray]:
     }
 
 
-def jax_step(stage: str):
-    """(step, state, extra args) of a stage, freshly initialised."""
+def jax_step(stage: str, dtype: str = "float32"):
+    """(step, state, extra args) of a stage, freshly initialised; ``dtype``: the PCMelGAN
+    networks' computation dtype (float32 parameters and optimizer state either way)."""
     from pcmelgan_jax.training import state as st
     from pcmelgan_jax.training import steps
 
@@ -63,7 +66,7 @@ def jax_step(stage: str):
             "discriminator": net("melgan_discriminator", {}, txs["discriminator"], 1),
         }
         return steps.jit_step(steps.vocoder_step, hp=hp, txs=txs), st.new_train_state(nets), ()
-    hp = steps.PCMelGANHyper()
+    hp = steps.PCMelGANHyper(compute_dtype=dtype)
     lr = {"filter": 1e-4, "generator": 1e-4, "filter_discriminator": 4e-4,
           "generator_discriminator": 4e-4}
     txs = {k: st.adam(v) for k, v in lr.items()}
@@ -83,47 +86,33 @@ def jax_step(stage: str):
     )
 
 
-def time_jax(stage: str, b: int, repeats: int) -> dict:
-    step, state, extra = jax_step(stage)
+def time_jax(stage: str, b: int, repeats: int, dtype: str = "float32") -> dict:
+    step, state, extra = jax_step(stage, dtype)
     batch = {k: jax.device_put(v) for k, v in make_batch(b).items()}
     rng = jax.random.key(0)
-    t0 = time.perf_counter()
-    state, metrics = step(state, batch, rng, *extra)
-    jax.block_until_ready(metrics)
-    first = time.perf_counter() - t0
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        state, metrics = step(state, batch, rng, *extra)
-        jax.block_until_ready(metrics)
-        times.append(time.perf_counter() - t0)
-    med = statistics.median(times)
-    return {"first_s": round(first, 3), "median_s": round(med, 4),
-            "all_s": [round(t, 4) for t in times], "examples_per_s": round(b / med, 2)}
+    box = {"state": state}
+
+    def call():
+        box["state"], metrics = step(box["state"], batch, rng, *extra)
+        return metrics
+
+    t = timed(call, repeats)
+    return {**t, "examples_per_s": round(b / t["median_s"], 2)}
 
 
-def time_torch(stage: str, b: int, repeats: int) -> dict:
+def time_torch(stage: str, b: int, repeats: int, device: str = "cpu") -> dict:
     import torch
 
     from bench import torch_train_reference as ref
 
     torch.manual_seed(0)
-    step = ref.STEPS[stage]()
+    step = ref.STEPS[stage](device)
     batch = make_batch(b)
-    audio = torch.from_numpy(batch["audio"])
-    digit = torch.from_numpy(batch["digit"]).long()
-    gender = torch.from_numpy(batch["gender"]).long()
-    t0 = time.perf_counter()
-    step(audio, digit, gender)
-    first = time.perf_counter() - t0
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        step(audio, digit, gender)
-        times.append(time.perf_counter() - t0)
-    med = statistics.median(times)
-    return {"first_s": round(first, 3), "median_s": round(med, 4),
-            "all_s": [round(t, 4) for t in times], "examples_per_s": round(b / med, 2)}
+    audio = torch.from_numpy(batch["audio"]).to(device)
+    digit = torch.from_numpy(batch["digit"]).long().to(device)
+    gender = torch.from_numpy(batch["gender"]).long().to(device)
+    t = timed(lambda: step(audio, digit, gender), repeats, torch_wait(device))
+    return {**t, "examples_per_s": round(b / t["median_s"], 2)}
 
 
 def markdown(results: list[dict]) -> str:
@@ -149,37 +138,44 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--only", default=",".join(STAGES))
     p.add_argument("--no-torch", action="store_true")
+    p.add_argument("--torch-device", default="auto", choices=("auto", "cpu", "cuda"),
+                   help="auto: CUDA when JAX runs on a GPU, else CPU")
+    p.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"),
+                   help="computation dtype of the JAX pcmelgan stage")
     p.add_argument("--out", default=str(ROOT / "bench" / "results" / "train.json"))
     args = p.parse_args(argv)
-    if not args.no_torch:
-        import torch
-
-        torch.set_num_threads(os.cpu_count() or 1)
+    device = None if args.no_torch else torch_device(args.torch_device)
+    if device:
+        configure_torch(device)
+    env = environment()
+    on_cpu = jax.default_backend() == "cpu"
     results = []
     for stage in args.only.split(","):
         for b in (int(x) for x in args.batch_sizes.split(",")):
             # few repeats for the heavy cases on CPU
-            repeats = args.repeats if b <= 32 or stage == "classifier" else max(1, args.repeats - 1)
-            row = {"stage": stage, "batch_size": b, "repeats": repeats}
-            row["jax"] = time_jax(stage, b, repeats)
-            if not args.no_torch:
-                row["torch"] = time_torch(stage, b, repeats)
+            repeats = args.repeats
+            if on_cpu and b > 32 and stage != "classifier":
+                repeats = max(1, repeats - 1)
+            row = {"stage": stage, "batch_size": b, "repeats": repeats,
+                   "dtype": args.dtype if stage == "pcmelgan" else "float32"}
+            row["jax"] = time_jax(stage, b, repeats, row["dtype"])
+            if device:
+                row["torch"] = time_torch(stage, b, repeats, device)
+                row["torch_device"] = device
             print(json.dumps(row), flush=True)
             results.append(row)
     out = {
-        "environment": {
-            "platform": platform.platform(),
-            "cores": os.cpu_count(),
-            "jax": jax.__version__,
-            "jax_device": str(jax.devices()[0]),
-            "load_average": list(os.getloadavg()),
-        },
-        "note": "median per-step wall time after one compile/warm-up call; ex/s = batch / step",
+        "environment": {**env, "load_average_end": list(os.getloadavg())},
+        "note": "median per-step wall time after one compile/warm-up call; ex/s = batch / step"
+                + ("; PyTorch on CUDA with cuDNN autotuning and TF32 (XLA's float32 default)"
+                   if device == "cuda" else ""),
         "results": results,
     }
-    os.makedirs(os.path.dirname(args.out), exist_ok=True)
-    with open(args.out, "w") as f:
+    os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
+    tmp = args.out + ".tmp"
+    with open(tmp, "w") as f:
         json.dump(out, f, indent=1)
+    os.replace(tmp, args.out)
     print(markdown(results))
 
 

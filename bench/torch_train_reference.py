@@ -1,7 +1,9 @@
 """PyTorch reference train steps of the three stages (the same work as the JAX steps).
 
 Benchmark use only (``bench/bench_train.py``); the package does not depend on torch.
-Each ``make_*`` returns ``step(audio, digit, gender) -> float`` doing, like the original code:
+Each ``make_*(device)`` builds its modules on ``device`` ("cpu" or "cuda") and returns
+``step(audio, digit, gender) -> float`` (tensors on that device; the returned float waits for
+the device), doing, like the original code:
 
 - classifier: Audio2Mel + normalisation, AlexNet (K=10) forward/backward, Adam.
 - vocoder: Audio2Mel; D update (hinge) on real and detached fake; G update (hinge +
@@ -22,8 +24,13 @@ def _adam(model: torch.nn.Module, lr: float) -> torch.optim.Optimizer:
     return torch.optim.Adam(model.parameters(), lr=lr, betas=(0.5, 0.9))
 
 
-def make_classifier_step():
-    mel = tr.Audio2Mel()
+def make_classifier_step(device: str = "cpu"):
+    with torch.device(device):
+        return _classifier_step(device)
+
+
+def _classifier_step(device: str):
+    mel = tr.Audio2Mel().to(device)  # its mel basis is a NumPy-made buffer
     net = tr.AlexNet(10).train()
     opt = _adam(net, 1e-4)
 
@@ -34,13 +41,18 @@ def make_classifier_step():
         loss = F.cross_entropy(net(x), digit)
         loss.backward()
         opt.step()
-        return float(loss)
+        return loss.item()
 
     return step
 
 
-def make_vocoder_step():
-    mel = tr.Audio2Mel()
+def make_vocoder_step(device: str = "cpu"):
+    with torch.device(device):
+        return _vocoder_step(device)
+
+
+def _vocoder_step(device: str):
+    mel = tr.Audio2Mel().to(device)  # its mel basis is a NumPy-made buffer
     gen, disc = tr.build_network("melgan_generator"), tr.build_network("melgan_discriminator")
     gen.train()
     disc.train()
@@ -71,13 +83,19 @@ def make_vocoder_step():
         opt_g.zero_grad(set_to_none=True)
         (loss_g + 10 * loss_feat).backward()
         opt_g.step()
-        return float(loss_g)
+        return loss_g.item()
 
     return step
 
 
-def make_pcmelgan_step(eps: float = 0.05, lamb: float = 100.0, noise_dim: int = 10):
-    mel = tr.Audio2Mel()
+def make_pcmelgan_step(device: str = "cpu", eps: float = 0.05, lamb: float = 100.0,
+                       noise_dim: int = 10):
+    with torch.device(device):
+        return _pcmelgan_step(torch.device(device), eps, lamb, noise_dim)
+
+
+def _pcmelgan_step(device: torch.device, eps: float, lamb: float, noise_dim: int):
+    mel = tr.Audio2Mel().to(device)  # its mel basis is a NumPy-made buffer
     filt, gen = tr.UNet(conditional=False).train(), tr.UNet(conditional=True).train()
     fd, gd = tr.AlexNet(2).train(), tr.AlexNet(3).train()
     digit_cls, gender_cls = tr.AlexNet(10).eval(), tr.AlexNet(2).eval()
@@ -89,16 +107,16 @@ def make_pcmelgan_step(eps: float = 0.05, lamb: float = 100.0, noise_dim: int = 
             x = tr.normalize_mel(mel(audio))[0][:, None]
         b = x.shape[0]
         # (1) filter
-        x1 = filt(x, torch.randn(b, noise_dim))
+        x1 = filt(x, torch.randn(b, noise_dim, device=device))
         dist = F.l1_loss(x1, x)
         loss_f = F.cross_entropy(fd(x1), 1 - gender) + lamb * F.relu(dist - eps) ** 2
         opt_f.zero_grad(set_to_none=True)
         loss_f.backward()
         opt_f.step()
         # (2) generator on a fresh filter pass
-        x1 = filt(x, torch.randn(b, noise_dim)).detach()
-        s_prime = torch.randint(0, 2, (b,))
-        x2 = gen(x1, torch.randn(b, noise_dim), s_prime)
+        x1 = filt(x, torch.randn(b, noise_dim, device=device)).detach()
+        s_prime = torch.randint(0, 2, (b,), device=device)
+        x2 = gen(x1, torch.randn(b, noise_dim, device=device), s_prime)
         loss_g = F.cross_entropy(gd(x2), s_prime) + lamb * F.relu(F.l1_loss(x2, x) - eps) ** 2
         opt_g.zero_grad(set_to_none=True)
         loss_g.backward()
@@ -112,7 +130,7 @@ def make_pcmelgan_step(eps: float = 0.05, lamb: float = 100.0, noise_dim: int = 
         x2 = x2.detach()
         loss_gd = 0.5 * (
             F.cross_entropy(gd(x), gender)
-            + F.cross_entropy(gd(x2), torch.full((b,), 2, dtype=torch.long))
+            + F.cross_entropy(gd(x2), torch.full((b,), 2, dtype=torch.long, device=device))
         )
         opt_gd.zero_grad(set_to_none=True)
         loss_gd.backward()
@@ -122,7 +140,7 @@ def make_pcmelgan_step(eps: float = 0.05, lamb: float = 100.0, noise_dim: int = 
             for y in (x1, x2):
                 digit_cls(y).argmax(-1)
                 gender_cls(y).argmax(-1)
-        return float(loss_f)
+        return loss_f.item()
 
     return step
 

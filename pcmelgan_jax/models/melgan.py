@@ -120,7 +120,7 @@ class MelGANDiscriminator(nn.Module):
     ndf: int = 16
     n_layers: int = 4
     downsampling_factor: int = 4
-    grouped_as_matmul: bool = True  # see layers.grouped_conv1d_as_matmul
+    grouped_as_matmul: bool = True  # see layers.grouped_conv1d
 
     @nn.compact
     def __call__(self, audio: Array) -> list[list[Array]]:
