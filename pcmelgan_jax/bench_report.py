@@ -130,6 +130,8 @@ def _env_note(d: Mapping[str, Any]) -> str:
         parts.append(f"JAX device {env['jax_device']}")
     if env.get("torch"):
         parts.append(f"torch {env['torch']} ({env.get('torch_threads', '?')} threads)")
+    if env.get("torch_cuda_device"):
+        parts.append(f"PyTorch CUDA device {env['torch_cuda_device']}")
     load = _load_note(env)
     if load:
         parts.append(load)
@@ -179,7 +181,8 @@ def data_table(d: Mapping[str, Any]) -> Table:
 def train_table(d: Mapping[str, Any]) -> Table:
     """``bench_train`` JSON: train-step examples/s per stage and batch size."""
     rows = [
-        Row(r["stage"], str(r["batch_size"]), _get(r, "jax", "examples_per_s"),
+        Row(r["stage"] + (f" ({r['dtype']})" if r.get("dtype", "float32") != "float32" else ""),
+            str(r["batch_size"]), _get(r, "jax", "examples_per_s"),
             _get(r, "torch", "examples_per_s"))
         for r in d["results"]
     ]
@@ -535,6 +538,37 @@ def write_text_atomic(path: str | os.PathLike, text: str) -> None:
         raise
 
 
+def recorded_dirs(root: Path) -> list[Path]:
+    """The folders of ``bench/measured/`` (results recorded on other machines, e.g. a GPU)."""
+    base = root / "bench" / "measured"
+    return sorted(p for p in base.iterdir() if p.is_dir()) if base.is_dir() else []
+
+
+def recorded_section(folder: Path, root: Path | None = None) -> str:
+    """Markdown for one folder of recorded results: its README's first paragraph, then a
+    table per JSON file whose name starts with a benchmark's result name (``train*.json``
+    gets the train table, ``seeds*.json`` the seeds table, ...)."""
+    lines = [f"## Recorded results: `{_shown(folder, root)}`"]
+    readme = folder / "README.md"
+    if readme.is_file():
+        text = readme.read_text(encoding="utf-8").strip().split("\n\n")
+        para = text[1] if text[0].startswith("#") and len(text) > 1 else text[0]
+        lines += ["", para]
+    for path in sorted(folder.glob("*.json")):
+        bench = next((b for b in BENCHMARKS if path.name.startswith(b.result[:-5])), None)
+        if bench is None:
+            continue
+        o = read_result(bench, path, Outcome(bench, "ok", result_path=path))
+        env = _env_note(json.loads(path.read_text(encoding="utf-8")))
+        lines += ["", f"### `{path.name}`: {bench.title}", ""]
+        if o.status == "failed":
+            lines += [f"**Unreadable**: {o.message}."]
+            continue
+        lines += [f"Measured with {env}." if env else "", *o.table.notes, "",
+                  o.table.markdown()]
+    return "\n".join(lines) + "\n"
+
+
 def build_report(
     root: Path,
     only: str | Sequence[str] | None = None,
@@ -544,9 +578,12 @@ def build_report(
     no_torch: bool = False,
     timeout: float | None = None,
     env: Mapping[str, Any] | None = None,
+    recorded: Sequence[Path] | None = None,
 ) -> tuple[str, list[Outcome]]:
     """Runs (``run``) or reads (``run=False``) the selected benchmarks; returns the markdown
-    report and the outcomes (any status "failed" means the command should exit 1)."""
+    report and the outcomes (any status "failed" means the command should exit 1). Each folder
+    of ``recorded`` (default: ``recorded_dirs(root)``) adds a section of results recorded
+    elsewhere."""
     results_dir = Path(results_dir) if results_dir else root / "bench" / "results"
     outcomes = []
     for bench in select(only):
@@ -559,7 +596,10 @@ def build_report(
     else:
         mode = ("ran the benchmarks with the small --quick settings" if quick
                 else "ran the benchmarks with their full settings")
-    return render(outcomes, env or environment(), mode, root), outcomes
+    text = render(outcomes, env or environment(), mode, root)
+    for folder in recorded_dirs(root) if recorded is None else recorded:
+        text += "\n" + recorded_section(Path(folder), root)
+    return text, outcomes
 
 
 def _run(args) -> int:

@@ -139,6 +139,33 @@ def test_report_from_results(tmp_path):
     assert table_rows(report, "seeds")["pcmelgan 4 seeds"] == ["32", "300", "100", "3.00"]
 
 
+def test_recorded_results_get_their_own_section(tmp_path):
+    """Results recorded on another machine (bench/measured/<name>/) follow the report: the
+    README's first paragraph, then one table per JSON named after a benchmark."""
+    root = fake_root(tmp_path, scripts=("train",))
+    write_results(root, train=TRAIN)
+    gpu = root / "bench" / "measured" / "gpu-x"
+    gpu.mkdir(parents=True)
+    (gpu / "README.md").write_text("# GPU X\n\nOne GPU X, 2026.\n\nMore.\n")
+    bf16 = {"environment": {"jax_device": "GPU X (gpu)", "torch_cuda_device": "GPU X"},
+            "results": [{"stage": "pcmelgan", "batch_size": 16, "dtype": "bfloat16",
+                         "jax": {"examples_per_s": 100.0}}]}
+    (gpu / "train_bf16.json").write_text(json.dumps(bf16))
+    (gpu / "seeds.json").write_text(json.dumps(SEEDS))
+    (gpu / "notes.json").write_text("{}")  # no benchmark of that name: ignored
+    report, outcomes = br.build_report(root, only="train", run=False, env=ENV)
+    assert [o.status for o in outcomes] == ["ok"]
+    section = report[report.index("## Recorded results: `bench/measured/gpu-x`"):]
+    assert "One GPU X, 2026." in section and "More." not in section
+    assert "PyTorch CUDA device GPU X" in section and "notes.json" not in section
+    assert "| pcmelgan (bfloat16) | 16 | 100 | n/a | n/a |" in section
+    assert "### `seeds.json`" in section
+    assert "| pcmelgan 4 seeds | 32 | 300 | 100 | 3.00 |" in section
+    # an explicit empty list leaves them out
+    assert "Recorded results" not in br.build_report(root, only="train", run=False, env=ENV,
+                                                     recorded=[])[0]
+
+
 def test_seed_times_give_a_speedup():
     table = br.seeds_table({"results": [{"num_seeds": 8, "vmapped": {"seconds": 2.0},
                                          "sequential": {"seconds": 10.0}}]})
