@@ -286,10 +286,17 @@ def test_seeds_step_strategies_equal_the_unbatched_step(strategy):
         np.testing.assert_allclose(metrics["loss"][i], m["loss"], rtol=1e-6)
 
 
-def test_seed_strategy_auto_is_map_on_cpu_and_checked():
+def test_seed_strategy_auto_and_checked(monkeypatch):
     from pcmelgan_jax.training import steps
 
     assert steps.resolve_seed_strategy("auto") == "unroll"  # the tests run on CPU
+    assert steps.resolve_seed_strategy("auto", 8) == "unroll"
     assert steps.resolve_seed_strategy("vmap") == "vmap"
+    monkeypatch.setattr(steps.jax, "default_backend", lambda: "gpu")
+    assert steps.resolve_seed_strategy("auto", 16) == "vmap"
+    assert steps.resolve_seed_strategy("auto", steps.VMAP_MAX_BATCH) == "vmap"
+    assert steps.resolve_seed_strategy("auto", 128) == "unroll"
+    assert steps.resolve_seed_strategy("auto") == "vmap"
+    assert steps.resolve_seed_strategy("map", 128) == "map"
     with pytest.raises(ValueError, match="seeds_strategy"):
         steps.resolve_seed_strategy("pmap")

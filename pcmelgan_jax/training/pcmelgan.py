@@ -248,8 +248,9 @@ def build_stage(
     if num_seeds < 1:
         raise ValueError(f"num_seeds must be >= 1, got {num_seeds}")
     multi = num_seeds > 1
-    # how the seeds share the program: "vmap" or "map" ("auto": map on CPU)
-    strategy = resolve_seed_strategy(str(config.get("seeds_strategy", "auto"))) if multi else None
+    # how the seeds share the program (see resolve_seed_strategy)
+    strategy = (resolve_seed_strategy(str(config.get("seeds_strategy", "auto")),
+                                      int(config.batch_size)) if multi else None)
     seeds = loop.run_seeds(config, num_seeds)
     monitors, monitor_widths = load_monitors(config.classifiers_workdir)
     monitors = sharding.replicate(monitors, mesh)
