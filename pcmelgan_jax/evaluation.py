@@ -93,11 +93,28 @@ def _split_runs(runs: str | Sequence[str] | None) -> list[str]:
     return [os.fspath(r) for r in runs if os.fspath(r).strip()]
 
 
+def _runs_below(folder: str) -> list[str]:
+    """The runs one level below ``folder``, and two levels below through sub-folders that
+    are not runs (a sweep's ``RUN/seed_<S>/`` exports of ``num_seeds`` runs)."""
+    if not os.path.isdir(folder):
+        return []
+    found = []
+    for d in sorted(os.listdir(folder)):
+        sub = os.path.join(folder, d)
+        if is_run_dir(sub):
+            found.append(sub)
+        elif os.path.isdir(sub):
+            found += [os.path.join(sub, e) for e in sorted(os.listdir(sub))
+                      if is_run_dir(os.path.join(sub, e))]
+    return found
+
+
 def find_runs(runs: str | Sequence[str] | None, workdir: str | os.PathLike) -> list[str]:
     """Run workdirs from ``runs`` (paths or globs, a list or a comma string; relative to the
     current directory, else to ``workdir``). A folder that is not a run but holds runs one
-    level down stands for them. Empty ``runs``: ``WORKDIR/pcmelgan`` if it exists (a
-    quickstart workdir), else ``WORKDIR``. Returns sorted absolute paths without duplicates.
+    level down (or two: a sweep of ``num_seeds`` runs) stands for them. Empty ``runs``:
+    ``WORKDIR/pcmelgan`` if it exists (a quickstart workdir), else ``WORKDIR``. Returns
+    sorted absolute paths without duplicates.
     """
     workdir = os.path.abspath(os.fspath(workdir))
     patterns = _split_runs(runs)
@@ -115,10 +132,7 @@ def find_runs(runs: str | Sequence[str] | None, workdir: str | os.PathLike) -> l
             if is_run_dir(match):
                 found.append(os.path.abspath(match))
                 continue
-            inner = sorted(
-                os.path.join(match, d) for d in os.listdir(match)
-                if is_run_dir(os.path.join(match, d))
-            ) if os.path.isdir(match) else []
+            inner = _runs_below(match)
             if not inner:
                 raise EvaluationError(
                     f"{match}: not a PCMelGAN run (no models/filter) and holds no runs"

@@ -336,6 +336,23 @@ def test_eval_py_sweep_groups_by_eps(quickstart, quick_results, monkeypatch):
     assert md.count("\n| 0.1 |") == 4  # both accuracy tables, speakers, FID
 
 
+def test_find_runs_one_and_two_levels_down(tmp_path):
+    """A sweep folder stands for its runs, and for the seed runs of a num_seeds run inside it
+    (SWEEP/RUN/seed_<S>/); a folder that is itself a run is not searched further."""
+    def run(*parts):
+        (tmp_path.joinpath(*parts) / "models" / "filter").mkdir(parents=True)
+        (tmp_path.joinpath(*parts) / "models" / "filter" / "model.json").write_text("{}")
+        return str(tmp_path.joinpath(*parts))
+
+    expected = [run("sweep", "eps_0.01"), run("sweep", "eps_0.05", "seed_0"),
+                run("sweep", "eps_0.05", "seed_1")]
+    run("sweep", "eps_0.01", "nested")  # below a run: not a run of the sweep
+    (tmp_path / "sweep" / "eval").mkdir()
+    (tmp_path / "sweep" / "sweep.json").write_text("{}")
+    assert evaluation.find_runs("sweep", tmp_path) == expected
+    assert evaluation.find_runs("", tmp_path / "sweep") == expected
+
+
 def test_find_runs_errors(tmp_path):
     with pytest.raises(evaluation.EvaluationError, match="matches nothing"):
         evaluation.find_runs("nope*", tmp_path)
