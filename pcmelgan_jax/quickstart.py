@@ -19,25 +19,17 @@ import json
 import os
 import sys
 import time
-from typing import Any
 
 STAGES = ("classifiers", "vocoder", "pcmelgan")
-
-
-def _parse_value(text: str) -> Any:
-    import ast
-
-    try:
-        return ast.literal_eval(text)
-    except (ValueError, SyntaxError):
-        return text
 
 
 def stage_configs(workdir: str, overrides: list[str] | None = None, seed: int = 0) -> dict:
     """The small configs of the three stages wired to the quickstart's folders.
 
-    ``overrides``: ``"stage.key=value"`` strings (``value`` a Python literal or a string).
+    ``overrides``: ``"stage.key=value"`` strings, ``value`` parsed by the field's type as
+    ``--config.key=value`` would be (``sweep.parse_field_value``).
     """
+    from pcmelgan_jax.sweep import parse_field_value
     from pcmelgan_jax.training import configs
 
     data_dir = os.path.join(workdir, "data")
@@ -65,13 +57,17 @@ def stage_configs(workdir: str, overrides: list[str] | None = None, seed: int = 
             raise ValueError(
                 f"bad override {item!r}; expected STAGE.KEY=VALUE, STAGE in {tuple(out)}"
             )
+        try:  # typed like --config.<field>=<value> (the sweep's --set does the same)
+            parsed = parse_field_value(out[stage], field, value)
+        except (KeyError, AttributeError) as e:
+            raise ValueError(f"bad override {item!r}: {stage} has no field {field!r}") from e
+        except ValueError as e:
+            raise ValueError(f"bad override {item!r}: {e}") from e
         target = out[stage]
         *parents, leaf = field.split(".")
         for p in parents:
             target = target[p]
-        if leaf not in target:
-            raise ValueError(f"bad override {item!r}: {stage} has no field {field!r}")
-        target[leaf] = _parse_value(value)
+        target[leaf] = parsed
     return out
 
 

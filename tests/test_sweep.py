@@ -275,3 +275,22 @@ def test_eval_command_finds_the_runs(tiny, tmp_path):
     first = shlex.split(cmds[0])
     assert f"--config.runs={work}/lamb10_seed0,{work}/filter_lamb10_seed0" in first
     assert f"--config.output_dir={work}/eval_lamb10" in first
+
+
+def test_quickstart_set_is_typed_like_config_flags(tmp_path):
+    """``quickstart --set STAGE.KEY=VALUE`` parses VALUE by the field's type, as the sweep's
+    ``--set`` and ``--config.KEY=VALUE`` do, and names a bad key or value."""
+    from pcmelgan_jax import quickstart
+
+    c = quickstart.stage_configs(str(tmp_path), [
+        "pcmelgan.eps=0.1", "pcmelgan.filter_only=true", "eval.speaker.width=0.5",
+        "classifiers.num_epochs=3"])
+    assert c["pcmelgan"].eps == 0.1 and c["pcmelgan"].filter_only is True
+    assert c["eval"].speaker.width == 0.5
+    assert c["classifiers"].num_epochs == 3 and isinstance(c["classifiers"].num_epochs, int)
+    with pytest.raises(ValueError, match="pcmelgan has no field 'nope'"):
+        quickstart.stage_configs(str(tmp_path), ["pcmelgan.nope=1"])
+    with pytest.raises(ValueError, match="num_epochs=abc.*invalid literal"):
+        quickstart.stage_configs(str(tmp_path), ["classifiers.num_epochs=abc"])
+    with pytest.raises(ValueError, match="STAGE.KEY=VALUE"):
+        quickstart.stage_configs(str(tmp_path), ["eps=1"])
