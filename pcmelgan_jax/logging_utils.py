@@ -97,6 +97,15 @@ def progress_bar(total: int, initial: int, description: str, enabled: bool = Tru
     )
 
 
+def progress_postfix(metrics: dict[str, float], limit: int = 3) -> dict[str, str]:
+    """The first ``limit`` metrics for a progress bar, keyed by their last path component
+    (``filter/loss`` -> ``loss``) unless two of them would share it (then the full key)."""
+    keys = list(metrics)[:limit]
+    short = [k.rsplit("/", 1)[-1] for k in keys]
+    return {(s if short.count(s) == 1 else k): f"{metrics[k]:.3g}"
+            for k, s in zip(keys, short, strict=True)}
+
+
 def spectrogram_panel(
     path: str | os.PathLike,
     rows: Sequence[Sequence[np.ndarray]],

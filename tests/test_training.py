@@ -445,3 +445,13 @@ def test_vocoder_warmup_needs_the_mel_loss(tmp_path):
     config.discriminator_start_step = 10
     with pytest.raises(ValueError, match="mel_loss_weight must be > 0"):
         vocoder.build_stage(config, str(tmp_path), sharding.make_mesh(jax.devices()[:1]))
+
+
+def test_progress_postfix_keeps_metric_names_apart():
+    """The progress bar shows short names, the full key where two would collide."""
+    from pcmelgan_jax.logging_utils import progress_postfix
+
+    m = {"filter/loss": 1.23456, "generator/loss": 2.0, "filter/distortion": 0.5, "x/y": 9.0}
+    assert progress_postfix(m) == {"filter/loss": "1.23", "generator/loss": "2",
+                                   "distortion": "0.5"}
+    assert progress_postfix({"a/loss": 1.0}, limit=3) == {"loss": "1"}

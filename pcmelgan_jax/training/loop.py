@@ -37,7 +37,7 @@ import jax
 import numpy as np
 
 from pcmelgan_jax import sharding
-from pcmelgan_jax.logging_utils import MetricWriter, progress_bar
+from pcmelgan_jax.logging_utils import MetricWriter, progress_bar, progress_postfix
 from pcmelgan_jax.training.state import TrainState
 
 
@@ -396,10 +396,7 @@ def run(config: Any, workdir: str, stage: Stage, mesh=None, rng: jax.Array | Non
                     writer.write_scalars(step, means, "train")
                     for name, values in per.items():
                         writer.write_scalars(step, values, f"train/{name}")
-                bar.set_postfix(
-                    {k.split("/")[-1]: f"{v:.3g}" for k, v in list(means.items())[:3]},
-                    refresh=False,
-                )
+                bar.set_postfix(progress_postfix(means), refresh=False)
                 sums, count, t_log = None, 0, now
             if stage.evaluate is not None and eval_every and (
                 step % eval_every == 0 or step == num_steps
