@@ -17,8 +17,10 @@ import jax
 import numpy as np
 
 
-def _scalar(value: Any) -> float:
-    return float(np.asarray(value))
+def _scalar(value: Any) -> float | int:
+    """A number for the logs: integers (steps, counts) stay ints, the rest become floats."""
+    value = np.asarray(value)
+    return int(value) if np.issubdtype(value.dtype, np.integer) else float(value)
 
 
 class MetricWriter:

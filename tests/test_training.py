@@ -455,3 +455,19 @@ def test_progress_postfix_keeps_metric_names_apart():
     assert progress_postfix(m) == {"filter/loss": "1.23", "generator/loss": "2",
                                    "distortion": "0.5"}
     assert progress_postfix({"a/loss": 1.0}, limit=3) == {"loss": "1"}
+
+
+def test_metric_writer_keeps_integers(tmp_path):
+    """Steps and counts are logged as integers, everything else as floats."""
+    import json
+
+    from pcmelgan_jax.logging_utils import MetricWriter
+
+    writer = MetricWriter(tmp_path, enabled=True)
+    writer.write_scalars(7, {"best_step": 3, "count": np.int32(2), "loss": np.float32(0.5),
+                             "bad": float("nan")}, "final")
+    writer.flush()
+    line = (tmp_path / "metrics.jsonl").read_text().strip()
+    assert '"best_step": 3,' in line and '"count": 2,' in line
+    assert json.loads(line) == {"step": 7, "split": "final", "time": json.loads(line)["time"],
+                                "best_step": 3, "count": 2, "loss": 0.5, "bad": "nan"}
