@@ -313,6 +313,11 @@ def test_resume_equals_uninterrupted_run(cls_stage, tmp_path):
     with pytest.raises(Interrupt):
         loop.run(config, b, first, mesh)
     assert sorted(os.listdir(os.path.join(b, "checkpoints"))) == ["2"]
+    # each process keeps its own data-iterator state; a checkpoint of an earlier version
+    # (one process, Orbax's default file name) still resumes
+    data_iter = os.path.join(b, "checkpoints", "2", "data_iter")
+    assert "process_0-of-1.json" in os.listdir(data_iter)
+    os.rename(os.path.join(data_iter, "process_0-of-1.json"), os.path.join(data_iter, "metadata"))
     resumed = _light_stage(config, mesh, b, initial, capture(stage.train_step))
     loop.run(config, b, resumed, mesh)
     got = captured.pop("state")

@@ -92,11 +92,22 @@ def checkpoint_manager(directory: str, config: Any):
         create=True,
         enable_async_checkpointing=bool(config.get("async_checkpointing", True)),
     )
+    # every process saves and restores its own data iterator (its shard of the data)
+    data_iter = ocp.handlers.JsonCheckpointHandler(
+        filename=data_iter_filename(),
+        multiprocessing_options=ocp.options.MultiprocessingOptions(primary_host=None),
+    )
     return ocp.CheckpointManager(
         os.path.abspath(directory),
         options=options,
         item_names=("state", "data_iter", "loop", "config"),
+        item_handlers={"data_iter": data_iter},
     )
+
+
+def data_iter_filename() -> str:
+    """This process's data-iterator file in a checkpoint's ``data_iter/`` folder."""
+    return f"process_{jax.process_index()}-of-{jax.process_count()}.json"
 
 
 def config_to_json(config: Any) -> dict:
@@ -128,12 +139,22 @@ def _restore(mngr, step: int, target_state):
     restored = mngr.restore(
         step,
         args=ocp.args.Composite(
-            state=ocp.args.StandardRestore(abstract),
-            data_iter=ocp.args.JsonRestore(),
-            loop=ocp.args.JsonRestore(),
+            state=ocp.args.StandardRestore(abstract), loop=ocp.args.JsonRestore()
         ),
     )
-    return restored["state"], restored["data_iter"], restored["loop"]
+    folder = os.path.join(mngr.directory, str(step), "data_iter")
+    path = os.path.join(folder, data_iter_filename())
+    if not os.path.exists(path) and jax.process_count() == 1:
+        path = os.path.join(folder, "metadata")  # written by earlier versions (one process)
+    try:
+        with open(path, encoding="utf-8") as f:
+            data_iter = json.load(f)
+    except FileNotFoundError as e:
+        raise FileNotFoundError(
+            f"{folder}: no data-iterator state for process {jax.process_index()} of "
+            f"{jax.process_count()} (resume with the process count that saved it)"
+        ) from e
+    return restored["state"], data_iter, restored["loop"]
 
 
 def key_to_json(key: jax.Array) -> list:
