@@ -35,7 +35,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import statistics
 import sys
 import time
@@ -47,6 +46,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+
+from bench.common import environment
 
 try:
     import torch
@@ -530,37 +531,6 @@ def bench_grouped_conv(batch_size: int, repeats: int, warmup: int) -> dict[str, 
 # --------------------------------------------------------------------------------------------
 # Reporting
 # --------------------------------------------------------------------------------------------
-
-
-def environment() -> dict[str, Any]:
-    """Device name, core count, thread settings and library versions."""
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    import flax
-
-    env: dict[str, Any] = {
-        "cpu": cpu,
-        "cores": os.cpu_count(),
-        "jax_device": str(jax.devices()[0].device_kind),
-        "jax_backend": jax.default_backend(),
-        "xla_flags": os.environ.get("XLA_FLAGS", ""),
-        "python": platform.python_version(),
-        "jax": jax.__version__,
-        "flax": flax.__version__,
-        "optax": optax.__version__,
-        "numpy": np.__version__,
-        "load_average_start": os.getloadavg(),
-    }
-    if torch is not None:
-        env["torch"] = torch.__version__
-        env["torch_threads"] = torch.get_num_threads()
-    return env
 
 
 def _fmt(ms: float | None) -> str:
