@@ -1,7 +1,7 @@
 """Anonymisation real-time factor: JAX next to the PyTorch reference modules, same device.
 
     python bench/bench_anonymize.py [--seconds 60] [--clips 40] [--repeats 3] [--no-torch]
-        [--torch-device auto|cpu|cuda]
+        [--torch-device auto|cpu|cuda] [--profile]
 
 Both frameworks run the same pipeline (``pcmelgan_jax.anonymize``: reading, resampling,
 50 %-overlap windows, log-mel crossfade, chunked vocoding, writing); only the networks differ:
@@ -17,18 +17,21 @@ AudioMNIST-like). Rows:
 
 Real-time factor = seconds of audio per second of wall time (median of ``--repeats`` runs
 after one untimed warm-up run that compiles). Writes ``bench/results/anonymize.json`` and
-prints a markdown table.
+prints a markdown table; ``--profile`` adds the wall time of each stage of the JAX anonymize
+pipeline (reading, U-Net batches, crossfade, chunking, vocoder, writing).
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import json
 import os
 import statistics
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -101,9 +104,10 @@ class TorchAnonymizer(Anonymizer):
             x = self.t_generator(x, self._tensor(z2), self._tensor(cond).long())
             return (x[:, 0] * 3 * std[:, None, None] + mean[:, None, None]).cpu().numpy()
 
-    def vocode(self, mels):
+    def vocode(self, mels, context: int = 0):
         with torch.inference_mode():
-            return self.t_vocoder(self._tensor(mels))[:, 0].cpu().numpy()
+            audio = self.t_vocoder(self._tensor(mels))[:, 0].cpu().numpy()
+        return audio[:, context * 256 : audio.shape[1] - context * 256]
 
 
 def tone(seconds: float, sr: int, seed: int) -> np.ndarray:
@@ -176,6 +180,96 @@ def time_vocoder_network(model: Anonymizer, batch: int, repeats: int,
     return out
 
 
+WORKER = " (worker thread)"
+
+# (label, owner, attribute): the pipeline's stages, timed by wrapping these functions
+PROFILE_STAGES = (
+    ("read + resample", "audio", "load_audio"),
+    ("U-Net batches (log-mel, F, G)", "Anonymizer", "transform_mels"),
+    ("log-mel crossfade", "_Job", "add_mel"),
+    ("log-mel crossfade", "_Job", "mel"),
+    ("vocoder chunking", "anonymize", "vocoder_chunks"),
+    ("vocoder chunking", "anonymize", "chunk_audio"),
+    ("vocoder", "Anonymizer", "vocode"),
+    ("write", "audio", "write_audio"),
+)
+
+
+@contextlib.contextmanager
+def stage_timers(spent: dict[str, float]):
+    """Wraps PROFILE_STAGES' functions to add their wall time (s) to ``spent[label]``; calls
+    made off the main thread (the vocoder's worker) are labelled ``label (worker thread)``."""
+    owners = {"audio": anonymize.audio_lib, "anonymize": anonymize,
+              "Anonymizer": Anonymizer, "_Job": anonymize._Job}
+    saved = []
+    for label, owner_name, attr in PROFILE_STAGES:
+        owner = owners[owner_name]
+        original = owner.__dict__[attr] if isinstance(owner, type) else getattr(owner, attr)
+        saved.append((owner, attr, original))
+
+        def timed_call(*args, _f=original, _label=label, **kwargs):
+            t0 = time.perf_counter()
+            try:
+                return _f(*args, **kwargs)
+            finally:
+                if threading.current_thread() is not threading.main_thread():
+                    _label += WORKER
+                spent[_label] = spent.get(_label, 0.0) + time.perf_counter() - t0
+
+        setattr(owner, attr, timed_call)
+    try:
+        yield spent
+    finally:
+        for owner, attr, original in reversed(saved):
+            setattr(owner, attr, original)
+
+
+def profile_pipeline(model: Anonymizer, inputs: dict, out_root: Path, repeats: int) -> dict:
+    """Wall time per stage of anonymize_path (ms per second of audio, median of ``repeats``
+    runs after the warm-up run). The main thread's stages and ``other`` (the rest of its
+    time: Python, job set-up, waiting for the vocoder) add up to ``total``; stages on the
+    vocoder's worker thread run concurrently with them."""
+    anonymize.anonymize_path(inputs["warm"][0], out_root / "warm", model=model, overwrite=True,
+                             progress=False)
+    result = {}
+    for name in ("long", "clips"):
+        path, audio_seconds = inputs[name]
+        runs = []
+        for _ in range(repeats):
+            with stage_timers({}) as spent:
+                t0 = time.perf_counter()
+                anonymize.anonymize_path(path, out_root / name, model=model, overwrite=True,
+                                         progress=False)
+                total = time.perf_counter() - t0
+            spent["other"] = total - sum(v for k, v in spent.items() if WORKER not in k)
+            spent["total"] = total
+            runs.append(spent)
+        result[name] = {k: 1000 * statistics.median(r.get(k, 0.0) for r in runs) / audio_seconds
+                        for k in dict.fromkeys(k for r in runs for k in r)}
+    return result
+
+
+def profile_markdown(results: dict[str, Any]) -> str:
+    prof = results["profile"]
+    labels = list(dict.fromkeys(label for label, _, _ in PROFILE_STAGES))
+    seen = set(prof["long"]) | set(prof["clips"])
+    stages = [k for k in labels if k in seen] + ["other", "total"]
+    stages += [k + WORKER for k in labels if k + WORKER in seen]
+    lines = [
+        f"Per-stage wall time of the JAX anonymize pipeline (ms per second of audio; median of "
+        f"{results['repeats']}; main-thread stages and other add up to total, worker-thread "
+        f"stages overlap them):",
+        "",
+        f"| stage | {results['seconds']:.0f} s recording | {results['clips']} x 1 s clips |",
+        "|---|---:|---:|",
+    ]
+    for k in stages:
+        lines.append(f"| {k} | {prof['long'].get(k, 0.0):.1f} | {prof['clips'].get(k, 0.0):.1f} |")
+    lines.append(f"| real-time factor | {1000 / prof['long']['total']:.1f} "
+                 f"| {1000 / prof['clips']['total']:.1f} |")
+    return "\n".join(lines)
+
+
 def markdown(results: dict[str, Any]) -> str:
     env = results["environment"]
     lines = [
@@ -213,8 +307,10 @@ def markdown(results: dict[str, Any]) -> str:
 
 
 def run(seconds: float, clips: int, repeats: int, batch_size: int, vocoder_batch_size: int,
-        use_torch: bool, torch_device_name: str = "auto") -> dict[str, Any]:
-    """Time every pipeline; PyTorch on ``torch_device_name`` (see ``bench.common``)."""
+        use_torch: bool, torch_device_name: str = "auto", profile: bool = False
+        ) -> dict[str, Any]:
+    """Time every pipeline; PyTorch on ``torch_device_name`` (see ``bench.common``);
+    ``profile``: also the per-stage profile of the JAX anonymize pipeline."""
     device = torch_device(torch_device_name) if use_torch and torch is not None else None
     if device:
         configure_torch(device)
@@ -240,6 +336,9 @@ def run(seconds: float, clips: int, repeats: int, batch_size: int, vocoder_batch
                                      device=device)
                 results[pipe]["torch"] = time_pipeline(tm, inputs, tmp / f"out_{pipe}_t",
                                                        repeats)
+        if profile:
+            print("profile: JAX anonymize ...", file=sys.stderr, flush=True)
+            results["profile"] = profile_pipeline(model, inputs, tmp / "out_profile", repeats)
     print("vocoder network ...", file=sys.stderr, flush=True)
     results["vocoder_network_batch"] = 16
     results["vocoder_network"] = time_vocoder_network(model, 16, repeats, device)
@@ -260,16 +359,20 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--no-torch", action="store_true", help="skip the PyTorch columns")
     parser.add_argument("--torch-device", default="auto", choices=("auto", "cpu", "cuda"),
                         help="auto: CUDA when JAX runs on a GPU, else CPU")
+    parser.add_argument("--profile", action="store_true",
+                        help="also time each stage of the JAX anonymize pipeline")
     parser.add_argument("--out", default=str(ROOT / "bench" / "results" / "anonymize.json"))
     args = parser.parse_args(argv)
     results = run(args.seconds, args.clips, args.repeats, args.batch_size,
-                  args.vocoder_batch_size, not args.no_torch, args.torch_device)
+                  args.vocoder_batch_size, not args.no_torch, args.torch_device, args.profile)
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(out.name + ".tmp")
     tmp.write_text(json.dumps(results, indent=2))
     tmp.replace(out)
     print(markdown(results))
+    if "profile" in results:
+        print("\n" + profile_markdown(results))
     print(f"\nwrote {out}")
 
 

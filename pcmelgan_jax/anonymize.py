@@ -22,14 +22,18 @@ The windows' log-mels are crossfaded back into one log-mel of the whole file (we
 overlapping frames, weights sin^2 that fade out at each window's edges), which the MelGAN
 vocoder turns into audio: a one-window file in one piece, as in training; a longer file in
 chunks of 96 frames with 8 frames of context on each side (the vocoder is convolutional, so
-this matches vocoding the whole file away from its ends). Crossfading log-mels instead of
+this matches vocoding the whole file away from its ends; its high-rate layers skip most of the
+context, see ``melgan.generate``). Crossfading log-mels instead of
 waveforms avoids the comb filtering of summing two independently vocoded waveforms and vocodes
 every sample once instead of twice. The result is scaled back to the input's peak level and
 cut to the input's length. All-zero files stay silent without a model call; all-zero windows
 enter the blend as the log-mel of silence. One noise draw and one gender per file (so a
 recording keeps one voice); with ``random`` the gender is drawn per file from ``seed`` and the
-file's relative path. Windows and vocoder chunks of several files share fixed-size batches of
-jitted functions.
+file's relative path. Windows of several files share fixed-size U-Net batches and one-window
+files share fixed-size vocoder batches; the chunks of longer files are vocoded one per call (as
+fast per frame as a batch, and no silent padding of a file's last batch), each as soon as its
+frames are blended. The vocoder runs ``melgan.generate`` (weights folded once per model, fewer
+multiply-adds than the module) on a worker thread, concurrently with the U-Nets.
 
 Safety: inputs are only read; OUT == IN, OUT inside IN and outputs that would land on an input
 are refused; an existing output file is left alone (an error for that file) unless
@@ -48,6 +52,7 @@ import time
 import zlib
 from collections import deque
 from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
 import jax
@@ -106,7 +111,8 @@ class Anonymizer:
     """Loaded F, G (None: filter only) and the vocoder, with jitted batch functions.
 
     ``filter`` None as well is copy synthesis (analysis + vocoder alone, for benchmarks).
-    ``batch_size``: windows per U-Net batch; ``vocoder_batch_size``: vocoder chunks per batch.
+    ``batch_size``: windows per U-Net batch; ``vocoder_batch_size``: one-window files per
+    vocoder batch (chunks of longer files are vocoded one per call).
     """
 
     filter: tuple | None
@@ -162,9 +168,19 @@ class Anonymizer:
             jnp.asarray(z2), jnp.asarray(cond),
         ))
 
-    def vocode(self, mels: np.ndarray) -> np.ndarray:
-        """MelGAN on log-mels (B, 80, T) -> audio (B, 256 T)."""
-        return np.asarray(_vocode(self.vocoder[0], self.vocoder[1], jnp.asarray(mels)))
+    @functools.cached_property
+    def vocoder_constants(self) -> dict:
+        """The vocoder's weights folded for ``melgan.generate`` (computed once per model)."""
+        from pcmelgan_jax.models.melgan import prepare_generator
+
+        return prepare_generator(*self.vocoder)
+
+    def vocode(self, mels: np.ndarray, context: int = 0) -> np.ndarray:
+        """MelGAN on log-mels (B, 80, T) -> audio (B, 256 (T - 2 context)) of frames
+        [context, T - context) (``melgan.generate``: the module's function with fewer
+        operations; the context frames are only read)."""
+        return np.asarray(_generate(self.vocoder[0], self.vocoder_constants, jnp.asarray(mels),
+                                    context))
 
 
 @functools.partial(jax.jit, static_argnums=(0, 1))
@@ -180,7 +196,15 @@ def _transform_mels(f_model, g_model, f_vars, g_vars, audio, z1, z2, cond):
 
 @functools.partial(jax.jit, static_argnums=0)
 def _vocode(v_model, v_vars, mels):
+    """The vocoder module itself (reference for ``_generate``)."""
     return v_model.apply(v_vars, mels)
+
+
+@functools.partial(jax.jit, static_argnums=(0, 3))
+def _generate(v_model, constants, mels, context):
+    from pcmelgan_jax.models.melgan import generate
+
+    return generate(v_model, constants, mels, context)
 
 
 # --------------------------------------------------------------------------- windows
@@ -189,6 +213,7 @@ FRAMES = audio_lib.N_FRAMES  # 32 frames per window
 HOP_FRAMES = HOP // audio_lib.HOP_LENGTH  # 16
 CHUNK_FRAMES = 96  # vocoder chunk of a long file (frames kept per chunk)
 CONTEXT_FRAMES = 8  # frames of context on each side of a chunk (cut off after vocoding)
+MAX_VOCODER_QUEUE = 8  # vocoder calls queued for the worker thread before the reader waits
 
 
 def window_starts(length: int, window: int = WINDOW, hop: int = HOP) -> tuple[list[int], int]:
@@ -244,8 +269,9 @@ class _Job:
     cond: int
     mel_sum: np.ndarray  # (80, frames) weighted sum of the windows' log-mels
     mel_weight: np.ndarray  # (frames,)
-    windows_left: int = 0
-    chunks: np.ndarray | None = None  # vocoded chunks
+    pending: deque[int] = dataclasses.field(default_factory=deque)  # windows not yet blended
+    chunks: np.ndarray | None = None  # vocoded chunks without their context (n, 256 chunk)
+    chunks_queued: int = 0
     chunks_left: int = 0
 
     @property
@@ -258,8 +284,15 @@ class _Job:
         self.mel_sum[:, f : f + FRAMES] += w * mel
         self.mel_weight[f : f + FRAMES] += w
 
-    def mel(self) -> np.ndarray:
-        return (self.mel_sum / self.mel_weight).astype(np.float32)
+    def blended_frames(self) -> int:
+        """Frames whose blend is complete: those before the first pending window (windows
+        are blended in order)."""
+        return self.starts[self.pending[0]] // audio_lib.HOP_LENGTH if self.pending else self.frames
+
+    def mel(self, frames: int | None = None) -> np.ndarray:
+        """The blended log-mel (80, frames) of the first ``frames`` frames (default: all)."""
+        f = self.frames if frames is None else frames
+        return (self.mel_sum[:, :f] / self.mel_weight[:f]).astype(np.float32)
 
     def result(self, audio: np.ndarray) -> np.ndarray:
         """Vocoded padded-length audio -> the output (input length, input level)."""
@@ -297,15 +330,20 @@ def _make_job(
 
 
 class _Runner:
-    """Feeds windows of many files through fixed-size U-Net batches, blends each file's
-    log-mels, vocodes one-window files whole and longer ones in chunks (fixed-size vocoder
-    batches shared between files), and writes finished files."""
+    """Feeds windows of many files through fixed-size U-Net batches (in this thread), blends
+    each file's log-mels and vocodes on a worker thread (XLA:CPU runs the U-Net and the
+    vocoder programs at once, which keeps both cores busier than either alone): one-window
+    files whole, in fixed-size batches shared between files; longer files in chunks, one per
+    call, each queued as soon as the frames it spans are blended. Vocoder results are taken,
+    and files written, in this thread in submission order, so the output does not depend on
+    timing. ``flush`` finishes all work, ``close`` ends the worker."""
 
     def __init__(self, model: Anonymizer, on_done: Callable[[_Job, str | None], None]):
         self.model = model
         self.windows: deque[tuple[_Job, int]] = deque()
         self.singles: deque[tuple[_Job, np.ndarray]] = deque()  # (job, mel (80, 32))
-        self.chunks: deque[tuple[_Job, int, np.ndarray]] = deque()  # (job, index, chunk)
+        self.vocoding: deque[tuple[Future, Callable[[np.ndarray], None]]] = deque()
+        self.worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="vocoder")
         self.on_done = on_done
         self.windows_processed = 0
         self.vocoded_frames = 0
@@ -317,24 +355,27 @@ class _Runner:
         for k, s in enumerate(job.starts):
             if np.any(job.padded[s : s + WINDOW]):
                 self.windows.append((job, k))
-                job.windows_left += 1
+                job.pending.append(k)
             else:  # a silent window: the log-mel of silence
                 job.add_mel(k, np.full((audio_lib.N_MELS, FRAMES), np.log10(audio_lib.LOG_FLOOR)))
-        if job.windows_left == 0:
-            self._to_vocoder(job)
+        self._blended(job)
         self._drain(final=False)
 
     def flush(self) -> None:
+        """Processes everything queued, waits for the vocoder and writes the last files."""
         self._drain(final=True)
+        self._collect(wait=True)
+
+    def close(self) -> None:
+        """Ends the worker (queued vocoder calls that have not started are dropped)."""
+        self.worker.shutdown(wait=True, cancel_futures=True)
 
     def _drain(self, final: bool) -> None:
         while len(self.windows) >= (1 if final else self.model.batch_size):
             self._run_windows()
-        vb = self.model.vocoder_batch_size
-        while len(self.singles) >= (1 if final else vb):
+        while len(self.singles) >= (1 if final else self.model.vocoder_batch_size):
             self._run_singles()
-        while len(self.chunks) >= (1 if final else vb):
-            self._run_chunks()
+        self._collect(wait=False)
 
     def _run_windows(self) -> None:
         b = self.model.batch_size
@@ -352,41 +393,70 @@ class _Runner:
         self.windows_processed += len(items)
         for i, (job, k) in enumerate(items):
             job.add_mel(k, mels[i])
-            job.windows_left -= 1
-            if job.windows_left == 0:
-                self._to_vocoder(job)
+            job.pending.remove(k)
+        for job in {id(job): job for job, _ in items}.values():
+            self._blended(job)
 
-    def _to_vocoder(self, job: _Job) -> None:
-        mel = job.mel()
-        if job.frames == FRAMES:  # one window: vocoded whole, as in training
-            self.singles.append((job, mel))
+    def _blended(self, job: _Job) -> None:
+        """Queues what ``job``'s blend makes ready: a one-window file once blended, the chunks
+        of a longer file whose frames are (chunk j spans frames [96 j - 8, 96 j + 104))."""
+        if job.frames == FRAMES:
+            if not job.pending:
+                self.singles.append((job, job.mel()))
             return
-        chunks = vocoder_chunks(mel)
-        job.chunks = np.zeros((len(chunks), chunks.shape[2] * audio_lib.HOP_LENGTH), np.float32)
-        job.chunks_left = len(chunks)
-        self.chunks.extend((job, j, c) for j, c in enumerate(chunks))
+        if job.chunks is None:
+            n = -(-job.frames // CHUNK_FRAMES)
+            job.chunks = np.zeros((n, CHUNK_FRAMES * audio_lib.HOP_LENGTH), np.float32)
+            job.chunks_left = n
+        blended = job.blended_frames()
+        if blended == job.frames:  # the rest, the last one padded by reflection
+            ready = vocoder_chunks(job.mel())[job.chunks_queued :]
+        else:  # chunks that end before the first unblended frame: vocoder_chunks' own values
+            count = (blended - CONTEXT_FRAMES) // CHUNK_FRAMES
+            if count <= job.chunks_queued:
+                return
+            ready = vocoder_chunks(job.mel(count * CHUNK_FRAMES + CONTEXT_FRAMES))
+            ready = ready[job.chunks_queued : count]
+        for chunk in ready:
+            self._vocode(chunk[None], functools.partial(self._chunk_done, job, job.chunks_queued),
+                         CONTEXT_FRAMES)
+            job.chunks_queued += 1
 
-    def _batch(self, queue: deque, frames: int) -> tuple[list, np.ndarray]:
-        vb = self.model.vocoder_batch_size
-        items = [queue.popleft() for _ in range(min(vb, len(queue)))]
-        mels = np.full((vb, audio_lib.N_MELS, frames), np.log10(audio_lib.LOG_FLOOR), np.float32)
-        for i, item in enumerate(items):
-            mels[i] = item[-1]
-        self.vocoded_frames += vb * frames
-        return items, self.model.vocode(mels)
+    def _vocode(self, mels: np.ndarray, done: Callable[[np.ndarray], None], context: int = 0
+                ) -> None:
+        """Vocodes ``mels`` (B, 80, frames) on the worker (``Anonymizer.vocode``);
+        ``done(audio)`` runs in this thread."""
+        self.vocoded_frames += mels.shape[0] * mels.shape[2]
+        self.vocoding.append((self.worker.submit(self.model.vocode, mels, context), done))
+
+    def _collect(self, wait: bool) -> None:
+        """Hands finished vocoder results to their callbacks, in submission order; waits
+        for all (``wait``) or while more than MAX_VOCODER_QUEUE calls are queued (bounds the
+        memory of files read ahead of the vocoder)."""
+        while self.vocoding and (wait or self.vocoding[0][0].done()
+                                 or len(self.vocoding) > MAX_VOCODER_QUEUE):
+            future, done = self.vocoding.popleft()
+            done(future.result())
 
     def _run_singles(self) -> None:
-        items, audio = self._batch(self.singles, FRAMES)
-        for i, (job, _) in enumerate(items):
-            self._finish(job, audio[i])
+        """Up to vocoder_batch_size one-window files in one call, padded with silence."""
+        vb = self.model.vocoder_batch_size
+        items = [self.singles.popleft() for _ in range(min(vb, len(self.singles)))]
+        mels = np.full((vb, audio_lib.N_MELS, FRAMES), np.log10(audio_lib.LOG_FLOOR), np.float32)
+        for i, (_, mel) in enumerate(items):
+            mels[i] = mel
 
-    def _run_chunks(self) -> None:
-        items, audio = self._batch(self.chunks, CHUNK_FRAMES + 2 * CONTEXT_FRAMES)
-        for i, (job, j, _) in enumerate(items):
-            job.chunks[j] = audio[i]
-            job.chunks_left -= 1
-            if job.chunks_left == 0:
-                self._finish(job, chunk_audio(job.chunks, job.frames))
+        def done(audio: np.ndarray) -> None:
+            for i, (job, _) in enumerate(items):
+                self._finish(job, audio[i])
+
+        self._vocode(mels, done)
+
+    def _chunk_done(self, job: _Job, j: int, audio: np.ndarray) -> None:
+        job.chunks[j] = audio[0]
+        job.chunks_left -= 1
+        if job.chunks_left == 0:
+            self._finish(job, chunk_audio(job.chunks, job.frames, context=0))
 
     def _finish(self, job: _Job, audio: np.ndarray) -> None:
         try:
@@ -447,8 +517,8 @@ def anonymize_path(
 
     ``gender``: ``random`` (per file, from ``seed``), ``female``, ``male`` or ``filter-only``
     (F alone). ``model`` reuses loaded models (then ``workdir`` may be None; ``batch_size``
-    and ``vocoder_batch_size``, windows per U-Net batch and chunks per vocoder batch, are the
-    model's then). ``progress``:
+    and ``vocoder_batch_size``, windows per U-Net batch and one-window files per vocoder
+    batch, are the model's then). ``progress``:
     a tqdm bar (default: for folders). Returns a summary: ``files``, ``written`` (output
     paths), ``failed`` (``[{"path", "error"}]``), ``audio_seconds`` (input duration),
     ``wall_seconds``, ``realtime_factor`` (audio seconds per wall second), ``mode``,
@@ -501,26 +571,29 @@ def anonymize_path(
         bar.update(1)
 
     runner = _Runner(model, done)
-    claimed: dict[str, str] = {}
-    for src, dst, key in plan:
-        real_dst = os.path.realpath(dst)
-        if real_dst in inputs:
-            fail(src, f"{dst}: would overwrite an input file; skipped")
-            continue
-        if real_dst in claimed:
-            fail(src, f"{dst}: already the output of {claimed[real_dst]}; skipped")
-            continue
-        if os.path.exists(dst) and not overwrite:
-            fail(src, f"{dst}: exists; not overwritten (pass --overwrite to replace it)")
-            continue
-        claimed[real_dst] = src
-        try:
-            audio = audio_lib.load_audio(src)
-        except audio_lib.AudioError as e:
-            fail(src, str(e))
-            continue
-        runner.submit(_make_job(audio, src, dst, key, seed, gender, model.noise_dim))
-    runner.flush()
+    try:
+        claimed: dict[str, str] = {}
+        for src, dst, key in plan:
+            real_dst = os.path.realpath(dst)
+            if real_dst in inputs:
+                fail(src, f"{dst}: would overwrite an input file; skipped")
+                continue
+            if real_dst in claimed:
+                fail(src, f"{dst}: already the output of {claimed[real_dst]}; skipped")
+                continue
+            if os.path.exists(dst) and not overwrite:
+                fail(src, f"{dst}: exists; not overwritten (pass --overwrite to replace it)")
+                continue
+            claimed[real_dst] = src
+            try:
+                audio = audio_lib.load_audio(src)
+            except audio_lib.AudioError as e:
+                fail(src, str(e))
+                continue
+            runner.submit(_make_job(audio, src, dst, key, seed, gender, model.noise_dim))
+        runner.flush()
+    finally:
+        runner.close()
     bar.close()
     wall = time.perf_counter() - t0
     summary["wall_seconds"] = wall
@@ -609,6 +682,6 @@ def add_parser(subparsers) -> None:
     p.add_argument("--vocoder-workdir", help="MelGAN vocoder workdir (default: see docs)")
     p.add_argument("--batch-size", type=int, default=8, help="windows per U-Net batch")
     p.add_argument("--vocoder-batch-size", type=int, default=4,
-                   help="vocoder chunks (or one-window clips) per batch")
+                   help="one-window clips per vocoder batch (longer files: one chunk per call)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=_run)

@@ -97,10 +97,11 @@ class SampleHold(Anonymizer):
         centres = windows[:, 128::256]  # (B, 32)
         return np.repeat(centres[:, None, :], 80, axis=1)
 
-    def vocode(self, mels):
+    def vocode(self, mels, context=0):
         self.calls["vocoder"] += 1
-        assert mels.shape[0] == self.vocoder_batch_size
-        return np.repeat(mels[:, 0, :], 256, axis=1)
+        # a batch of one-window files, or one chunk (context, 96 frames, context) of a longer file
+        assert (mels.shape, context) in (((self.vocoder_batch_size, 80, 32), 0), ((1, 80, 112), 8))
+        return np.repeat(mels[:, 0, context : mels.shape[2] - context], 256, axis=1)
 
 
 def test_window_starts_and_chunks():
@@ -162,7 +163,35 @@ def test_chunked_vocoding_matches_whole_file_vocoding(model):
     np.testing.assert_allclose(got[inner], whole[inner], atol=2e-5)
 
 
+def test_long_files_vocode_one_chunk_per_call(tmp_path, monkeypatch):
+    """No silent padding of a last vocoder batch: one (1, 80, 112) call per 96-frame chunk;
+    the same files whether the reader runs ahead of the vocoder's worker or waits for it."""
+    src = tmp_path / "in"
+    for i, seconds in enumerate((9.3, 0.7, 4.1, 1.0)):
+        write(src / f"{i}.wav", tone(seconds, 8000, seed=i), 8000)
+    fake = SampleHold(vocoder_batch_size=4)
+    anonymize_path(src / "0.wav", tmp_path / "one.wav", model=fake, progress=False)
+    _, total = anonymize.window_starts(sf.info(src / "0.wav").frames)
+    assert fake.calls["vocoder"] == -(-(total // 256) // 96)
+    anonymize_path(src, tmp_path / "ahead", model=SampleHold(), progress=False)
+    monkeypatch.setattr(anonymize, "MAX_VOCODER_QUEUE", 0)
+    anonymize_path(src, tmp_path / "waits", model=SampleHold(), progress=False)
+    for i in range(4):
+        assert digest(tmp_path / "ahead" / f"{i}.wav") == digest(tmp_path / "waits" / f"{i}.wav")
+
+
 # ------------------------------------------------------------------ real (random) models
+
+
+def test_vocode_equals_the_vocoder_module(model):
+    """Anonymizer.vocode (melgan.generate on folded weights) computes the module's function:
+    on a batch of one-window files, and on a chunk whose context frames are cut off."""
+    mels = (np.random.default_rng(1).standard_normal((BATCH, 80, 32)) - 3).astype(np.float32)
+    want = np.asarray(anonymize._vocode(*model.vocoder, mels))
+    np.testing.assert_allclose(model.vocode(mels), want, atol=2e-5)
+    chunk = (np.random.default_rng(2).standard_normal((1, 80, 112)) - 3).astype(np.float32)
+    want = np.asarray(anonymize._vocode(*model.vocoder, chunk))[:, 8 * 256 : -8 * 256]
+    np.testing.assert_allclose(model.vocode(chunk, context=8), want, atol=2e-5)
 
 
 def test_durations_stereo_rates_short_and_long(tmp_path, model):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from functools import partial
 from typing import Any
 
 import flax.linen as nn
@@ -33,14 +34,17 @@ class AlexNet(nn.Module):
         widths = (64, 192, 384, 256, 256, 1024)
         c1, c2, c3, c4, c5, hidden = (scaled(c, self.width) for c in widths)
         dt = self.dtype
+        # conv2-5 (64+ input channels): gradients as per-tap matmuls, 1.2-2x faster than
+        # XLA:CPU's; conv1 (1 input channel, no input gradient) keeps XLA's
+        conv = partial(Conv, weight_norm=False, dtype=dt, grads_as_matmul=True)
         x = x.astype(dt)
-        x = nn.relu(Conv(c1, (5, 5), padding=2, weight_norm=False, dtype=dt, name="conv1")(x))
+        x = nn.relu(conv(c1, (5, 5), padding=2, grads_as_matmul=False, name="conv1")(x))
         x = max_pool(x, (3, 3), (2, 2))
-        x = nn.relu(Conv(c2, (5, 5), padding=2, weight_norm=False, dtype=dt, name="conv2")(x))
+        x = nn.relu(conv(c2, (5, 5), padding=2, name="conv2")(x))
         x = max_pool(x, (3, 3), (2, 2))
-        x = nn.relu(Conv(c3, (3, 3), padding=1, weight_norm=False, dtype=dt, name="conv3")(x))
-        x = nn.relu(Conv(c4, (3, 3), padding=1, weight_norm=False, dtype=dt, name="conv4")(x))
-        x = nn.relu(Conv(c5, (3, 3), padding=1, weight_norm=False, dtype=dt, name="conv5")(x))
+        x = nn.relu(conv(c3, (3, 3), padding=1, name="conv3")(x))
+        x = nn.relu(conv(c4, (3, 3), padding=1, name="conv4")(x))
+        x = nn.relu(conv(c5, (3, 3), padding=1, name="conv5")(x))
         x = max_pool(x, (3, 3), (2, 2))
         x = adaptive_avg_pool2d(x, (6, 6))
         x = x.transpose(0, 3, 1, 2).reshape(x.shape[0], -1)  # PyTorch's C,H,W flatten

@@ -8,8 +8,15 @@ from typing import Literal
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 
-from pcmelgan_jax.models.layers import Conv, ConvTranspose1d, avg_pool1d_exclude_pad, reflect_pad1d
+from pcmelgan_jax.models.layers import (
+    Conv,
+    ConvTranspose1d,
+    avg_pool1d_exclude_pad,
+    reflect_pad1d,
+    transposed_padding,
+)
 
 Array = jax.Array
 
@@ -139,3 +146,169 @@ class MelGANDiscriminator(nn.Module):
             if i + 1 < self.num_scales:
                 x = avg_pool1d_exclude_pad(x)
         return results
+
+
+# --------------------------------------------------------------------------- fast inference
+#
+# ``MelGANGenerator.apply`` recomputes weight norm and the upsampling kernels on every call,
+# spends 1.5x the necessary multiply-adds on the polyphase upsampling (a third of its taps
+# are zero) and 3 C^2 per sample on each dilated kernel-3 convolution. For inference the
+# constants are computed once per model (``prepare_generator``) and ``generate`` computes the
+# same function with fewer operations: two 2-tap convolutions per upsampling layer and
+# Winograd F(4, 3) dilated convolutions (1.5 C^2 multiply-adds per sample; the rounding error
+# per layer grows from ~2e-6 to ~1e-5 on unit-scale activations, ~4e-6 on the output audio).
+# On XLA:CPU (2 cores) this is ~1.35x faster than ``apply`` on vocoder calls of ~128 frames.
+
+# Winograd F(4, 3) for correlation y[t] = sum_a w[a] x[t + a] (Lavin & Gray 2016):
+# y[4q : 4q + 4] = AT ((G w) * (BT x[4q : 4q + 6])), the product over the 6 points.
+WINOGRAD_BT = np.array(
+    [[4, 0, -5, 0, 1, 0], [0, -4, -4, 1, 1, 0], [0, 4, -4, -1, 1, 0],
+     [0, -2, -1, 2, 1, 0], [0, 2, -1, -2, 1, 0], [0, 4, 0, -5, 0, 1]], np.float64)
+WINOGRAD_G = np.array(
+    [[1 / 4, 0, 0], [-1 / 6, -1 / 6, -1 / 6], [-1 / 6, 1 / 6, -1 / 6],
+     [1 / 24, 1 / 12, 1 / 6], [1 / 24, -1 / 12, 1 / 6], [0, 0, 1]], np.float64)
+WINOGRAD_AT = np.array(
+    [[1, 1, 1, 1, 1, 0], [0, 1, -1, 2, -2, 0], [0, 1, 1, 4, 4, 0], [0, 1, -1, 8, -8, 1]],
+    np.float64)
+
+
+def _folded(p: dict, gain_axis: int) -> np.ndarray:
+    """Weight-normed float64 kernel ``gain * v / ||v||`` (norm over all axes but gain_axis)."""
+    v = np.asarray(p["kernel"], np.float64)
+    axes = tuple(a for a in range(v.ndim) if a != gain_axis % v.ndim)
+    shape = [1] * v.ndim
+    shape[gain_axis] = -1
+    return v * (np.asarray(p["scale"], np.float64).reshape(shape)
+                / np.sqrt(np.sum(v * v, axis=axes, keepdims=True)))
+
+
+def prepare_generator(model: MelGANGenerator, variables: dict) -> dict:
+    """``generate``'s constants for ``model``'s variables, computed once (float64, stored f32).
+
+    conv_in / conv_out: kernel (7, C_in, C_out), bias. upsample{i}: ``lo`` / ``hi`` (2, C_in,
+    n C_out) 2-tap kernels of the n phases that read x[q-1], x[q] / x[q], x[q+1] (absent when
+    n = 0), bias.
+    res{i}_{j}: ``dilated`` (6 Winograd points, C, C), ``dilated_bias``, ``out`` and
+    ``shortcut`` (C, C) and their summed ``bias``.
+    """
+    params = variables["params"]
+    f32 = lambda a: jnp.asarray(np.asarray(a, np.float64), jnp.float32)
+    out = {name: {"kernel": f32(_folded(params[name], -1)), "bias": f32(params[name]["bias"])}
+           for name in ("conv_in", "conv_out")}
+    for i, r in enumerate(model.ratios):
+        w = _folded(params[f"upsample{i}"], 1)  # (2r, C_in, C_out)
+        p, _ = transposed_padding(r)
+        # phase j = a r + b - p reads x[q + a - 1] w[r + b] + x[q + a] w[b]; a = 0 for j < r - p
+        taps = [np.stack([w[r + (j + p) % r], w[(j + p) % r]]) for j in range(r)]
+        out[f"upsample{i}"] = {"bias": f32(params[f"upsample{i}"]["bias"])}
+        for name, group in (("lo", taps[: r - p]), ("hi", taps[r - p :])):
+            if group:
+                out[f"upsample{i}"][name] = f32(np.concatenate(group, axis=-1))
+        for j in range(model.n_residual_layers):
+            q = params[f"res{i}_{j}"]
+            out[f"res{i}_{j}"] = {
+                "dilated": f32(np.einsum("na,aio->nio", WINOGRAD_G,
+                                         _folded(q["conv_dilated"], -1))),
+                "dilated_bias": f32(q["conv_dilated"]["bias"]),
+                "out": f32(_folded(q["conv_out"], -1)[0]),
+                "shortcut": f32(_folded(q["shortcut"], -1)[0]),
+                "bias": f32(np.asarray(q["conv_out"]["bias"], np.float64)
+                            + np.asarray(q["shortcut"]["bias"], np.float64)),
+            }
+    return out
+
+
+def _conv_valid(x: Array, kernel: Array, dilation: int = 1) -> Array:
+    """Unpadded stride-1 conv1d: x (B, L, C_in), kernel (k, C_in, C_out) -> (B, L', C_out)."""
+    return jax.lax.conv_general_dilated(
+        x, kernel, (1,), "VALID", rhs_dilation=(dilation,),
+        dimension_numbers=("NWC", "WIO", "NWC"))
+
+
+def winograd_conv1d(x: Array, kernel: Array, dilation: int) -> Array:
+    """Dilated kernel-3 conv1d by Winograd F(4, 3).
+
+    x (B, T + 2 d, C_in) (already padded), kernel (6, C_in, C_out) = WINOGRAD_G @ the (3,
+    C_in, C_out) kernel -> (B, T, C_out), the same as ``_conv_valid(x, w, d)``. Outputs
+    t = 4 d q + d j + r (j < 4, r < d) form tile (q, r), which reads x[4 d q + d k + r], k < 6.
+    """
+    batch, length, c_in = x.shape
+    d = dilation
+    t = length - 2 * d
+    tiles = -(-t // (4 * d))
+    need = 4 * d * tiles + 5 * d  # tap k = 5 is sliced from x[5 d : 5 d + 4 d tiles]
+    x = jnp.pad(x, [(0, 0), (0, max(need - length, 0)), (0, 0)])
+    taps = [x[:, k * d : k * d + 4 * d * tiles].reshape(batch, tiles, 4 * d, c_in)[:, :, :d]
+            for k in range(6)]  # (B, tiles, d, C_in)
+    v = jnp.stack([sum(float(c) * taps[k] for k, c in enumerate(row) if c)
+                   for row in WINOGRAD_BT])
+    m = jnp.einsum("nbqrc,nco->nbqro", v, kernel)
+    y = jnp.stack([sum(float(c) * m[i] for i, c in enumerate(row) if c)
+                   for row in WINOGRAD_AT], axis=2)  # (B, tiles, 4, d, C_out)
+    return y.reshape(batch, tiles * 4 * d, -1)[:, :t]
+
+
+def _upsample(x: Array, p: dict, stride: int) -> Array:
+    """ConvTranspose1d(kernel 2r, stride r) from ``prepare_generator``'s 2-tap phase kernels.
+    x (B, L, C_in) -> (B, r L, C_out)."""
+    batch, length, _ = x.shape
+    x = jnp.pad(x, [(0, 0), (1, 1), (0, 0)])
+    y = [_conv_valid(x[:, s : s + length + 1], p[k]) for s, k in ((0, "lo"), (1, "hi")) if k in p]
+    return jnp.concatenate(y, axis=-1).reshape(batch, length * stride, -1) + p["bias"]
+
+
+def context_margins(model: MelGANGenerator) -> list[int]:
+    """Samples each side that the rest of the generator reads, after conv_in (frames) and
+    after each upsampling level (samples at that level's rate), rounded up.
+
+    Conservative reaches: conv_in and conv_out 3 samples, a residual stack sum(3^j), an
+    upsampling layer 2 input samples (phase j of step q reads x[q-1 .. q+1]). The default
+    generator: [5, 6, 14, 10, 3].
+    """
+    rates = np.cumprod((1, *model.ratios))  # samples per frame after conv_in, each level
+    stack = sum(3**j for j in range(model.n_residual_layers))
+    margins = []
+    for i, rate in enumerate(rates):
+        reach = 3 * rate / rates[-1]  # conv_out
+        for level in range(i, len(model.ratios)):
+            reach += 2 * rate / rates[level] + stack * rate / rates[level + 1]
+        margins.append(int(np.ceil(reach)))
+    return margins
+
+
+def generate(model: MelGANGenerator, prepared: dict, mel: Array, context: int = 0) -> Array:
+    """``model.apply(variables, mel)`` from ``prepare_generator(model, variables)``.
+
+    mel (B, n_mels, frames) -> waveform (B, (frames - 2 context) * prod(ratios)), float32:
+    the audio of frames [context, frames - context). The first and last ``context`` frames
+    are context only: after conv_in and after each level the activations are cut to what the
+    rest of the network reads for the kept frames (``context_margins``), so the expensive
+    high-rate levels skip the context; the kept audio equals ``apply``'s wherever the network
+    reads no further than ``context`` frames (``anonymize``'s chunks).
+    """
+    x = jnp.swapaxes(jnp.asarray(mel, jnp.float32), -1, -2)
+    frames = x.shape[1]
+    x = _conv_valid(reflect_pad1d(x, 3), prepared["conv_in"]["kernel"])
+    x = x + prepared["conv_in"]["bias"]
+    start, rate = 0, 1  # x holds samples [start, start + length) at ``rate`` per frame
+
+    def cut(x, start, rate, margin):
+        lo = max(start, context * rate - margin)
+        hi = min(start + x.shape[1], (frames - context) * rate + margin)
+        return x[:, lo - start : hi - start], lo
+
+    margins = context_margins(model)
+    for i, r in enumerate(model.ratios):
+        x, start = cut(x, start, rate, margins[i])
+        x = _upsample(leaky_relu(x), prepared[f"upsample{i}"], r)
+        start, rate = start * r, rate * r
+        for j in range(model.n_residual_layers):
+            p = prepared[f"res{i}_{j}"]
+            d = 3**j
+            y = winograd_conv1d(reflect_pad1d(leaky_relu(x), d), p["dilated"], d)
+            y = leaky_relu(y + p["dilated_bias"])
+            x = x @ p["shortcut"] + y @ p["out"] + p["bias"]
+    x, start = cut(x, start, rate, margins[-1])
+    x = _conv_valid(reflect_pad1d(leaky_relu(x), 3), prepared["conv_out"]["kernel"])
+    x, _ = cut(x, start, rate, 0)
+    return jnp.tanh(x[..., 0] + prepared["conv_out"]["bias"][0])
