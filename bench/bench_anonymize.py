@@ -13,7 +13,8 @@ AudioMNIST-like). Rows:
 
 - ``anonymize``: F + G + vocoder, the ``pcmelgan-jax anonymize`` path.
 - ``vocoder (copy synthesis)``: the same path with analysis + vocoder only.
-- ``vocoder network``: the MelGAN forward alone on a batch of one-window log-mels.
+- ``vocoder network``: the MelGAN forward alone on a batch of one-window log-mels (JAX:
+  ``Anonymizer.vocode``, ``melgan.generate`` in calls of at most 128 frames).
 
 Real-time factor = seconds of audio per second of wall time (median of ``--repeats`` runs
 after one untimed warm-up run that compiles). Writes ``bench/results/anonymize.json`` and
@@ -74,8 +75,9 @@ class TorchAnonymizer(Anonymizer):
         from bench import torch_reference as tr
         from pcmelgan_jax.torch_import import export_state_dict
 
+        # vocoder_thread off: PyTorch's OpenMP pool per calling thread would oversubscribe
         super().__init__(source.filter, source.generator, source.vocoder, "", "",
-                         source.batch_size, source.vocoder_batch_size)
+                         source.batch_size, source.vocoder_batch_size, vocoder_thread=False)
         self.copy_synthesis = copy_synthesis
         self.device = device
 

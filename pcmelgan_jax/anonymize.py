@@ -62,11 +62,11 @@ import numpy as np
 from pcmelgan_jax import audio as audio_lib
 
 WINDOW = audio_lib.SEGMENT_LENGTH
+HOP = WINDOW // 2
+GENDERS = ("random", "female", "male", "filter-only")
 # XLA:CPU (2 cores) vocodes ~128 frames per call fastest per frame: a batch of 16 one-window
 # log-mels (512 frames) takes ~1.8x longer per frame in one call than in four
 VOCODER_FRAMES_PER_CALL = 128
-HOP = WINDOW // 2
-GENDERS = ("random", "female", "male", "filter-only")
 
 
 class AnonymizeError(ValueError):
@@ -115,7 +115,10 @@ class Anonymizer:
 
     ``filter`` None as well is copy synthesis (analysis + vocoder alone, for benchmarks).
     ``batch_size``: windows per U-Net batch; ``vocoder_batch_size``: one-window files per
-    vocoder batch (chunks of longer files are vocoded one per call).
+    vocoder batch (chunks of longer files are vocoded one per call). ``vocoder_thread``:
+    vocode on a worker thread while the U-Nets run (XLA:CPU shares one thread pool between
+    the two programs; a framework with a thread pool per calling thread would oversubscribe
+    the cores, so the benchmark's PyTorch reference turns it off).
     """
 
     filter: tuple | None
@@ -125,6 +128,7 @@ class Anonymizer:
     vocoder_dir: str
     batch_size: int = 8
     vocoder_batch_size: int = 4
+    vocoder_thread: bool = True
 
     @classmethod
     def from_workdir(
@@ -339,6 +343,18 @@ def _make_job(
 # --------------------------------------------------------------------------- processing
 
 
+class _Inline:
+    """The worker's interface, running each call at once in the calling thread."""
+
+    def submit(self, fn: Callable, *args: Any) -> Future:
+        future: Future = Future()
+        future.set_result(fn(*args))
+        return future
+
+    def shutdown(self, **kwargs: Any) -> None:
+        pass
+
+
 class _Runner:
     """Feeds windows of many files through fixed-size U-Net batches (in this thread), blends
     each file's log-mels and vocodes on a worker thread (XLA:CPU runs the U-Net and the
@@ -353,7 +369,8 @@ class _Runner:
         self.windows: deque[tuple[_Job, int]] = deque()
         self.singles: deque[tuple[_Job, np.ndarray]] = deque()  # (job, mel (80, 32))
         self.vocoding: deque[tuple[Future, Callable[[np.ndarray], None]]] = deque()
-        self.worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="vocoder")
+        self.worker = (ThreadPoolExecutor(max_workers=1, thread_name_prefix="vocoder")
+                       if model.vocoder_thread else _Inline())
         self.on_done = on_done
         self.windows_processed = 0
         self.vocoded_frames = 0

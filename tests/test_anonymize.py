@@ -165,7 +165,8 @@ def test_chunked_vocoding_matches_whole_file_vocoding(model):
 
 def test_long_files_vocode_one_chunk_per_call(tmp_path, monkeypatch):
     """No silent padding of a last vocoder batch: one (1, 80, 112) call per 96-frame chunk;
-    the same files whether the reader runs ahead of the vocoder's worker or waits for it."""
+    the same files whether the reader runs ahead of the vocoder's worker, waits for it, or
+    vocodes in its own thread."""
     src = tmp_path / "in"
     for i, seconds in enumerate((9.3, 0.7, 4.1, 1.0)):
         write(src / f"{i}.wav", tone(seconds, 8000, seed=i), 8000)
@@ -174,10 +175,13 @@ def test_long_files_vocode_one_chunk_per_call(tmp_path, monkeypatch):
     _, total = anonymize.window_starts(sf.info(src / "0.wav").frames)
     assert fake.calls["vocoder"] == -(-(total // 256) // 96)
     anonymize_path(src, tmp_path / "ahead", model=SampleHold(), progress=False)
+    inline = SampleHold()
+    inline.vocoder_thread = False
+    anonymize_path(src, tmp_path / "inline", model=inline, progress=False)
     monkeypatch.setattr(anonymize, "MAX_VOCODER_QUEUE", 0)
     anonymize_path(src, tmp_path / "waits", model=SampleHold(), progress=False)
     for i in range(4):
-        assert digest(tmp_path / "ahead" / f"{i}.wav") == digest(tmp_path / "waits" / f"{i}.wav")
+        assert len({digest(tmp_path / d / f"{i}.wav") for d in ("ahead", "waits", "inline")}) == 1
 
 
 # ------------------------------------------------------------------ real (random) models
