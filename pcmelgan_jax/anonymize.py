@@ -168,12 +168,21 @@ class Anonymizer:
     ) -> np.ndarray:
         """Peak-normalised windows (B, 8192), z1, z2 (B, noise_dim), cond (B,) -> the
         transformed log-mels (B, 80, 32), de-normalised with each window's mean and std."""
-        f_model, f_vars = self.filter if self.filter is not None else (None, None)
-        g_model, g_vars = self.generator if self.generator is not None else (None, None)
+        f_model = self.filter[0] if self.filter is not None else None
+        g_model = self.generator[0] if self.generator is not None else None
+        f_consts, g_consts = self.unet_constants
         return np.asarray(_transform_mels(
-            f_model, g_model, f_vars, g_vars, jnp.asarray(windows), jnp.asarray(z1),
+            f_model, g_model, f_consts, g_consts, jnp.asarray(windows), jnp.asarray(z1),
             jnp.asarray(z2), jnp.asarray(cond),
         ))
+
+    @functools.cached_property
+    def unet_constants(self) -> tuple[dict | None, dict | None]:
+        """F's and G's variables folded for ``unet_inference.unet_apply`` (once per model)."""
+        from pcmelgan_jax.models.unet_inference import prepare_unet
+
+        return tuple(prepare_unet(*m) if m is not None else None
+                     for m in (self.filter, self.generator))
 
     @functools.cached_property
     def vocoder_constants(self) -> dict:
@@ -198,13 +207,15 @@ class Anonymizer:
 
 
 @functools.partial(jax.jit, static_argnums=(0, 1))
-def _transform_mels(f_model, g_model, f_vars, g_vars, audio, z1, z2, cond):
+def _transform_mels(f_model, g_model, f_consts, g_consts, audio, z1, z2, cond):
+    from pcmelgan_jax.models.unet_inference import unet_apply
+
     if f_model is None:  # copy synthesis
         return audio_lib.log_mel(audio)
     x, mean, std = audio_lib.mel_features(audio)
-    x = f_model.apply(f_vars, x[..., None], z1, None, train=False)
+    x = unet_apply(f_model, f_consts, x[..., None], z1)
     if g_model is not None:
-        x = g_model.apply(g_vars, x, z2, cond, train=False)
+        x = unet_apply(g_model, g_consts, x, z2, cond)
     return audio_lib.denormalize(x[..., 0], mean, std)
 
 
