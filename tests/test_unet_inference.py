@@ -6,6 +6,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from pcmelgan_jax.models.registry import jit_init
 from pcmelgan_jax.models.unet import UNet
 from pcmelgan_jax.models.unet_inference import (
     conv3x3_taps,
@@ -16,24 +17,25 @@ from pcmelgan_jax.models.unet_inference import (
 
 
 def _trained_like(model: UNet, x, z, cond) -> dict:
-    """Variables whose running statistics and BatchNorm affine parameters are not the
-    initial ones (so that folding them is exercised)."""
-    v = model.init(jax.random.key(0), x, z, cond)
-    update = jax.jit(lambda v: model.apply(v, x, z, cond, train=True,
-                                           mutable=["batch_stats"])[1]["batch_stats"])
-    for _ in range(30):
-        v = {"params": v["params"], "batch_stats": update(v)}
+    """Variables with running statistics near those of the batch (as after training) and
+    BatchNorm gains and biases away from 1 and 0, so that folding them is exercised."""
+    v = jit_init(model.init, jax.random.key(0), x, z, cond)
+    updated = jax.jit(lambda v: model.apply(v, x, z, cond, train=True,
+                                            mutable=["batch_stats"])[1]["batch_stats"])(v)
+    # one update with momentum 0.1 from (mean 0, var 1): recover the batch's statistics
+    stats = jax.tree.map(lambda new, old: (new - 0.9 * old) / 0.1, updated, v["batch_stats"])
     keys = iter(jax.random.split(jax.random.key(1), 1000))
 
-    def perturb(path, a):  # BatchNorm gains and biases away from 1 and 0
-        if "bn" not in jax.tree_util.keystr(path):
+    def perturb(path, a):
+        name = jax.tree_util.keystr(path)
+        if "bn" not in name or "'mean'" in name:
             return a
-        if "scale" in jax.tree_util.keystr(path):
-            return a * jax.random.uniform(next(keys), a.shape, minval=0.8, maxval=1.2)
-        return a + 0.05 * jax.random.normal(next(keys), a.shape)
+        if "'scale'" in name or "'var'" in name:
+            return a * jax.random.uniform(next(keys), a.shape, minval=0.7, maxval=1.3)
+        return a + 0.05 * jax.random.normal(next(keys), a.shape)  # BatchNorm bias
 
-    params = jax.tree_util.tree_map_with_path(perturb, v["params"])
-    return {"params": params, "batch_stats": v["batch_stats"]}
+    return jax.tree_util.tree_map_with_path(perturb, {"params": v["params"],
+                                                      "batch_stats": stats})
 
 
 @pytest.mark.parametrize("conditional", [False, True])
@@ -48,7 +50,7 @@ def test_unet_apply_equals_module_in_evaluation_mode(conditional):
     got = jax.jit(lambda p, x, z, c: unet_apply(model, p, x, z, c))(
         prepare_unet(model, variables), x, z, cond)
     assert float(jnp.std(expected)) > 0.05  # not saturated or constant
-    chex.assert_trees_all_close(got, expected, atol=2e-5)
+    chex.assert_trees_all_close(got, expected, atol=1e-4)  # the parity tolerance
 
 
 def test_first_layer_taps_equal_xla_convolution():
@@ -61,7 +63,8 @@ def test_first_layer_taps_equal_xla_convolution():
 def test_unet_apply_errors():
     model = UNet(conditional=True)
     x = jnp.zeros((1, 80, 32, 1))
-    variables = model.init(jax.random.key(0), x, jnp.zeros((1, 10)), jnp.zeros((1,), jnp.int32))
+    variables = jit_init(model.init, jax.random.key(0), x, jnp.zeros((1, 10)),
+                         jnp.zeros((1,), jnp.int32))
     prepared = prepare_unet(model, variables)
     with pytest.raises(ValueError, match="needs cond"):
         unet_apply(model, prepared, x, jnp.zeros((1, 10)))
