@@ -6,7 +6,10 @@ Layout of a model checkpoint directory::
     DIR/variables/     Orbax PyTree checkpoint of {'params': ..., 'batch_stats': ...}
 
 A directory is written under a temporary name and renamed into place, so a crash never
-leaves a half-written checkpoint where a good one was.
+leaves a half-written checkpoint where a good one was. In a multi-process job (a filesystem
+shared by the processes) every process calls ``save_model`` with the same arguments: they
+take part in Orbax's save into one temporary directory, process 0 renames it into place, and
+all return once it is there.
 """
 
 from __future__ import annotations
@@ -35,6 +38,25 @@ def _checkpointer():
     return ocp.StandardCheckpointer()
 
 
+def _sync(name: str) -> None:
+    """Waits for every process of a multi-process job (no-op with one process)."""
+    if jax.process_count() > 1:
+        from jax.experimental import multihost_utils
+
+        multihost_utils.sync_global_devices(name)
+
+
+def _temporary_name(directory: str) -> str:
+    """A fresh temporary sibling of ``directory``, the same in every process."""
+    token = uuid.uuid4().int % 2**31
+    if jax.process_count() > 1:
+        from jax.experimental import multihost_utils
+
+        token = int(multihost_utils.broadcast_one_to_all(np.int32(token)))
+    parent, name = os.path.split(directory)
+    return os.path.join(parent, f".{name}.tmp-{token:08x}")
+
+
 def save_model(
     directory: str | os.PathLike,
     network: str,
@@ -46,38 +68,39 @@ def save_model(
     """Writes ``variables`` of ``network`` (built with ``arch``) to ``directory``. Returns its path.
 
     Refuses an existing ``directory`` unless ``overwrite``; the old one is replaced only
-    after the new one is complete.
+    after the new one is complete. With several processes, every process must call it with
+    the same arguments (module docstring).
     """
     directory = os.path.abspath(os.fspath(directory))
+    primary = jax.process_index() == 0
     if os.path.exists(directory) and not overwrite:
         raise FileExistsError(f"{directory}: already exists (pass overwrite=True to replace it)")
-    parent = os.path.dirname(directory)
-    os.makedirs(parent, exist_ok=True)
-    tmp = os.path.join(parent, f".{os.path.basename(directory)}.tmp-{uuid.uuid4().hex[:8]}")
-    os.makedirs(tmp)
+    tmp = _temporary_name(directory)
     try:
-        tree = jax.tree.map(np.asarray, dict(variables))
-        checkpointer = _checkpointer()
-        checkpointer.save(os.path.join(tmp, VARIABLES_DIR), tree)
+        if primary:
+            os.makedirs(os.path.dirname(tmp), exist_ok=True)
+            os.makedirs(tmp)
+        _sync(f"save_model:{tmp}:created")
+        checkpointer = _checkpointer()  # every process takes part in Orbax's save
+        checkpointer.save(os.path.join(tmp, VARIABLES_DIR), jax.tree.map(np.asarray,
+                                                                           dict(variables)))
         checkpointer.wait_until_finished()
-        meta = {
-            "format": FORMAT_VERSION,
-            "network": network,
-            "arch": dict(arch or {}),
-            **dict(extra or {}),
-        }
-        with open(os.path.join(tmp, MODEL_JSON), "w") as f:
-            json.dump(meta, f, indent=2, sort_keys=True)
-        if os.path.exists(directory):
-            old = f"{tmp}.old"
-            os.replace(directory, old)
-            os.replace(tmp, directory)
-            shutil.rmtree(old)
-        else:
-            os.replace(tmp, directory)
+        if primary:
+            meta = {"format": FORMAT_VERSION, "network": network, "arch": dict(arch or {}),
+                    **dict(extra or {})}
+            with open(os.path.join(tmp, MODEL_JSON), "w") as f:
+                json.dump(meta, f, indent=2, sort_keys=True)
+            if os.path.exists(directory):
+                old = f"{tmp}.old"
+                os.replace(directory, old)
+                os.replace(tmp, directory)
+                shutil.rmtree(old)
+            else:
+                os.replace(tmp, directory)
     finally:
-        if os.path.exists(tmp):
+        if primary and os.path.exists(tmp):
             shutil.rmtree(tmp)
+        _sync(f"save_model:{tmp}:done")
     return directory
 
 

@@ -68,6 +68,18 @@ def seed_batch_sharded(mesh: Mesh) -> NamedSharding:
     return NamedSharding(mesh, P(None, DATA_AXIS))
 
 
+def to_host(tree: Any) -> Any:
+    """Every leaf as a host numpy array of its global value: ``jax.device_get`` in one
+    process; with several, gathered from all processes (every process must call it)."""
+    if jax.process_count() == 1:
+        return jax.device_get(tree)
+    from jax.experimental import multihost_utils
+
+    return jax.tree.map(
+        lambda x: np.asarray(x) if getattr(x, "is_fully_replicated", True)
+        else multihost_utils.process_allgather(x, tiled=True), tree)
+
+
 def replicate(tree: Any, mesh: Mesh) -> Any:
     """Places every leaf of ``tree`` replicated on ``mesh``."""
     return jax.device_put(tree, replicated(mesh))

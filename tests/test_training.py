@@ -476,3 +476,24 @@ def test_metric_writer_keeps_integers(tmp_path):
     assert '"best_step": 3,' in line and '"count": 2,' in line
     assert json.loads(line) == {"step": 7, "split": "final", "time": json.loads(line)["time"],
                                 "best_step": 3, "count": 2, "loss": 0.5, "bad": "nan"}
+
+
+@pytest.mark.parametrize("stage", ["classifiers_small", "vocoder", "pcmelgan"])
+def test_distributed_settings_override_from_the_command_line(stage, monkeypatch):
+    """Multi-host runs pass the coordinator, process count and id as flags."""
+    import sys
+
+    from absl import flags
+    from ml_collections import config_flags
+
+    path = os.path.join(os.path.dirname(__file__), "..", "configs", f"{stage}.py")
+    argv = ["train.py", f"--config={path}", "--config.distributed.enabled=True",
+            "--config.distributed.coordinator_address=10.0.0.1:1234",
+            "--config.distributed.num_processes=4", "--config.distributed.process_id=3"]
+    monkeypatch.setattr(sys, "argv", argv)  # config_flags reads its overrides from sys.argv
+    fv = flags.FlagValues()
+    config_flags.DEFINE_config_file("config", None, flag_values=fv, lock_config=True)
+    fv(argv)
+    d = fv.config.distributed
+    assert (d.enabled, d.coordinator_address, d.num_processes, d.process_id) == (
+        True, "10.0.0.1:1234", 4, 3)

@@ -33,9 +33,12 @@ def _common(stage: str) -> ml_collections.ConfigDict:
     c.worker_count = 0  # Grain worker processes
     c.worker_threads = 2  # Grain reader threads
     c.progress_bar = True
-    c.distributed = ml_collections.ConfigDict(
-        {"enabled": False, "coordinator_address": None, "num_processes": None, "process_id": None}
-    )
+    # typed placeholders (None until set) so that --config.distributed.x=... overrides them
+    placeholder = ml_collections.config_dict.placeholder
+    c.distributed = ml_collections.ConfigDict({
+        "enabled": False, "coordinator_address": placeholder(str),
+        "num_processes": placeholder(int), "process_id": placeholder(int),
+    })
     return c
 
 

@@ -327,7 +327,9 @@ def build_stage(
 
     def _write_samples(networks, key, batch, pick, folder, step):
         audio = batch["audio"][pick]
-        specs, mean, std = jax.device_get(_samples(networks, audio, key))
+        specs, mean, std = sharding.to_host(_samples(networks, audio, key))
+        if jax.process_index() != 0:  # every process computes (the networks span them all)
+            return
         titles = [
             t for t in ("original", "filtered", "sampled_male", "sampled_female") if t in specs
         ]
@@ -345,9 +347,7 @@ def build_stage(
                     write_audio(os.path.join(folder, f"step_{step:07d}", f"{i}_{t}.wav"), wav[i])
 
     def write_samples(state, step):
-        if jax.process_index() != 0:
-            return
-        batch = jax.device_get(next(iter(loop.eval_batches(config, mesh))))
+        batch = sharding.to_host(next(iter(loop.eval_batches(config, mesh))))
         # one female and one male example when the batch has both
         order = np.argsort(batch["gender"][: int(batch["mask"].sum())], kind="stable")
         pick = np.unique(np.concatenate([order[:1], order[-1:]]))[: int(config.num_samples)]

@@ -114,12 +114,13 @@ def build_stage(config: Any, workdir: str, mesh) -> loop.Stage:
         return False
 
     def write_samples(state, step):
-        if jax.process_index() != 0:
-            return
+        # every process computes (the generator spans them all); process 0 writes
         batch = next(iter(loop.eval_batches(config, mesh)))
         n = min(int(config.num_samples), batch["audio"].shape[0])
-        audio = np.asarray(jax.device_get(batch["audio"]))[:n]
-        fake = np.asarray(jax.device_get(generate(state.networks["generator"].params, audio)))
+        audio = np.asarray(sharding.to_host(batch["audio"]))[:n]
+        fake = np.asarray(sharding.to_host(generate(state.networks["generator"].params, audio)))
+        if jax.process_index() != 0:
+            return
         folder = os.path.join(workdir, "samples", f"step_{step:07d}")
         for i in range(n):
             write_audio(os.path.join(folder, f"{i}_real.wav"), audio[i])
