@@ -136,53 +136,57 @@ def test_pcmelgan_step_follows_spec6_order(pcm):
     nets, after = init.networks, state1.networks  # after = after two steps
     x = steps.spectrogram_batch(jnp.asarray(batch["audio"]))
     s = jnp.asarray(batch["gender"])
-    b = x.shape[0]
-    rng = jax.random.fold_in(pcm["rng"], 0)
-    k_z1, k_z1b, k_z2, k_s, k_d1, k_d2, k_d3, _, _ = jax.random.split(rng, 9)
     filt, gen = hp.filter(), hp.generator()
     fd, gd = AlexNet(2, width=0.25), AlexNet(3, width=0.25)
 
-    # (1) filter loss with the initial F and FD, flipped labels, distortion vs x
-    z1 = jax.random.normal(k_z1, (b, 10))
-    x1, mut1 = filt.apply(nets["filter"].variables(), x, z1, None, train=True,
-                          mutable=["batch_stats"])
-    fd_logits = fd.apply({"params": nets["filter_discriminator"].params}, x1, train=True,
-                         rngs={"dropout": k_d1})
-    dist = jnp.mean(jnp.abs(x1 - x))
-    want_f = softmax_cross_entropy(fd_logits, 1 - s) + hp.lamb * jax.nn.relu(dist - hp.eps) ** 2
-    np.testing.assert_allclose(m["filter/loss"], want_f, rtol=1e-4)
+    @jax.jit  # one program (eager op-by-op dispatch of these networks takes a minute)
+    def expected(nets, x, s, rng):
+        b = x.shape[0]
+        k_z1, k_z1b, k_z2, k_s, k_d1, k_d2, k_d3, _, _ = jax.random.split(rng, 9)
+        out = {}
+        # (1) filter loss with the initial F and FD, flipped labels, distortion vs x
+        z1 = jax.random.normal(k_z1, (b, 10))
+        x1, mut1 = filt.apply(nets["filter"].variables(), x, z1, None, train=True,
+                              mutable=["batch_stats"])
+        fd_logits = fd.apply({"params": nets["filter_discriminator"].params}, x1, train=True,
+                             rngs={"dropout": k_d1})
+        dist = jnp.mean(jnp.abs(x1 - x))
+        out["filter/loss"] = (softmax_cross_entropy(fd_logits, 1 - s)
+                              + hp.lamb * jax.nn.relu(dist - hp.eps) ** 2)
 
-    # the updated F after step (1): one SGD step of the filter loss
-    def f_loss(p):
-        y, _ = filt.apply(nets["filter"].variables(p), x, z1, None, train=True,
-                          mutable=["batch_stats"])
-        lg = fd.apply({"params": nets["filter_discriminator"].params}, y, train=True,
-                      rngs={"dropout": k_d1})
-        return softmax_cross_entropy(lg, 1 - s) + hp.lamb * jax.nn.relu(
-            jnp.mean(jnp.abs(y - x)) - hp.eps
-        ) ** 2
+        # the updated F after step (1): one SGD step of the filter loss
+        def f_loss(p):
+            y, _ = filt.apply(nets["filter"].variables(p), x, z1, None, train=True,
+                              mutable=["batch_stats"])
+            lg = fd.apply({"params": nets["filter_discriminator"].params}, y, train=True,
+                          rngs={"dropout": k_d1})
+            return softmax_cross_entropy(lg, 1 - s) + hp.lamb * jax.nn.relu(
+                jnp.mean(jnp.abs(y - x)) - hp.eps
+            ) ** 2
 
-    f_params = jax.tree.map(lambda p, g: p - SGD_LR * g, nets["filter"].params,
-                            jax.grad(f_loss)(nets["filter"].params))
-    # (2) fresh train-mode pass of the UPDATED filter; G's distortion vs the ORIGINAL x
-    x1b, mut2 = filt.apply({"params": f_params, "batch_stats": mut1["batch_stats"]}, x,
-                           jax.random.normal(k_z1b, (b, 10)), None, train=True,
-                           mutable=["batch_stats"])
-    s_sampled = jax.random.randint(k_s, (b,), 0, 2)
-    x2, _ = gen.apply(nets["generator"].variables(), x1b, jax.random.normal(k_z2, (b, 10)),
-                      s_sampled, train=True, mutable=["batch_stats"])
-    np.testing.assert_allclose(m["generator/distortion"], jnp.mean(jnp.abs(x2 - x)), rtol=1e-4)
-    gd_logits = gd.apply({"params": nets["generator_discriminator"].params}, x2, train=True,
-                         rngs={"dropout": k_d2})
-    np.testing.assert_allclose(m["generator/adversarial"],
-                               softmax_cross_entropy(gd_logits, s_sampled), rtol=1e-4)
-    # (3) FD on x1 of step (2) with the true gender, FD not yet updated
-    fd3 = fd.apply({"params": nets["filter_discriminator"].params}, x1b, train=True,
-                   rngs={"dropout": k_d3})
-    np.testing.assert_allclose(m["filter_discriminator/loss"], softmax_cross_entropy(fd3, s),
-                               rtol=1e-4)
+        f_params = jax.tree.map(lambda p, g: p - SGD_LR * g, nets["filter"].params,
+                                jax.grad(f_loss)(nets["filter"].params))
+        # (2) fresh train-mode pass of the UPDATED filter; G's distortion vs the ORIGINAL x
+        x1b, mut2 = filt.apply({"params": f_params, "batch_stats": mut1["batch_stats"]}, x,
+                               jax.random.normal(k_z1b, (b, 10)), None, train=True,
+                               mutable=["batch_stats"])
+        s_sampled = jax.random.randint(k_s, (b,), 0, 2)
+        x2, _ = gen.apply(nets["generator"].variables(), x1b, jax.random.normal(k_z2, (b, 10)),
+                          s_sampled, train=True, mutable=["batch_stats"])
+        out["generator/distortion"] = jnp.mean(jnp.abs(x2 - x))
+        gd_logits = gd.apply({"params": nets["generator_discriminator"].params}, x2, train=True,
+                             rngs={"dropout": k_d2})
+        out["generator/adversarial"] = softmax_cross_entropy(gd_logits, s_sampled)
+        # (3) FD on x1 of step (2) with the true gender, FD not yet updated
+        fd3 = fd.apply({"params": nets["filter_discriminator"].params}, x1b, train=True,
+                       rngs={"dropout": k_d3})
+        out["filter_discriminator/loss"] = softmax_cross_entropy(fd3, s)
+        return out, mut2["batch_stats"]
+
+    want, bs_after_step1 = expected(nets, x, s, jax.random.fold_in(pcm["rng"], 0))
+    for k, v in want.items():
+        np.testing.assert_allclose(m[k], v, rtol=1e-4, err_msg=k)
     # F's running statistics moved by both training passes of the first step
-    bs_after_step1 = mut2["batch_stats"]
     got = pcm["run"](jax.devices()[:1], n_steps=1)[0].networks["filter"].batch_stats
     for a, b_ in zip(jax.tree.leaves(got), jax.tree.leaves(bs_after_step1), strict=True):
         np.testing.assert_allclose(a, b_, rtol=1e-4, atol=1e-6)
