@@ -61,6 +61,28 @@ def get_config():
 """
 
 
+PCMELGAN_CONFIG = """
+from pcmelgan_jax.training import configs
+
+
+def get_config():
+    c = configs.pcmelgan(small=True)
+    c.data_dir = {data_dir!r}
+    c.classifiers_workdir = {classifiers!r}
+    c.vocoder_workdir = {vocoder!r}
+    c.discriminator_width = 0.25
+    c.batch_size = 4  # 2 per process
+    c.eval_batch_size = 8
+    c.num_train_steps = 2
+    c.eval_every_steps = 2
+    c.samples_every_steps = 2
+    c.checkpoint_every_steps = 1
+    c.worker_threads = 0
+    c.progress_bar = False
+    return c
+"""
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("localhost", 0))
@@ -151,3 +173,29 @@ def test_two_process_vocoder_exports_and_writes_samples(data_dir, tmp_path):
     assert sorted(os.listdir(samples)) == ["0_real.wav", "0_vocoded.wav", "1_real.wav",
                                            "1_vocoded.wav"]
     assert not [p for p in os.listdir(tmp_path / "run" / "models") if ".tmp-" in p]
+
+
+@pytest.mark.slow
+def test_two_process_pcmelgan_exports_and_writes_samples(data_dir, tmp_path):
+    """The PCMelGAN stage in a 2-process job: monitors loaded on every process, sample
+    panels and wavs, exported filter and generator."""
+    from pcmelgan_jax.checkpointing import save_model
+    from pcmelgan_jax.models.registry import numpy_random_variables
+
+    for name, k, seed in (("spec_digit", 10, 1), ("spec_gender", 2, 2)):
+        arch = {"num_classes": k, "width": 0.25}
+        save_model(tmp_path / "cls" / "models" / name, "alexnet",
+                   numpy_random_variables("alexnet", seed, **arch), arch=arch)
+    arch = {"ngf": 4}
+    save_model(tmp_path / "voc" / "models" / "generator", "melgan_generator",
+               numpy_random_variables("melgan_generator", 3, **arch), arch=arch)
+    config = tmp_path / "pcmelgan.py"
+    config.write_text(PCMELGAN_CONFIG.format(data_dir=data_dir, classifiers=str(tmp_path / "cls"),
+                                             vocoder=str(tmp_path / "voc")))
+    _train_two_processes(config, tmp_path / "run")
+    assert sorted(os.listdir(tmp_path / "run" / "models")) == ["filter", "filter_discriminator",
+                                                               "generator",
+                                                               "generator_discriminator"]
+    samples = tmp_path / "run" / "samples"
+    assert "step_0000002.png" in os.listdir(samples)
+    assert len(os.listdir(samples / "step_0000002")) == 2 * 4  # 2 examples x 4 kinds
