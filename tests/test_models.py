@@ -303,6 +303,141 @@ def test_conv_matmul_grads_equals_xla_conv(x_shape, window, strides, padding, di
         chex.assert_trees_all_close(a, b, rtol=1e-5, atol=1e-5 * float(jnp.abs(b).max()))
 
 
+@pytest.mark.parametrize(
+    "x_shape, window, padding",
+    [
+        ((2, 9, 7, 1), (3, 3), (1, 1)),  # the U-Net's first convolution
+        ((2, 9, 7, 3), (3, 3), (1, 1)),
+        ((3, 11, 8, 2), (5, 3), (2, 0)),  # unequal window and padding
+        ((2, 13, 1), (3,), (1,)),  # 1-d
+    ],
+)
+def test_conv_taps_forward_equals_xla_conv(x_shape, window, padding):
+    """Value and gradients of the per-tap forward conv vs XLA's convolution and its autodiff,
+    under jit and under vmap over the kernel (as when training many seeds)."""
+    from pcmelgan_jax.models.layers import conv_nd, conv_taps_forward
+
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal(x_shape, np.float32)
+    w = rng.standard_normal((2, *window, x_shape[-1], 5), np.float32)  # two kernels to vmap
+    ones = (1,) * len(window)
+
+    def xla(x, w):
+        return conv_nd(x, w, ones, padding, ones)
+
+    def ours(x, w):
+        return conv_taps_forward(x, w, padding)
+
+    dy = rng.standard_normal(jax.eval_shape(xla, x, w[0]).shape, np.float32)
+
+    @jax.jit
+    def value_and_grads(x, w, dy):
+        (y, vjp), (y_ref, vjp_ref) = jax.vjp(ours, x, w[0]), jax.vjp(xla, x, w[0])
+        batched = [
+            jax.vmap(
+                jax.value_and_grad(lambda x, w, f=f: jnp.sum(jnp.sin(f(x, w))), (0, 1)), (None, 0)
+            )(x, w)
+            for f in (ours, xla)
+        ]
+        return (y, *vjp(dy), batched[0]), (y_ref, *vjp_ref(dy), batched[1])
+
+    for a, b in zip(*value_and_grads(x, w, dy), strict=True):
+        atol = 1e-5 * max(float(jnp.abs(leaf).max()) for leaf in jax.tree.leaves(b))
+        chex.assert_trees_all_close(a, b, rtol=1e-5, atol=atol)
+
+
+def test_conv_taps_forward_keeps_parameters_and_bfloat16():
+    from pcmelgan_jax.models import Conv
+
+    x = jax.random.normal(jax.random.key(0), (2, 9, 7, 1))
+    ours = Conv(4, (3, 3), padding=1, taps_forward=True)
+    xla = Conv(4, (3, 3), padding=1)
+    variables = jax.jit(xla.init)(jax.random.key(1), x)
+    chex.assert_trees_all_equal_structs(jax.eval_shape(ours.init, jax.random.key(1), x), variables)
+
+    def grads(conv):
+        loss = lambda v: jnp.sum(jnp.sin(conv.apply(v, x).astype(jnp.float32)))  # noqa: E731
+        return jax.jit(jax.grad(loss))(variables)
+
+    chex.assert_trees_all_close(grads(ours), grads(xla), rtol=1e-5, atol=1e-6)
+    bf16 = ours.clone(dtype=jnp.bfloat16)
+    chex.assert_type(jax.eval_shape(bf16.apply, variables, x), jnp.bfloat16)
+    chex.assert_trees_all_close(grads(bf16), grads(xla.clone(dtype=jnp.bfloat16)), atol=0.05)
+
+
+def _batch_norm_relu_reference(x, scale, bias, epsilon=1e-5):
+    """relu(BatchNorm(x)) in training mode as plain jnp (differentiated by XLA's autodiff)."""
+    axes = tuple(range(x.ndim - 1))
+    xf = x.astype(jnp.float32)
+    mean = xf.mean(axes)
+    var = jnp.square(xf - mean).mean(axes)
+    y = jax.nn.relu((xf - mean) * (jax.lax.rsqrt(var + epsilon) * scale) + bias)
+    return y.astype(x.dtype), mean, var
+
+
+def test_batch_norm_relu_equals_autodiff():
+    """Values and the hand-written gradient (also of the statistics outputs) vs autodiff of the
+    plain composition, under jit and under vmap (per-seed parameters and activations)."""
+    from pcmelgan_jax.models.layers import batch_norm_relu
+
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((2, 4, 6, 5, 3), np.float32) * 2 + 0.5  # 2 seeds
+    scale = rng.uniform(0.5, 1.5, (2, 3)).astype(np.float32)
+    bias = rng.uniform(-0.5, 0.5, (2, 3)).astype(np.float32)
+    cot = (
+        rng.standard_normal(x.shape[1:], np.float32),
+        rng.standard_normal(3).astype(np.float32),
+        rng.standard_normal(3).astype(np.float32),
+    )
+    ours = lambda x, s, b: batch_norm_relu(x, s, b, 1e-5, jnp.dtype(jnp.float32))  # noqa: E731
+
+    @jax.jit
+    def run(x, scale, bias):
+        (out, vjp), (out_ref, vjp_ref) = (
+            jax.vjp(f, x[0], scale[0], bias[0]) for f in (ours, _batch_norm_relu_reference)
+        )
+        batched = [
+            jax.vmap(
+                jax.value_and_grad(lambda x, s, b, f=f: jnp.sum(jnp.sin(f(x, s, b)[0])), (0, 1, 2))
+            )(x, scale, bias)
+            for f in (ours, _batch_norm_relu_reference)
+        ]
+        return (out, vjp(cot), batched[0]), (out_ref, vjp_ref(cot), batched[1])
+
+    got, want = run(x, scale, bias)
+    chex.assert_trees_all_close(got, want, rtol=1e-5, atol=1e-5)
+
+
+def test_batchnorm_relu_option_matches_relu_of_batchnorm():
+    """BatchNorm(relu=True): same outputs, running statistics and parameter gradients as
+    relu(BatchNorm()) in both modes, float32 and bfloat16."""
+    x = jax.random.normal(jax.random.key(0), (4, 3, 5, 2)) * 3 + 1
+    for dtype in (jnp.float32, jnp.bfloat16):
+        fused, plain = BatchNorm(relu=True, dtype=dtype), BatchNorm(dtype=dtype)
+        variables = plain.init(jax.random.key(1), x, train=True)
+        variables["params"]["scale"] = jnp.array([0.7, 1.3])
+        variables["params"]["bias"] = jnp.array([0.2, -0.1])
+
+        def run(bn, relu, variables=variables):
+            def loss(params):
+                y, upd = bn.apply(
+                    {**variables, "params": params}, x, train=True, mutable=["batch_stats"]
+                )
+                y = jax.nn.relu(y) if relu else y
+                return jnp.sum(jnp.sin(y.astype(jnp.float32))), (y, upd)
+
+            (_, (y, upd)), grads = jax.jit(jax.value_and_grad(loss, has_aux=True))(
+                variables["params"]
+            )
+            y_eval = bn.apply({**variables, **upd}, x, train=False)
+            return y, upd, grads, jax.nn.relu(y_eval) if relu else y_eval
+
+        got, want = run(fused, False), run(plain, True)
+        chex.assert_type(got[0], dtype)
+        tol = 1e-5 if dtype == jnp.float32 else 1e-2
+        chex.assert_trees_all_close(got, want, rtol=tol, atol=tol)
+
+
 def test_conv_grads_as_matmul_keeps_parameters_and_bfloat16():
     from pcmelgan_jax.models import Conv
 

@@ -8,12 +8,7 @@ import pytest
 
 from pcmelgan_jax.models.registry import jit_init
 from pcmelgan_jax.models.unet import UNet
-from pcmelgan_jax.models.unet_inference import (
-    conv3x3_taps,
-    conv3x3_xla,
-    prepare_unet,
-    unet_apply,
-)
+from pcmelgan_jax.models.unet_inference import prepare_unet, unet_apply
 
 
 def _trained_like(model: UNet, x, z, cond) -> dict:
@@ -51,13 +46,6 @@ def test_unet_apply_equals_module_in_evaluation_mode(conditional):
         prepare_unet(model, variables), x, z, cond)
     assert float(jnp.std(expected)) > 0.05  # not saturated or constant
     chex.assert_trees_all_close(got, expected, atol=1e-4)  # the parity tolerance
-
-
-def test_first_layer_taps_equal_xla_convolution():
-    rng = np.random.default_rng(1)
-    x = jnp.asarray(rng.standard_normal((2, 80, 32, 1)), jnp.float32)
-    kernel = jnp.asarray(rng.standard_normal((3, 3, 1, 8)), jnp.float32)
-    chex.assert_trees_all_close(conv3x3_taps(x, kernel), conv3x3_xla(x, kernel), atol=1e-5)
 
 
 def test_unet_apply_errors():

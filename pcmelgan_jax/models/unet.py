@@ -32,7 +32,10 @@ def dense(features: int, fan_in: int, name: str, dtype: Any = None) -> nn.Dense:
 class DoubleConv(nn.Module):
     """(weight-normed 3x3 conv -> BatchNorm -> ReLU) x 2. (B, H, W, C) -> (B, H, W, features).
 
-    ``dtype``: computation dtype (None = x's); BatchNorm statistics stay float32.
+    BatchNorm and ReLU are one ``BatchNorm(relu=True)`` (in training mode ``batch_norm_relu``,
+    a hand-written gradient); a one-channel input is convolved by ``Conv(taps_forward=True)``
+    (per-tap forward on CPU). ``dtype``: computation dtype (None = x's); BatchNorm
+    statistics stay float32.
     """
 
     features: int
@@ -41,8 +44,17 @@ class DoubleConv(nn.Module):
     @nn.compact
     def __call__(self, x: Array, train: bool) -> Array:
         for i in range(2):
-            x = Conv(self.features, (3, 3), padding=1, dtype=self.dtype, name=f"conv{i}")(x)
-            x = nn.relu(BatchNorm(dtype=self.dtype, name=f"bn{i}")(x, train))
+            # one input channel (the first convolution): the per-tap forward (CPU only)
+            conv = Conv(
+                self.features,
+                (3, 3),
+                padding=1,
+                taps_forward=x.shape[-1] == 1,
+                dtype=self.dtype,
+                name=f"conv{i}",
+            )
+            x = conv(x)
+            x = BatchNorm(dtype=self.dtype, relu=True, name=f"bn{i}")(x, train)
         return x
 
 

@@ -3,10 +3,11 @@
 In evaluation mode every (weight-normed conv -> BatchNorm) pair is one affine map, so
 ``prepare_unet`` folds weight norm, the conv bias and the running statistics into a plain
 kernel and bias once per model (in float64), and ``unet_apply`` runs conv + bias + ReLU per
-layer. On CPU the first layer (one input channel) is nine shifted broadcast multiply-adds,
-~5x faster than XLA:CPU's convolution at 80 x 32 (``jax.lax.platform_dependent``: other
-platforms keep XLA's convolution). XLA:CPU (2 cores, batch 8): ~0.8x the module's time.
-(Winograd F(2x2, 3x3) at the 10 x 4 level was faster per layer but slower in the network.)
+layer. On CPU the first layer (one input channel) is nine shifted products
+(``layers.conv_taps_forward``, as in training), ~5x faster than XLA:CPU's convolution at
+80 x 32; other platforms keep XLA's convolution. XLA:CPU (2 cores, batch 8): ~0.85x the
+module's time. (Winograd F(2x2, 3x3) at the 10 x 4 level was faster per layer but slower in
+the network.)
 
 ``anonymize`` uses this path; training and the parity checks use the module.
 """
@@ -17,7 +18,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from pcmelgan_jax.models.layers import max_pool, upsample_nearest2d
+from pcmelgan_jax.models.layers import (
+    conv_nd,
+    conv_taps_forward,
+    max_pool,
+    upsample_nearest2d,
+)
 from pcmelgan_jax.models.unet import BOTTLENECK_SHAPE, CHANNELS, UNet
 
 Array = jax.Array
@@ -53,24 +59,12 @@ def prepare_unet(model: UNet, variables: dict) -> dict:
     return out
 
 
-def conv3x3_xla(x: Array, kernel: Array) -> Array:
-    """'SAME' 3x3 convolution. x (B, H, W, C_in), kernel (3, 3, C_in, C_out) -> (B, H, W, C_out)."""
-    return jax.lax.conv_general_dilated(
-        x, kernel, (1, 1), "SAME", dimension_numbers=("NHWC", "HWIO", "NHWC"))
-
-
-def conv3x3_taps(x: Array, kernel: Array) -> Array:
-    """``conv3x3_xla`` as nine shifted products (fast for one input channel on XLA:CPU)."""
-    h, w = x.shape[1:3]
-    x = jnp.pad(x, [(0, 0), (1, 1), (1, 1), (0, 0)])
-    return sum(x[:, i : i + h, j : j + w] @ kernel[i, j] for i in range(3) for j in range(3))
-
-
 def _conv3x3(x: Array, kernel: Array) -> Array:
-    """XLA's convolution, or on CPU the faster algorithm for this shape (module docstring)."""
-    if x.shape[-1] != 1:
-        return conv3x3_xla(x, kernel)
-    return jax.lax.platform_dependent(x, kernel, cpu=conv3x3_taps, default=conv3x3_xla)
+    """XLA's convolution; a one-channel input by ``layers.conv_taps_forward`` (per-tap
+    products on CPU, XLA's convolution elsewhere)."""
+    if x.shape[-1] == 1:
+        return conv_taps_forward(x, kernel, (1, 1))
+    return conv_nd(x, kernel, (1, 1), (1, 1), (1, 1))
 
 
 def unet_apply(model: UNet, prepared: dict, x: Array, z: Array, cond: Array | None = None
