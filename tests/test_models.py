@@ -346,25 +346,6 @@ def test_conv_taps_forward_equals_xla_conv(x_shape, window, padding):
         chex.assert_trees_all_close(a, b, rtol=1e-5, atol=atol)
 
 
-def test_conv_taps_forward_keeps_parameters_and_bfloat16():
-    from pcmelgan_jax.models import Conv
-
-    x = jax.random.normal(jax.random.key(0), (2, 9, 7, 1))
-    ours = Conv(4, (3, 3), padding=1, taps_forward=True)
-    xla = Conv(4, (3, 3), padding=1)
-    variables = jax.jit(xla.init)(jax.random.key(1), x)
-    chex.assert_trees_all_equal_structs(jax.eval_shape(ours.init, jax.random.key(1), x), variables)
-
-    def grads(conv):
-        loss = lambda v: jnp.sum(jnp.sin(conv.apply(v, x).astype(jnp.float32)))  # noqa: E731
-        return jax.jit(jax.grad(loss))(variables)
-
-    chex.assert_trees_all_close(grads(ours), grads(xla), rtol=1e-5, atol=1e-6)
-    bf16 = ours.clone(dtype=jnp.bfloat16)
-    chex.assert_type(jax.eval_shape(bf16.apply, variables, x), jnp.bfloat16)
-    chex.assert_trees_all_close(grads(bf16), grads(xla.clone(dtype=jnp.bfloat16)), atol=0.05)
-
-
 def _batch_norm_relu_reference(x, scale, bias, epsilon=1e-5):
     """relu(BatchNorm(x)) in training mode as plain jnp (differentiated by XLA's autodiff)."""
     axes = tuple(range(x.ndim - 1))
@@ -438,11 +419,14 @@ def test_batchnorm_relu_option_matches_relu_of_batchnorm():
         chex.assert_trees_all_close(got, want, rtol=tol, atol=tol)
 
 
-def test_conv_grads_as_matmul_keeps_parameters_and_bfloat16():
+@pytest.mark.parametrize("option, c_in", [("taps_forward", 1), ("grads_as_matmul", 3)])
+def test_conv_option_keeps_parameters_and_bfloat16(option, c_in):
+    """``Conv(taps_forward=True)`` and ``Conv(grads_as_matmul=True)``: the same parameters and
+    gradients as the plain ``Conv``, in float32 and bfloat16."""
     from pcmelgan_jax.models import Conv
 
-    x = jax.random.normal(jax.random.key(0), (2, 9, 7, 3))
-    ours = Conv(4, (3, 3), padding=1, grads_as_matmul=True)
+    x = jax.random.normal(jax.random.key(0), (2, 9, 7, c_in))
+    ours = Conv(4, (3, 3), padding=1, **{option: True})
     xla = Conv(4, (3, 3), padding=1)
     variables = jax.jit(xla.init)(jax.random.key(1), x)
     chex.assert_trees_all_equal_structs(jax.eval_shape(ours.init, jax.random.key(1), x), variables)

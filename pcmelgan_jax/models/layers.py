@@ -54,6 +54,18 @@ def _weight_norm(v: Array, gain: Array, gain_axis: int) -> Array:
     return v * (gain.reshape(shape) / norm)
 
 
+def folded_weight_norm(p: dict, gain_axis: int) -> np.ndarray:
+    """``_weight_norm`` of a ``Conv``'s params {'kernel': v, 'scale': gain} in float64 NumPy:
+    ``gain * v / ||v||`` (norm over all axes but gain_axis), for folding weights once in the
+    inference paths (``melgan.prepare_generator``, ``unet_inference.prepare_unet``)."""
+    v = np.asarray(p["kernel"], np.float64)
+    axes = tuple(a for a in range(v.ndim) if a != gain_axis % v.ndim)
+    shape = [1] * v.ndim
+    shape[gain_axis] = -1
+    return v * (np.asarray(p["scale"], np.float64).reshape(shape)
+                / np.sqrt(np.sum(v * v, axis=axes, keepdims=True)))
+
+
 def _norm_init(v: Array, gain_axis: int) -> Callable:
     """Initialises a weight-norm gain to ||v|| so that the initial weight equals v (PyTorch)."""
     axes = tuple(a for a in range(v.ndim) if a != gain_axis % v.ndim)

@@ -14,6 +14,7 @@ from pcmelgan_jax.models.layers import (
     Conv,
     ConvTranspose1d,
     avg_pool1d_exclude_pad,
+    folded_weight_norm,
     reflect_pad1d,
     transposed_padding,
 )
@@ -175,16 +176,6 @@ WINOGRAD_AT = np.array(
     np.float64)
 
 
-def _folded(p: dict, gain_axis: int) -> np.ndarray:
-    """Weight-normed float64 kernel ``gain * v / ||v||`` (norm over all axes but gain_axis)."""
-    v = np.asarray(p["kernel"], np.float64)
-    axes = tuple(a for a in range(v.ndim) if a != gain_axis % v.ndim)
-    shape = [1] * v.ndim
-    shape[gain_axis] = -1
-    return v * (np.asarray(p["scale"], np.float64).reshape(shape)
-                / np.sqrt(np.sum(v * v, axis=axes, keepdims=True)))
-
-
 def prepare_generator(model: MelGANGenerator, variables: dict) -> dict:
     """``generate``'s constants for ``model``'s variables, computed once (float64, stored f32).
 
@@ -195,10 +186,11 @@ def prepare_generator(model: MelGANGenerator, variables: dict) -> dict:
     """
     params = variables["params"]
     f32 = lambda a: jnp.asarray(np.asarray(a, np.float64), jnp.float32)
-    out = {name: {"kernel": f32(_folded(params[name], -1)), "bias": f32(params[name]["bias"])}
+    out = {name: {"kernel": f32(folded_weight_norm(params[name], -1)),
+                  "bias": f32(params[name]["bias"])}
            for name in ("conv_in", "conv_out")}
     for i, r in enumerate(model.ratios):
-        w = _folded(params[f"upsample{i}"], 1)  # (2r, C_in, C_out)
+        w = folded_weight_norm(params[f"upsample{i}"], 1)  # (2r, C_in, C_out)
         a = np.concatenate(list(w[r:]), axis=-1)  # (C_in, r C_out): reads x[k - 1]
         b = np.concatenate(list(w[:r]), axis=-1)  # reads x[k]
         out[f"upsample{i}"] = {"winograd": f32(np.stack([a, a + b, b])),
@@ -207,10 +199,10 @@ def prepare_generator(model: MelGANGenerator, variables: dict) -> dict:
             q = params[f"res{i}_{j}"]
             out[f"res{i}_{j}"] = {
                 "dilated": f32(np.einsum("na,aio->nio", WINOGRAD_G,
-                                         _folded(q["conv_dilated"], -1))),
+                                         folded_weight_norm(q["conv_dilated"], -1))),
                 "dilated_bias": f32(q["conv_dilated"]["bias"]),
-                "out": f32(_folded(q["conv_out"], -1)[0]),
-                "shortcut": f32(_folded(q["shortcut"], -1)[0]),
+                "out": f32(folded_weight_norm(q["conv_out"], -1)[0]),
+                "shortcut": f32(folded_weight_norm(q["shortcut"], -1)[0]),
                 "bias": f32(np.asarray(q["conv_out"]["bias"], np.float64)
                             + np.asarray(q["shortcut"]["bias"], np.float64)),
             }

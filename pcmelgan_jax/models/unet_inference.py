@@ -21,6 +21,7 @@ import numpy as np
 from pcmelgan_jax.models.layers import (
     conv_nd,
     conv_taps_forward,
+    folded_weight_norm,
     max_pool,
     upsample_nearest2d,
 )
@@ -32,8 +33,7 @@ def _fold(params: dict, stats: dict, i: int) -> dict:
     """conv{i} (weight norm, bias) then bn{i} (running statistics) -> kernel (3, 3, C_in,
     C_out) and bias (C_out,), float32 from float64."""
     conv, bn, st = params[f"conv{i}"], params[f"bn{i}"], stats[f"bn{i}"]
-    v = np.asarray(conv["kernel"], np.float64)
-    kernel = v * (np.asarray(conv["scale"], np.float64) / np.sqrt((v * v).sum((0, 1, 2))))
+    kernel = folded_weight_norm(conv, -1)
     inv = np.asarray(bn["scale"], np.float64) / np.sqrt(np.asarray(st["var"], np.float64) + 1e-5)
     bias = ((np.asarray(conv["bias"], np.float64) - np.asarray(st["mean"], np.float64)) * inv
             + np.asarray(bn["bias"], np.float64))
