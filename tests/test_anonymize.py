@@ -99,8 +99,10 @@ class SampleHold(Anonymizer):
 
     def vocode(self, mels, context=0):
         self.calls["vocoder"] += 1
-        # a batch of one-window files, or one chunk (context, 96 frames, context) of a longer file
-        assert (mels.shape, context) in (((self.vocoder_batch_size, 80, 32), 0), ((1, 80, 112), 8))
+        # a batch of one-window files, or one chunk (context, chunk, context) of a longer file
+        chunk = (1, 80, anonymize.CHUNK_FRAMES + 2 * anonymize.CONTEXT_FRAMES)
+        assert (mels.shape, context) in (((self.vocoder_batch_size, 80, 32), 0),
+                                         (chunk, anonymize.CONTEXT_FRAMES))
         return np.repeat(mels[:, 0, context : mels.shape[2] - context], 256, axis=1)
 
 
@@ -147,24 +149,25 @@ def test_silence_stays_silent_without_model_calls(tmp_path):
 
 
 def test_chunked_vocoding_matches_whole_file_vocoding(model):
-    """A 112-frame log-mel vocoded in one piece vs in two chunks (96 frames + context): equal
-    away from the ends, across the chunk boundary. Same shapes as the pipeline's batches, so
-    nothing new is compiled."""
+    """A log-mel of one chunk's length (chunk + 2 context frames) vocoded in one piece vs in
+    two chunks: equal away from the ends, across the chunk boundary."""
     vocoder, variables = model.vocoder
-    mel = (np.random.default_rng(0).standard_normal((80, 112)) - 3).astype(np.float32)
-    batch = np.zeros((BATCH, 80, 112), np.float32)
+    frames = anonymize.CHUNK_FRAMES + 2 * anonymize.CONTEXT_FRAMES
+    mel = (np.random.default_rng(0).standard_normal((80, frames)) - 3).astype(np.float32)
+    batch = np.zeros((BATCH, 80, frames), np.float32)
     batch[0] = mel
     whole = np.asarray(anonymize._vocode(vocoder, variables, batch))[0]
     chunks = anonymize.vocoder_chunks(mel)
-    assert chunks.shape == (2, 80, 112)
+    assert chunks.shape == (2, 80, frames)
     batch[:2] = chunks
-    got = anonymize.chunk_audio(np.asarray(anonymize._vocode(vocoder, variables, batch))[:2], 112)
+    got = anonymize.chunk_audio(np.asarray(anonymize._vocode(vocoder, variables, batch))[:2],
+                                frames)
     inner = slice(16 * 256, -16 * 256)
     np.testing.assert_allclose(got[inner], whole[inner], atol=2e-5)
 
 
 def test_long_files_vocode_one_chunk_per_call(tmp_path, monkeypatch):
-    """No silent padding of a last vocoder batch: one (1, 80, 112) call per 96-frame chunk;
+    """No silent padding of a last vocoder batch: one (1, 80, chunk + 2 context) call per chunk;
     the same files whether the reader runs ahead of the vocoder's worker, waits for it, or
     vocodes in its own thread."""
     src = tmp_path / "in"
@@ -173,7 +176,7 @@ def test_long_files_vocode_one_chunk_per_call(tmp_path, monkeypatch):
     fake = SampleHold(vocoder_batch_size=4)
     anonymize_path(src / "0.wav", tmp_path / "one.wav", model=fake, progress=False)
     _, total = anonymize.window_starts(sf.info(src / "0.wav").frames)
-    assert fake.calls["vocoder"] == -(-(total // 256) // 96)
+    assert fake.calls["vocoder"] == -(-(total // 256) // anonymize.CHUNK_FRAMES)
     anonymize_path(src, tmp_path / "ahead", model=SampleHold(), progress=False)
     inline = SampleHold()
     inline.vocoder_thread = False
@@ -194,9 +197,11 @@ def test_vocode_equals_the_vocoder_module(model):
     mels = (np.random.default_rng(1).standard_normal((5, 80, 32)) - 3).astype(np.float32)
     want = np.asarray(anonymize._vocode(*model.vocoder, mels))
     np.testing.assert_allclose(model.vocode(mels), want, atol=2e-5)
-    chunk = (np.random.default_rng(2).standard_normal((1, 80, 112)) - 3).astype(np.float32)
-    want = np.asarray(anonymize._vocode(*model.vocoder, chunk))[:, 8 * 256 : -8 * 256]
-    np.testing.assert_allclose(model.vocode(chunk, context=8), want, atol=2e-5)
+    context = anonymize.CONTEXT_FRAMES
+    frames = anonymize.CHUNK_FRAMES + 2 * context
+    chunk = (np.random.default_rng(2).standard_normal((1, 80, frames)) - 3).astype(np.float32)
+    want = np.asarray(anonymize._vocode(*model.vocoder, chunk))[:, context * 256 : -context * 256]
+    np.testing.assert_allclose(model.vocode(chunk, context=context), want, atol=2e-5)
 
 
 def test_durations_stereo_rates_short_and_long(tmp_path, model):
