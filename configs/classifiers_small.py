@@ -1,4 +1,4 @@
-"""Fixed classifiers, small CPU config: AlexNet width 0.25, AudioNet width 0.5, 5 epochs."""
+"""Fixed classifiers, small CPU config: AlexNet width 0.25, AudioNet width 0.5, 10 epochs."""
 
 from pcmelgan_jax.training import configs
 

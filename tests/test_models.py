@@ -441,6 +441,66 @@ def test_conv_option_keeps_parameters_and_bfloat16(option, c_in):
     chex.assert_trees_all_close(grads(bf16), grads(xla.clone(dtype=jnp.bfloat16)), atol=0.05)
 
 
+@pytest.mark.parametrize("h, w, c_in, c_out", [(5, 2, 9, 4), (4, 3, 3, 5), (1, 1, 2, 2)])
+def test_upsampled_conv3x3_equals_conv_of_upsampled_input(h, w, c_in, c_out):
+    """Values and full VJP of the low-resolution form against XLA's convolution of the
+    nearest-upsampled input and its autodiff, under jit and vmap (odd sizes, one pixel)."""
+    from pcmelgan_jax.models.layers import conv_nd, upsample_nearest2d, upsampled_conv3x3
+
+    kx, kk, kd = jax.random.split(jax.random.key(3), 3)
+    x = jax.random.normal(kx, (3, h, w, c_in))
+    kernel = jax.random.normal(kk, (3, 3, c_in, c_out))
+    dy = jax.random.normal(kd, (3, 2 * h, 2 * w, c_out))
+
+    def reference(x, kernel):
+        return conv_nd(upsample_nearest2d(x), kernel, (1, 1), (1, 1), (1, 1))
+
+    def value_and_vjp(f):
+        def run(x, kernel, dy):
+            y, vjp = jax.vjp(f, x, kernel)
+            return (y, *vjp(dy))
+        return jax.jit(run)
+
+    want = value_and_vjp(reference)(x, kernel, dy)
+    got = value_and_vjp(upsampled_conv3x3)(x, kernel, dy)
+    chex.assert_trees_all_close(got, want, rtol=1e-5, atol=1e-5)
+    # per-example kernels (the vmapped seeds' case)
+    kernels = jnp.stack([kernel, 2 * kernel, -kernel])
+    want = jax.vmap(value_and_vjp(reference))(x[:, None], kernels, dy[:, None])
+    got = jax.vmap(value_and_vjp(upsampled_conv3x3))(x[:, None], kernels, dy[:, None])
+    chex.assert_trees_all_close(got, want, rtol=1e-5, atol=1e-5)
+
+
+def test_conv_upsampled_input_keeps_parameters_gradients_and_bfloat16():
+    """``Conv(x, upsampled=u)`` is ``Conv(concat([x, upsample(u)]))``: same parameters (the
+    kernel's input channels: x's first), outputs and gradients, float32 and bfloat16."""
+    from pcmelgan_jax.models import Conv
+    from pcmelgan_jax.models.layers import upsample_nearest2d
+
+    kx, ku = jax.random.split(jax.random.key(4))
+    x, u = jax.random.normal(kx, (2, 10, 4, 3)), jax.random.normal(ku, (2, 5, 2, 6))
+    conv = Conv(4, (3, 3), padding=1)
+    concat = lambda x, u: jnp.concatenate([x, upsample_nearest2d(u)], -1)  # noqa: E731
+    variables = jax.jit(conv.init)(jax.random.key(1), concat(x, u))
+    chex.assert_trees_all_equal_structs(
+        jax.eval_shape(conv.init, jax.random.key(1), x, u), variables)
+
+    def grads(conv, split):
+        def loss(v, x, u):
+            y = conv.apply(v, x, u) if split else conv.apply(v, concat(x, u))
+            return jnp.sum(jnp.sin(y.astype(jnp.float32)))
+        return jax.jit(jax.value_and_grad(loss, argnums=(0, 1, 2)))(variables, x, u)
+
+    chex.assert_trees_all_close(grads(conv, True), grads(conv, False), rtol=1e-5, atol=1e-5)
+    bf16 = conv.clone(dtype=jnp.bfloat16)
+    chex.assert_type(jax.eval_shape(bf16.apply, variables, x, u), jnp.bfloat16)
+    chex.assert_trees_all_close(grads(bf16, True), grads(bf16, False), rtol=0.02, atol=0.1)
+    with pytest.raises(ValueError, match="half of x"):
+        conv.apply(variables, x, u[:, :4])
+    with pytest.raises(ValueError, match="3x3, padding 1"):
+        Conv(4, (3, 3), padding=0).init(jax.random.key(1), x, u)
+
+
 @pytest.mark.parametrize(
     "x_shape, window, strides",
     [

@@ -8,7 +8,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from pcmelgan_jax.models.layers import BatchNorm, Conv, max_pool, torch_uniform, upsample_nearest2d
+from pcmelgan_jax.models.layers import BatchNorm, Conv, max_pool, torch_uniform
 
 Array = jax.Array
 
@@ -34,15 +34,17 @@ class DoubleConv(nn.Module):
 
     BatchNorm and ReLU are one ``BatchNorm(relu=True)`` (in training mode ``batch_norm_relu``,
     a hand-written gradient); a one-channel input is convolved by ``Conv(taps_forward=True)``
-    (per-tap forward on CPU). ``dtype``: computation dtype (None = x's); BatchNorm
-    statistics stay float32.
+    (per-tap forward on CPU). ``upsampled`` (B, H/2, W/2, C_up), the decoder's input: the
+    first convolution's input is ``concat([x, upsample_nearest2d(upsampled)])``, computed at
+    the low resolution (``Conv(upsampled=...)``). ``dtype``: computation dtype (None = x's);
+    BatchNorm statistics stay float32.
     """
 
     features: int
     dtype: Any = None
 
     @nn.compact
-    def __call__(self, x: Array, train: bool) -> Array:
+    def __call__(self, x: Array, train: bool, upsampled: Array | None = None) -> Array:
         for i in range(2):
             # one input channel (the first convolution): the per-tap forward (CPU only)
             conv = Conv(
@@ -53,7 +55,7 @@ class DoubleConv(nn.Module):
                 dtype=self.dtype,
                 name=f"conv{i}",
             )
-            x = conv(x)
+            x = conv(x, upsampled) if i == 0 else conv(x)
             x = BatchNorm(dtype=self.dtype, relu=True, name=f"bn{i}")(x, train)
         return x
 
@@ -109,8 +111,9 @@ class UNet(nn.Module):
             parts.append(label.reshape(batch, h, w, 1).astype(x.dtype))
         x = jnp.concatenate(parts, axis=-1)
         for level in range(len(CHANNELS) - 1, 0, -1):
-            x = upsample_nearest2d(x)
-            x = jnp.concatenate([skips[level - 1], x], axis=-1)
-            x = DoubleConv(CHANNELS[level - 1], dtype=self.dtype, name=f"up{level + 1}")(x, train)
+            # conv(concat(skip, upsample(x))) without forming the upsampled tensor
+            x = DoubleConv(CHANNELS[level - 1], dtype=self.dtype, name=f"up{level + 1}")(
+                skips[level - 1], train, upsampled=x
+            )
         x = Conv(1, (1, 1), weight_norm=False, dtype=self.dtype, name="conv_last")(x)
         return jnp.tanh(x.astype(jnp.float32))
