@@ -727,18 +727,39 @@ def upsample_nearest2d(x: Array, factor: int = 2) -> Array:
 
 
 # Nearest-neighbour 2x upsampling then a 3x3 convolution (padding 1), per axis: output 2i + a
-# reads the low-resolution samples i - 1 + a + s, s in {0, 1}, with the kernel taps summed as
-# _UPSAMPLE_TAPS[a, s, :] (a: output phase, s: low-resolution offset, last axis: 3x3 tap).
-_UPSAMPLE_TAPS = np.array([[[1, 0, 0], [0, 1, 1]], [[1, 1, 0], [0, 0, 1]]], np.float32)
+# reads the low-resolution samples i - 1 + a + s, s in {0, 1}, with the 3x3 kernel's taps
+# _PHASE_TAPS[a][s] summed (a: output phase, s: low-resolution offset).
+_PHASE_TAPS = (((0,), (1, 2)), ((0, 1), (2,)))
+# the (phase, offset) pairs that each 3x3 tap contributes to
+_TAP_PHASES = tuple(tuple((a, s) for a in range(2) for s in range(2) if y in _PHASE_TAPS[a][s])
+                    for y in range(3))
 
 
-def _phase_kernel(kernel: Array) -> Array:
+def phase_kernel(kernel: Array) -> Array:
     """3x3 kernel (3, 3, C_in, C_out) -> the four output phases' 2x2 kernels as one matrix
-    (2 * 2 * C_in, 2 * 2 * C_out): rows (s, t, i), columns (a, b, o); summed in float32."""
+    (2 * 2 * C_in, 2 * 2 * C_out) for ``upsampled_conv_from_phases``: rows (s, t, i),
+    columns (a, b, o); taps summed in float32, returned in the kernel's dtype."""
     c_in, c_out = kernel.shape[2:]
-    k = jnp.einsum("asy,btx,yxio->stiabo", _UPSAMPLE_TAPS, _UPSAMPLE_TAPS,
-                   kernel.astype(jnp.float32))
-    return k.reshape(4 * c_in, 4 * c_out).astype(kernel.dtype)
+    k = kernel.astype(jnp.float32)
+    rows = [[sum(k[y] for y in _PHASE_TAPS[a][s]) for s in range(2)] for a in range(2)]
+    parts = jnp.stack([
+        jnp.stack([
+            jnp.stack([jnp.stack([sum(rows[a][s][x] for x in _PHASE_TAPS[b][t])
+                                  for b in range(2)]) for a in range(2)])
+            for t in range(2)])
+        for s in range(2)])  # (s, t, a, b, C_in, C_out)
+    return parts.transpose(0, 1, 4, 2, 3, 5).reshape(4 * c_in, 4 * c_out).astype(kernel.dtype)
+
+
+def _phase_kernel_transpose(dk: Array) -> Array:
+    """The transpose of ``phase_kernel``'s linear map: (4 C_in, 4 C_out) -> (3, 3, C_in,
+    C_out) (the kernel gradient from the phase kernel's)."""
+    c_in, c_out = dk.shape[0] // 4, dk.shape[1] // 4
+    dk = dk.reshape(2, 2, c_in, 2, 2, c_out)
+    return jnp.stack([
+        jnp.stack([sum(dk[s, t, :, a, b] for a, s in _TAP_PHASES[y] for b, t in _TAP_PHASES[x])
+                   for x in range(3)])
+        for y in range(3)])
 
 
 def _low_res_patches(x: Array) -> Array:
@@ -753,16 +774,22 @@ def _upsampled_conv_reference(x: Array, kernel: Array) -> Array:
     return conv_nd(upsample_nearest2d(x), kernel, (1, 1), (1, 1), (1, 1))
 
 
-def _upsampled_conv_phases(x: Array, kernel: Array) -> Array:
+def upsampled_conv_from_phases(x: Array, phases: Array) -> Array:
+    """``upsampled_conv3x3(x, kernel)``'s CPU form from ``phases = phase_kernel(kernel)``
+    (inference computes it once): x (B, H, W, C_in) -> (B, 2H, 2W, C_out)."""
     b, h, w, _ = x.shape
-    c_out = kernel.shape[-1]
-    y = jnp.matmul(_low_res_patches(x), _phase_kernel(kernel),
-                   preferred_element_type=jnp.float32).astype(jnp.result_type(x, kernel))
+    c_out = phases.shape[1] // 4
+    y = jnp.matmul(_low_res_patches(x), phases,
+                   preferred_element_type=jnp.float32).astype(jnp.result_type(x, phases))
     y = y.reshape(b, h + 1, w + 1, 2, 2, c_out)
     # output (2i + a, 2j + b) is phase (a, b) at low-resolution position (i + a, j + b)
     rows = [jnp.stack([y[:, a : a + h, c : c + w, a, c] for c in range(2)], axis=3)
             for a in range(2)]
     return jnp.stack(rows, axis=2).reshape(b, 2 * h, 2 * w, c_out)
+
+
+def _upsampled_conv_phases(x: Array, kernel: Array) -> Array:
+    return upsampled_conv_from_phases(x, phase_kernel(kernel))
 
 
 @jax.custom_vjp
@@ -798,9 +825,8 @@ def _upsampled_conv_phases_grads(x, kernel, dy):
     ).reshape(-1, 4 * c_out)
     dk = jax.lax.dot_general(_low_res_patches(x), dy4, (((0,), (0,)), ((), ())),
                              preferred_element_type=jnp.float32)
-    dkernel = jnp.einsum("asy,btx,stiabo->yxio", _UPSAMPLE_TAPS, _UPSAMPLE_TAPS,
-                         dk.reshape(2, 2, c_in, 2, 2, c_out))
-    z = jnp.matmul(dy4, _phase_kernel(kernel).T, preferred_element_type=jnp.float32)
+    dkernel = _phase_kernel_transpose(dk)
+    z = jnp.matmul(dy4, phase_kernel(kernel).T, preferred_element_type=jnp.float32)
     z = z.reshape(b, h + 1, w + 1, 2, 2, c_in)
     dx = sum(z[:, 1 - s : 1 - s + h, 1 - t : 1 - t + w, s, t] for s in range(2) for t in range(2))
     return dx.astype(x.dtype), dkernel.astype(kernel.dtype)

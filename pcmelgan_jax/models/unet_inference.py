@@ -5,9 +5,10 @@ In evaluation mode every (weight-normed conv -> BatchNorm) pair is one affine ma
 kernel and bias once per model (in float64), and ``unet_apply`` runs conv + bias + ReLU per
 layer. On CPU the first layer (one input channel) is nine shifted products
 (``layers.conv_taps_forward``, as in training), ~5x faster than XLA:CPU's convolution at
-80 x 32; other platforms keep XLA's convolution. XLA:CPU (2 cores, batch 8): ~0.85x the
-module's time. (Winograd F(2x2, 3x3) at the 10 x 4 level was faster per layer but slower in
-the network.)
+80 x 32; other platforms keep XLA's convolution. The decoder's first convolutions skip the
+upsampled tensor as the module does (``layers.upsampled_conv3x3``), here with the phase
+kernels computed once in ``prepare_unet``. (Winograd F(2x2, 3x3) at the 10 x 4 level was
+faster per layer but slower in the network.)
 
 ``anonymize`` uses this path; training and the parity checks use the module.
 """
@@ -23,8 +24,9 @@ from pcmelgan_jax.models.layers import (
     conv_taps_forward,
     folded_weight_norm,
     max_pool,
-    upsample_nearest2d,
+    phase_kernel,
     upsampled_conv3x3,
+    upsampled_conv_from_phases,
 )
 from pcmelgan_jax.models.unet import BOTTLENECK_SHAPE, CHANNELS, UNet
 
@@ -46,24 +48,22 @@ def prepare_unet(model: UNet, variables: dict) -> dict:
     """``unet_apply``'s constants for ``model``'s variables (params and batch_stats).
 
     ``down{l}`` / ``up{l}``: ``conv0`` and ``conv1``, each kernel (3, 3, C_in, C_out) and bias
-    with BatchNorm folded in; ``project_noise``, ``conv_last`` (and for the generator
-    ``embed_condition``, ``project_cond``) as they are.
+    with BatchNorm folded in, and each ``up{l}.conv0`` the ``layers.phase_kernel`` of its
+    upsampled input's channels as ``phases``; ``project_noise``, ``conv_last`` (and for the
+    generator ``embed_condition``, ``project_cond``) as they are.
     """
     if not isinstance(model, UNet):
         raise TypeError(f"prepare_unet expects a UNet, got {type(model).__name__}")
     params, stats = variables["params"], variables["batch_stats"]
     out = {name: {f"conv{i}": _fold(params[name], stats[name], i) for i in range(2)}
            for name in params if name.startswith(("down", "up"))}
+    for level in range(1, len(CHANNELS)):  # up{level + 1}: skip of CHANNELS[level - 1]
+        conv0 = out[f"up{level + 1}"]["conv0"]
+        conv0["phases"] = phase_kernel(conv0["kernel"][:, :, CHANNELS[level - 1]:])
     for name in ("project_noise", "conv_last", "embed_condition", "project_cond"):
         if name in params:
             out[name] = jax.tree.map(lambda a: jnp.asarray(a, jnp.float32), dict(params[name]))
     return out
-
-
-# decoder inputs of at least this many low-resolution positions (20 x 8 and 40 x 16) skip the
-# upsampled tensor (``layers.upsampled_conv3x3``): 1.4-1.8x faster there on XLA:CPU, slower
-# at 10 x 4 and 5 x 2 (batch 8, forward only)
-_PHASES_FROM = 160
 
 
 def _conv3x3(x: Array, kernel: Array) -> Array:
@@ -111,12 +111,13 @@ def unet_apply(model: UNet, prepared: dict, x: Array, z: Array, cond: Array | No
     for level in range(len(CHANNELS) - 1, 0, -1):
         skip = skips[level - 1]
         p = prepared[f"up{level + 1}"]["conv0"]
-        if x.shape[1] * x.shape[2] >= _PHASES_FROM:  # conv(concat(skip, upsample(x)))
-            c = skip.shape[-1]
-            y = _conv3x3(skip, p["kernel"][:, :, :c]) + upsampled_conv3x3(x, p["kernel"][:, :, c:])
-        else:
-            y = _conv3x3(jnp.concatenate([skip, upsample_nearest2d(x)], axis=-1), p["kernel"])
-        x = jax.nn.relu(y + p["bias"])
+        c = skip.shape[-1]  # conv(concat(skip, upsample(x))) = conv(skip) + conv(upsample(x))
+        upsampled = jax.lax.platform_dependent(
+            x, p["phases"], p["kernel"][:, :, c:],
+            cpu=lambda x, phases, _: upsampled_conv_from_phases(x, phases),
+            default=lambda x, _, kernel: upsampled_conv3x3(x, kernel),
+        )
+        x = jax.nn.relu(_conv3x3(skip, p["kernel"][:, :, :c]) + upsampled + p["bias"])
         p = prepared[f"up{level + 1}"]["conv1"]
         x = jax.nn.relu(_conv3x3(x, p["kernel"]) + p["bias"])
     p = prepared["conv_last"]
