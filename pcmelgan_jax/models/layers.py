@@ -124,48 +124,33 @@ class Conv(nn.Module):
             gain = self.param("scale", _norm_init(kernel, -1), (self.features,))
             kernel = _weight_norm(kernel, gain, -1)
         dtype = self.dtype or x.dtype
+        x, kernel = x.astype(dtype), kernel.astype(dtype)
         spatial = "".join("DHW"[3 - nd :])
+        unit = lambda v: all(u == 1 for u in as_tuple(v))  # noqa: E731
         if upsampled is not None:
             if not (tuple(self.kernel_size) == (3, 3) and as_tuple(self.padding) == (1, 1)
-                    and as_tuple(self.strides) == (1, 1) and as_tuple(self.dilation) == (1, 1)
-                    and self.groups == 1):
+                    and unit(self.strides) and unit(self.dilation) and self.groups == 1):
                 raise ValueError("Conv(upsampled=...) needs a 3x3, padding 1, unit-stride, "
                                  "undilated, ungrouped 2-d convolution")
-            if upsampled.shape[1:3] != (x.shape[1] // 2, x.shape[2] // 2) or x.shape[1] % 2:
+            if (2 * upsampled.shape[1], 2 * upsampled.shape[2]) != x.shape[1:3]:
                 raise ValueError(f"upsampled {upsampled.shape} is not half of x {x.shape}")
-            kernel = kernel.astype(dtype)
             skip = x.shape[-1]
-            y = conv_nd(x.astype(dtype), kernel[:, :, :skip], (1, 1), (1, 1), (1, 1))
+            y = conv_nd(x, kernel[:, :, :skip], (1, 1), (1, 1), (1, 1))
             y = y + upsampled_conv3x3(upsampled.astype(dtype), kernel[:, :, skip:])
-            if self.use_bias:
-                y = y + self.param("bias", torch_uniform(fan_in), (self.features,)).astype(dtype)
-            return y
-        if self.grouped_as_matmul and self.groups > 1 and nd == 1 and self.dilation == 1:
+        elif self.grouped_as_matmul and self.groups > 1 and nd == 1 and self.dilation == 1:
             y = grouped_conv1d(
-                x.astype(dtype),
-                kernel.astype(dtype),
-                as_tuple(self.strides)[0],
-                as_tuple(self.padding)[0],
-                self.groups,
+                x, kernel, as_tuple(self.strides)[0], as_tuple(self.padding)[0], self.groups
             )
-            if self.use_bias:
-                y = y + self.param("bias", torch_uniform(fan_in), (self.features,)).astype(dtype)
-            return y
-        unit = lambda v: all(u == 1 for u in as_tuple(v))  # noqa: E731
-        if self.taps_forward and self.groups == 1 and unit(self.strides) and unit(self.dilation):
-            y = conv_taps_forward(x.astype(dtype), kernel.astype(dtype), as_tuple(self.padding))
+        elif self.taps_forward and self.groups == 1 and unit(self.strides) and unit(self.dilation):
+            y = conv_taps_forward(x, kernel, as_tuple(self.padding))
         elif self.grads_as_matmul and self.groups == 1:
             y = conv_matmul_grads(
-                x.astype(dtype),
-                kernel.astype(dtype),
-                as_tuple(self.strides),
-                as_tuple(self.padding),
-                as_tuple(self.dilation),
+                x, kernel, as_tuple(self.strides), as_tuple(self.padding), as_tuple(self.dilation)
             )
         else:
             y = jax.lax.conv_general_dilated(
-                x.astype(dtype),
-                kernel.astype(dtype),
+                x,
+                kernel,
                 window_strides=as_tuple(self.strides),
                 padding=[(p, p) for p in as_tuple(self.padding)],
                 rhs_dilation=as_tuple(self.dilation),

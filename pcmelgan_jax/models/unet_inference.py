@@ -82,11 +82,8 @@ def unet_apply(model: UNet, prepared: dict, x: Array, z: Array, cond: Array | No
     if x.shape[1:3] != (80, 32):
         raise ValueError(f"UNet expects (B, 80, 32, 1) spectrograms, got {x.shape}")
 
-    def double_conv(name: str, x: Array) -> Array:
-        for i in range(2):
-            p = prepared[name][f"conv{i}"]
-            x = jax.nn.relu(_conv3x3(x, p["kernel"]) + p["bias"])
-        return x
+    def conv_relu(p: dict, x: Array) -> Array:
+        return jax.nn.relu(_conv3x3(x, p["kernel"]) + p["bias"])
 
     batch = x.shape[0]
     h, w = BOTTLENECK_SHAPE
@@ -95,7 +92,8 @@ def unet_apply(model: UNet, prepared: dict, x: Array, z: Array, cond: Array | No
     for level in range(1, len(CHANNELS) + 1):
         if level > 1:
             x = max_pool(x, (2, 2), (2, 2))
-        x = double_conv(f"down{level}", x)
+        for i in range(2):
+            x = conv_relu(prepared[f"down{level}"][f"conv{i}"], x)
         skips.append(x)
     skips.pop()
     p = prepared["project_noise"]
@@ -118,7 +116,6 @@ def unet_apply(model: UNet, prepared: dict, x: Array, z: Array, cond: Array | No
             default=lambda x, _, kernel: upsampled_conv3x3(x, kernel),
         )
         x = jax.nn.relu(_conv3x3(skip, p["kernel"][:, :, :c]) + upsampled + p["bias"])
-        p = prepared[f"up{level + 1}"]["conv1"]
-        x = jax.nn.relu(_conv3x3(x, p["kernel"]) + p["bias"])
+        x = conv_relu(prepared[f"up{level + 1}"]["conv1"], x)
     p = prepared["conv_last"]
     return jnp.tanh(x @ p["kernel"][0, 0] + p["bias"])
