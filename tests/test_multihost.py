@@ -18,69 +18,16 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 
-CONFIG = """
-from pcmelgan_jax.training import configs
-
-
-def get_config():
-    c = configs.classifiers(small=True)
-    c.data_dir = {data_dir!r}
-    c.classifiers = ("spec_gender",)
-    c.batch_size = 8  # 4 per process
-    c.eval_batch_size = 8
-    c.num_train_steps = 6
-    c.eval_every_steps = 3
-    c.checkpoint_every_steps = 2
-    c.keep_checkpoints = 5
-    c.log_every_steps = 1
-    c.worker_threads = 0
-    c.progress_bar = False
-    return c
-"""
-
-
-VOCODER_CONFIG = """
-from pcmelgan_jax.training import configs
-
-
-def get_config():
-    c = configs.vocoder(small=True)
-    c.data_dir = {data_dir!r}
-    c.generator.ngf = 4
-    c.discriminator.num_scales = 1
-    c.batch_size = 4  # 2 per process
-    c.eval_batch_size = 8
-    c.num_train_steps = 2
-    c.discriminator_start_step = 1
-    c.eval_every_steps = 2
-    c.samples_every_steps = 2
-    c.num_samples = 2
-    c.worker_threads = 0
-    c.progress_bar = False
-    return c
-"""
-
-
-PCMELGAN_CONFIG = """
-from pcmelgan_jax.training import configs
-
-
-def get_config():
-    c = configs.pcmelgan(small=True)
-    c.data_dir = {data_dir!r}
-    c.classifiers_workdir = {classifiers!r}
-    c.vocoder_workdir = {vocoder!r}
-    c.discriminator_width = 0.25
-    c.batch_size = 4  # 2 per process
-    c.eval_batch_size = 8
-    c.num_train_steps = 2
-    c.eval_every_steps = 2
-    c.samples_every_steps = 2
-    c.checkpoint_every_steps = 1
-    c.worker_threads = 0
-    c.progress_bar = False
-    return c
-"""
+def _write_config(path: Path, stage: str, **fields) -> Path:
+    """A ``train.py`` config file: ``configs.<stage>(small=True)`` with ``fields`` set
+    (``"a.b"`` keys for nested fields) and the settings every 2-process run here shares."""
+    fields = {"eval_batch_size": 8, "worker_threads": 0, "progress_bar": False, **fields}
+    lines = [f"    c.{key} = {value!r}" for key, value in fields.items()]
+    path.write_text("\n".join([
+        "from pcmelgan_jax.training import configs", "", "",
+        "def get_config():", f"    c = configs.{stage}(small=True)", *lines, "    return c", "",
+    ]))
+    return path
 
 
 def _free_port() -> int:
@@ -133,8 +80,11 @@ def data_dir(tmp_path_factory) -> str:
 
 @pytest.mark.slow
 def test_two_process_resume_equals_uninterrupted_run(data_dir, tmp_path):
-    config = tmp_path / "tiny.py"
-    config.write_text(CONFIG.format(data_dir=data_dir))
+    config = _write_config(
+        tmp_path / "tiny.py", "classifiers", data_dir=data_dir, classifiers=("spec_gender",),
+        batch_size=8, num_train_steps=6, eval_every_steps=3, checkpoint_every_steps=2,
+        keep_checkpoints=5, log_every_steps=1,
+    )  # batch 4 per process
 
     straight = tmp_path / "straight"
     _train_two_processes(config, straight)
@@ -164,8 +114,11 @@ def test_two_process_vocoder_exports_and_writes_samples(data_dir, tmp_path):
     (every process computes, process 0 writes) in a 2-process job."""
     from pcmelgan_jax.checkpointing import load_model
 
-    config = tmp_path / "vocoder.py"
-    config.write_text(VOCODER_CONFIG.format(data_dir=data_dir))
+    config = _write_config(
+        tmp_path / "vocoder.py", "vocoder", data_dir=data_dir,
+        **{"generator.ngf": 4, "discriminator.num_scales": 1}, batch_size=4, num_train_steps=2,
+        discriminator_start_step=1, eval_every_steps=2, samples_every_steps=2, num_samples=2,
+    )  # batch 2 per process
     _train_two_processes(config, tmp_path / "run")
     model, variables = load_model(tmp_path / "run" / "models" / "generator")
     assert model.ngf == 4 and "params" in variables
@@ -189,9 +142,12 @@ def test_two_process_pcmelgan_exports_and_writes_samples(data_dir, tmp_path):
     arch = {"ngf": 4}
     save_model(tmp_path / "voc" / "models" / "generator", "melgan_generator",
                numpy_random_variables("melgan_generator", 3, **arch), arch=arch)
-    config = tmp_path / "pcmelgan.py"
-    config.write_text(PCMELGAN_CONFIG.format(data_dir=data_dir, classifiers=str(tmp_path / "cls"),
-                                             vocoder=str(tmp_path / "voc")))
+    config = _write_config(
+        tmp_path / "pcmelgan.py", "pcmelgan", data_dir=data_dir,
+        classifiers_workdir=str(tmp_path / "cls"), vocoder_workdir=str(tmp_path / "voc"),
+        discriminator_width=0.25, batch_size=4, num_train_steps=2, eval_every_steps=2,
+        samples_every_steps=2, checkpoint_every_steps=1,
+    )  # batch 2 per process
     _train_two_processes(config, tmp_path / "run")
     assert sorted(os.listdir(tmp_path / "run" / "models")) == ["filter", "filter_discriminator",
                                                                "generator",
