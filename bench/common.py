@@ -48,6 +48,8 @@ def environment() -> dict[str, Any]:
     import numpy as np
     import optax
 
+    from pcmelgan_jax.compilation import compiler_options
+
     device = jax.devices()[0]
     env: dict[str, Any] = {
         "platform": platform.platform(),
@@ -62,6 +64,7 @@ def environment() -> dict[str, Any]:
         "jax_device": f"{device.device_kind} ({device.platform})",
         "jax_device_count": jax.device_count(),
         "xla_flags": os.environ.get("XLA_FLAGS", ""),
+        "compiler_options": {k: compiler_options(k) for k in ("train", "inference")},
         "load_average_start": list(os.getloadavg()),
     }
     try:

@@ -15,7 +15,7 @@ from typing import Any
 
 import jax
 
-from pcmelgan_jax import sharding
+from pcmelgan_jax import compilation, sharding
 from pcmelgan_jax.checkpointing import save_model
 from pcmelgan_jax.training import loop
 from pcmelgan_jax.training.state import adam, init_variables, network_state, new_train_state
@@ -61,7 +61,7 @@ def build_stage(config: Any, workdir: str, mesh) -> loop.Stage:
             init_variables(network, arch, jax.random.fold_in(init_key, i)), txs[name]
         )
     state = sharding.replicate(new_train_state(networks), mesh)
-    eval_fn = jax.jit(functools.partial(classifier_eval_step, widths=widths))
+    eval_fn = compilation.jit(functools.partial(classifier_eval_step, widths=widths), "inference")
     models_dir = os.path.join(workdir, "models")
 
     def evaluate(state, step):

@@ -33,7 +33,7 @@ import jax
 import numpy as np
 import optax
 
-from pcmelgan_jax import sharding
+from pcmelgan_jax import compilation, sharding
 from pcmelgan_jax.audio import denormalize, mel_features, write_audio
 from pcmelgan_jax.checkpointing import load_model, save_model
 from pcmelgan_jax.logging_utils import spectrogram_panel
@@ -185,7 +185,7 @@ def make_programs(
 @functools.lru_cache(maxsize=16)
 def eval_program(hp: PCMelGANHyper) -> Callable:
     """Jitted ``steps.pcmelgan_eval_step`` of ``hp`` (one seed's networks)."""
-    return jax.jit(functools.partial(pcmelgan_eval_step, hp=hp))
+    return compilation.jit(functools.partial(pcmelgan_eval_step, hp=hp), "inference")
 
 
 @functools.lru_cache(maxsize=16)
@@ -193,7 +193,7 @@ def samples_program(hp: PCMelGANHyper) -> Callable:
     """Jitted ``(networks, audio (B, 8192), key) -> ({"original", "filtered"[,
     "sampled_male", "sampled_female"]: (B, 80, 32)}, mean, std)`` for one seed's networks."""
 
-    @jax.jit
+    @functools.partial(compilation.jit, kind="inference")
     def samples(networks, audio, rng):
         x, mean, std = mel_features(audio)
         x = x[..., None]
@@ -257,7 +257,9 @@ def build_stage(
     hp = hyper(config, monitor_widths)
     vocoder = load_vocoder(config.get("vocoder_workdir", ""))
     if vocoder is not None:
-        vocode = jax.jit(lambda p, mel, module=vocoder[0]: module.apply({"params": p}, mel))
+        vocode = compilation.jit(
+            lambda p, mel, module=vocoder[0]: module.apply({"params": p}, mel), "inference"
+        )
     names = ["filter", "filter_discriminator"]
     if not hp.filter_only:
         names += ["generator", "generator_discriminator"]

@@ -18,7 +18,7 @@ from typing import Any
 import jax
 import numpy as np
 
-from pcmelgan_jax import sharding
+from pcmelgan_jax import compilation, sharding
 from pcmelgan_jax.audio import log_mel, write_audio
 from pcmelgan_jax.checkpointing import save_model
 from pcmelgan_jax.training import loop
@@ -85,8 +85,10 @@ def build_stage(config: Any, workdir: str, mesh) -> loop.Stage:
         ),
     }
     state = sharding.replicate(new_train_state(networks), mesh)
-    eval_fn = jax.jit(lambda p, b: vocoder_eval_step(p, b, hp=hp))
-    generate = jax.jit(lambda p, audio: hp.generator().apply({"params": p}, log_mel(audio)))
+    eval_fn = compilation.jit(lambda p, b: vocoder_eval_step(p, b, hp=hp), "inference")
+    generate = compilation.jit(
+        lambda p, audio: hp.generator().apply({"params": p}, log_mel(audio)), "inference"
+    )
     models_dir = os.path.join(workdir, "models")
 
     def evaluate(state, step):
