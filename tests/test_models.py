@@ -346,6 +346,54 @@ def test_conv_taps_forward_equals_xla_conv(x_shape, window, padding):
         chex.assert_trees_all_close(a, b, rtol=1e-5, atol=atol)
 
 
+@pytest.mark.parametrize("x_shape", [(2, 13, 6), (2, 5, 4, 3), (1, 1, 8)])
+def test_pointwise_conv_equals_xla_conv(x_shape, monkeypatch):
+    """Value and matmul gradients of the 1x1 convolution vs XLA's convolution and its
+    autodiff, under jit and under vmap over the kernel, 1-d and 2-d; Conv with a 1x1 kernel
+    uses it (same parameters and outputs as XLA's convolution, also in bfloat16)."""
+    from pcmelgan_jax.models import layers
+    from pcmelgan_jax.models.layers import Conv, conv_nd, pointwise_conv
+
+    rng = np.random.default_rng(1)
+    x = rng.standard_normal(x_shape, np.float32)
+    w = rng.standard_normal((2, x_shape[-1], 5), np.float32)
+    nd = len(x_shape) - 2
+
+    def xla(x, w):
+        return conv_nd(x, w.reshape((1,) * nd + w.shape), (1,) * nd, (0,) * nd, (1,) * nd)
+
+    dy = rng.standard_normal((*x_shape[:-1], 5), np.float32)
+
+    @jax.jit
+    def value_and_grads(x, w, dy):
+        (y, vjp), (y_ref, vjp_ref) = jax.vjp(pointwise_conv, x, w[0]), jax.vjp(xla, x, w[0])
+        batched = [
+            jax.vmap(
+                jax.value_and_grad(lambda x, w, f=f: jnp.sum(jnp.sin(f(x, w))), (0, 1)), (None, 0)
+            )(x, w)
+            for f in (pointwise_conv, xla)
+        ]
+        return (y, *vjp(dy), batched[0]), (y_ref, *vjp_ref(dy), batched[1])
+
+    for a, b in zip(*value_and_grads(x, w, dy), strict=True):
+        atol = 1e-5 * max(float(jnp.abs(leaf).max()) for leaf in jax.tree.leaves(b))
+        chex.assert_trees_all_close(a, b, rtol=1e-5, atol=atol)
+
+    used = []
+    monkeypatch.setattr(layers, "pointwise_conv", lambda *a: used.append(1) or pointwise_conv(*a))
+    module = Conv(5, (1,) * nd)
+    variables = module.init(jax.random.key(0), x)
+    assert used
+    kernel = variables["params"]["kernel"]
+    chex.assert_shape(kernel, (*(1,) * nd, x_shape[-1], 5))
+    gain = variables["params"]["scale"] / jnp.sqrt(jnp.sum(kernel**2, axis=range(nd + 1)))
+    want = xla(x, (kernel * gain)[(0,) * nd]) + variables["params"]["bias"]
+    chex.assert_trees_all_close(module.apply(variables, x), want, rtol=1e-5, atol=1e-5)
+    y16 = Conv(5, (1,) * nd, dtype=jnp.bfloat16).apply(variables, x)
+    assert y16.dtype == jnp.bfloat16
+    chex.assert_trees_all_close(y16.astype(jnp.float32), want, rtol=0.05, atol=0.05)
+
+
 def _batch_norm_relu_reference(x, scale, bias, epsilon=1e-5):
     """relu(BatchNorm(x)) in training mode as plain jnp (differentiated by XLA's autodiff)."""
     axes = tuple(range(x.ndim - 1))

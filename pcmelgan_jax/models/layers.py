@@ -89,7 +89,8 @@ class Conv(nn.Module):
     same function; on CPU its input and kernel gradients are one matmul per kernel tap).
     ``taps_forward``: compute an ungrouped, unstrided, undilated convolution with
     ``conv_taps_forward`` (the same function; on CPU its forward is one product per kernel
-    tap, e.g. ~5x faster than XLA's convolution for a single input channel).
+    tap, e.g. ~5x faster than XLA's convolution for a single input channel). An ungrouped,
+    unstrided, unpadded 1x1 convolution is always ``pointwise_conv`` (matmul gradients).
 
     ``__call__(x, upsampled=None)``: with ``upsampled`` (B, H/2, W/2, C_up) the input is
     ``concat([x, upsample_nearest2d(upsampled)], -1)`` (the kernel's input channels: x's
@@ -137,6 +138,9 @@ class Conv(nn.Module):
             skip = x.shape[-1]
             y = conv_nd(x, kernel[:, :, :skip], (1, 1), (1, 1), (1, 1))
             y = y + upsampled_conv3x3(upsampled.astype(dtype), kernel[:, :, skip:])
+        elif (all(k == 1 for k in self.kernel_size) and unit(self.strides)
+              and not any(as_tuple(self.padding)) and self.groups == 1):
+            y = pointwise_conv(x, kernel.reshape(kernel.shape[-2:]))
         elif self.grouped_as_matmul and self.groups > 1 and nd == 1 and self.dilation == 1:
             y = grouped_conv1d(
                 x, kernel, as_tuple(self.strides)[0], as_tuple(self.padding)[0], self.groups
@@ -161,6 +165,34 @@ class Conv(nn.Module):
             bias = self.param("bias", torch_uniform(fan_in), (self.features,))
             y = y + bias.astype(dtype)
         return y
+
+
+@jax.custom_vjp
+def pointwise_conv(x: Array, kernel: Array) -> Array:
+    """A 1x1 convolution: x (B, *spatial, C_in) @ kernel (C_in, C_out) -> (B, *spatial, C_out).
+
+    The forward is XLA's convolution; the gradients are matmuls of x and dy flattened to
+    (rows, channels): dx = dy kernel^T, dkernel = x^T dy. XLA:CPU's kernel gradient of the
+    convolution (and autodiff of ``jnp.dot``) first transposes x and dy; without that the
+    MelGAN generator's train step is ~3 % and the U-Net's ~8 % faster (1x1 output conv).
+    """
+    nd = x.ndim - 2
+    return conv_nd(x, kernel.reshape((1,) * nd + kernel.shape), (1,) * nd, (0,) * nd, (1,) * nd)
+
+
+def _pointwise_conv_fwd(x, kernel):
+    return pointwise_conv(x, kernel), (x, kernel)
+
+
+def _pointwise_conv_bwd(residuals, dy):
+    x, kernel = residuals
+    rows = dy.reshape(-1, dy.shape[-1])
+    dx = (rows @ kernel.T).reshape(x.shape)
+    dkernel = x.reshape(-1, x.shape[-1]).T @ rows
+    return dx.astype(x.dtype), dkernel.astype(kernel.dtype)
+
+
+pointwise_conv.defvjp(_pointwise_conv_fwd, _pointwise_conv_bwd)
 
 
 def conv_nd(
