@@ -1,18 +1,18 @@
-"""XLA compiler options of the project's jitted programs: which CPU kernels run what.
+"""XLA compiler options of the project's forward (inference) programs on CPU.
 
 jaxlib's XLA:CPU hands convolutions, matmuls and reductions to YNNPACK fusions by default
-(``xla_cpu_experimental_ynn_fusion_type``). For this project's networks, YNNPACK's
-convolutions are the slow choice. Measured on 2 EPYC cores with jaxlib 0.10.2, batch 16,
-default options and these ones interleaved in one process:
+(``xla_cpu_experimental_ynn_fusion_type``). In forward passes of this project's networks
+YNNPACK's convolutions and matmuls are the slow choice. Measured on 2 EPYC cores, jaxlib
+0.10.2, default and these options interleaved in one process: the anonymiser's U-Nets F + G
+(batch 8) 14.4 -> 12.3 ms, a vocoder chunk (136 frames) 63.7 -> 60.7 ms; the outputs agree
+to float32 rounding (U-Net G against float64: 2.3e-7 relative either way).
 
-- train steps, with YNNPACK for reductions and matmuls only: U-Net F 67 -> 58 ms, U-Net G
-  72 -> 64 ms, AlexNet 409 -> 390 ms; AudioNet and the MelGAN generator within 2 %. Whole
-  stages (``bench.bench_train``'s steps): PCMelGAN +9 %, classifier +9 to 11 %, vocoder -1 %.
-- forward passes, with YNNPACK for reductions only: the anonymiser's U-Nets (batch 8) 14.4
-  -> 12.3 ms, a vocoder chunk 63.7 -> 60.7 ms. YNNPACK's matmuls were slower there.
+Train steps keep jaxlib's defaults. Without YNNPACK convolutions they ran ~9 % faster, but
+their gradients lost accuracy: the U-Net generator's bottleneck gradients were ~1e-2 off a
+float64 reference instead of ~1e-5 (each convolution alone was exact; the cause is open).
 
-``compiler_options(kind)`` is the dict for ``jax.jit(..., compiler_options=...)``; ``jit``
-builds such a program lazily. The dict is empty when the running jaxlib does not know the
+``compiler_options()`` is the dict for ``jax.jit(..., compiler_options=...)``; ``jit`` builds
+such a program at its first call. The dict is empty when the running jaxlib does not know the
 option, or when ``XLA_FLAGS`` sets it (the user's choice wins). Only XLA:CPU reads it.
 """
 
@@ -21,23 +21,13 @@ from __future__ import annotations
 import functools
 import os
 from collections.abc import Callable
-from typing import Any, Literal
+from typing import Any
 
 import jax
 import jax.numpy as jnp
 
 YNN_FUSION_OPTION = "xla_cpu_experimental_ynn_fusion_type"
-
-_YNN_FUSIONS = {
-    "train": ("REDUCE", "DOT", "INDIVIDUAL_DOT"),
-    "inference": ("REDUCE",),
-}
-
-Kind = Literal["train", "inference"]
-
-
-def _ynn_value(kind: Kind) -> str:
-    return ",".join(f"LIBRARY_FUSION_TYPE_{t}" for t in _YNN_FUSIONS[kind])
+INFERENCE_YNN_FUSIONS = ("LIBRARY_FUSION_TYPE_REDUCE",)  # YNNPACK for reductions only
 
 
 @functools.cache
@@ -47,35 +37,31 @@ def _ynn_option_supported() -> bool:
         return False
     try:
         jax.jit(jnp.negative).lower(jnp.zeros(2)).compile(
-            compiler_options={YNN_FUSION_OPTION: _ynn_value("inference")}
+            compiler_options={YNN_FUSION_OPTION: ",".join(INFERENCE_YNN_FUSIONS)}
         )
     except Exception:  # an unknown option or enum value: keep jaxlib's defaults
         return False
     return True
 
 
-def compiler_options(kind: Kind) -> dict[str, str]:
-    """Compiler options for a ``kind`` program ("train": train steps; "inference":
-    forward passes), {} where the option is unsupported or set in ``XLA_FLAGS``."""
-    if kind not in _YNN_FUSIONS:
-        raise ValueError(f"kind must be one of {sorted(_YNN_FUSIONS)}, not {kind!r}")
+def compiler_options() -> dict[str, str]:
+    """Compiler options of a forward program; {} where the option is unsupported or set
+    in ``XLA_FLAGS``."""
     if not _ynn_option_supported():
         return {}
-    return {YNN_FUSION_OPTION: _ynn_value(kind)}
+    return {YNN_FUSION_OPTION: ",".join(INFERENCE_YNN_FUSIONS)}
 
 
-def jit(fun: Callable, kind: Kind, **jit_kwargs: Any) -> Callable:
-    """``jax.jit(fun, compiler_options=compiler_options(kind), **jit_kwargs)``, built at the
-    first call: a module-level ``@functools.partial(jit, kind=...)`` does not start the
-    backend at import (device settings such as ``jax_num_cpu_devices`` come first)."""
-    if kind not in _YNN_FUSIONS:
-        raise ValueError(f"kind must be one of {sorted(_YNN_FUSIONS)}, not {kind!r}")
+def jit(fun: Callable, **jit_kwargs: Any) -> Callable:
+    """``jax.jit(fun, compiler_options=compiler_options(), **jit_kwargs)``, built at the first
+    call: a module-level ``@functools.partial(jit, ...)`` does not start the backend at import
+    (device settings such as ``jax_num_cpu_devices`` come first)."""
     jitted: list[Callable] = []
 
     @functools.wraps(fun)
     def call(*args: Any, **kwargs: Any) -> Any:
         if not jitted:
-            jitted.append(jax.jit(fun, compiler_options=compiler_options(kind), **jit_kwargs))
+            jitted.append(jax.jit(fun, compiler_options=compiler_options(), **jit_kwargs))
         return jitted[0](*args, **kwargs)
 
     return call

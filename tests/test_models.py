@@ -255,6 +255,27 @@ def test_grouped_conv1d_computes_in_bfloat16():
     chex.assert_tree_all_finite(grads)
 
 
+def _assert_same_values_and_grads(ours, ref, x, kernels, rng):
+    """``ours(x, w)`` equals ``ref(x, w)`` in value, VJP (input and kernel) and, vmapped over
+    ``kernels`` (as when training many seeds), value and gradients; one jit compilation."""
+    dy = rng.standard_normal(jax.eval_shape(ref, x, kernels[0]).shape, np.float32)
+
+    @jax.jit  # one compilation: op-by-op dispatch compiles every op
+    def value_and_grads(x, w, dy):
+        (y, vjp), (y_ref, vjp_ref) = jax.vjp(ours, x, w[0]), jax.vjp(ref, x, w[0])
+        batched = [
+            jax.vmap(
+                jax.value_and_grad(lambda x, w, f=f: jnp.sum(jnp.sin(f(x, w))), (0, 1)), (None, 0)
+            )(x, w)
+            for f in (ours, ref)
+        ]
+        return (y, *vjp(dy), batched[0]), (y_ref, *vjp_ref(dy), batched[1])
+
+    for a, b in zip(*value_and_grads(x, kernels, dy), strict=True):
+        atol = 1e-5 * max(float(jnp.abs(leaf).max()) for leaf in jax.tree.leaves(b))
+        chex.assert_trees_all_close(a, b, rtol=1e-5, atol=atol)
+
+
 @pytest.mark.parametrize(
     "x_shape, window, strides, padding, dilation",
     [
@@ -288,19 +309,7 @@ def test_conv_matmul_grads_equals_xla_conv(x_shape, window, strides, padding, di
     def ours(x, w):
         return conv_matmul_grads(x, w, strides, padding, dilation)
 
-    dy = rng.standard_normal(jax.eval_shape(xla, x, w[0]).shape, np.float32)
-
-    @jax.jit  # one compilation: op-by-op dispatch compiles every op
-    def value_and_grads(x, w, dy):
-        (y, vjp), (y_ref, vjp_ref) = jax.vjp(ours, x, w[0]), jax.vjp(xla, x, w[0])
-        batched = [
-            jax.vmap(jax.grad(lambda x, w, f=f: jnp.sum(jnp.sin(f(x, w))), (0, 1)), (None, 0))(x, w)
-            for f in (ours, xla)
-        ]
-        return (y, *vjp(dy), *batched[0]), (y_ref, *vjp_ref(dy), *batched[1])
-
-    for a, b in zip(*value_and_grads(x, w, dy), strict=True):
-        chex.assert_trees_all_close(a, b, rtol=1e-5, atol=1e-5 * float(jnp.abs(b).max()))
+    _assert_same_values_and_grads(ours, xla, x, w, rng)
 
 
 @pytest.mark.parametrize(
@@ -328,22 +337,7 @@ def test_conv_taps_forward_equals_xla_conv(x_shape, window, padding):
     def ours(x, w):
         return conv_taps_forward(x, w, padding)
 
-    dy = rng.standard_normal(jax.eval_shape(xla, x, w[0]).shape, np.float32)
-
-    @jax.jit
-    def value_and_grads(x, w, dy):
-        (y, vjp), (y_ref, vjp_ref) = jax.vjp(ours, x, w[0]), jax.vjp(xla, x, w[0])
-        batched = [
-            jax.vmap(
-                jax.value_and_grad(lambda x, w, f=f: jnp.sum(jnp.sin(f(x, w))), (0, 1)), (None, 0)
-            )(x, w)
-            for f in (ours, xla)
-        ]
-        return (y, *vjp(dy), batched[0]), (y_ref, *vjp_ref(dy), batched[1])
-
-    for a, b in zip(*value_and_grads(x, w, dy), strict=True):
-        atol = 1e-5 * max(float(jnp.abs(leaf).max()) for leaf in jax.tree.leaves(b))
-        chex.assert_trees_all_close(a, b, rtol=1e-5, atol=atol)
+    _assert_same_values_and_grads(ours, xla, x, w, rng)
 
 
 @pytest.mark.parametrize("x_shape", [(2, 13, 6), (2, 5, 4, 3), (1, 1, 8)])
@@ -362,22 +356,7 @@ def test_pointwise_conv_equals_xla_conv(x_shape, monkeypatch):
     def xla(x, w):
         return conv_nd(x, w.reshape((1,) * nd + w.shape), (1,) * nd, (0,) * nd, (1,) * nd)
 
-    dy = rng.standard_normal((*x_shape[:-1], 5), np.float32)
-
-    @jax.jit
-    def value_and_grads(x, w, dy):
-        (y, vjp), (y_ref, vjp_ref) = jax.vjp(pointwise_conv, x, w[0]), jax.vjp(xla, x, w[0])
-        batched = [
-            jax.vmap(
-                jax.value_and_grad(lambda x, w, f=f: jnp.sum(jnp.sin(f(x, w))), (0, 1)), (None, 0)
-            )(x, w)
-            for f in (pointwise_conv, xla)
-        ]
-        return (y, *vjp(dy), batched[0]), (y_ref, *vjp_ref(dy), batched[1])
-
-    for a, b in zip(*value_and_grads(x, w, dy), strict=True):
-        atol = 1e-5 * max(float(jnp.abs(leaf).max()) for leaf in jax.tree.leaves(b))
-        chex.assert_trees_all_close(a, b, rtol=1e-5, atol=atol)
+    _assert_same_values_and_grads(pointwise_conv, xla, x, w, rng)
 
     used = []
     monkeypatch.setattr(layers, "pointwise_conv", lambda *a: used.append(1) or pointwise_conv(*a))
