@@ -30,15 +30,17 @@ YNN_FUSION_OPTION = "xla_cpu_experimental_ynn_fusion_type"
 INFERENCE_YNN_FUSIONS = ("LIBRARY_FUSION_TYPE_REDUCE",)  # YNNPACK for reductions only
 
 
+def _requested_options() -> dict[str, str]:
+    return {YNN_FUSION_OPTION: ",".join(INFERENCE_YNN_FUSIONS)}
+
+
 @functools.cache
 def _ynn_option_supported() -> bool:
     """Whether this jaxlib accepts the option (one tiny compile, once per process)."""
     if YNN_FUSION_OPTION in os.environ.get("XLA_FLAGS", ""):
         return False
     try:
-        jax.jit(jnp.negative).lower(jnp.zeros(2)).compile(
-            compiler_options={YNN_FUSION_OPTION: ",".join(INFERENCE_YNN_FUSIONS)}
-        )
+        jax.jit(jnp.negative).lower(jnp.zeros(2)).compile(compiler_options=_requested_options())
     except Exception:  # an unknown option or enum value: keep jaxlib's defaults
         return False
     return True
@@ -47,9 +49,7 @@ def _ynn_option_supported() -> bool:
 def compiler_options() -> dict[str, str]:
     """Compiler options of a forward program; {} where the option is unsupported or set
     in ``XLA_FLAGS``."""
-    if not _ynn_option_supported():
-        return {}
-    return {YNN_FUSION_OPTION: ",".join(INFERENCE_YNN_FUSIONS)}
+    return _requested_options() if _ynn_option_supported() else {}
 
 
 def jit(fun: Callable, **jit_kwargs: Any) -> Callable:
