@@ -7,8 +7,8 @@ MelGAN discriminator with 3 scales), at one batch size:
   under ``torch.inference_mode``;
 - train step: forward in training mode + loss + backward + Adam(1e-4, betas 0.5/0.9); JAX
   one jitted function with the state donated, PyTorch ``torch.optim.Adam``.
-  The JAX forward is compiled with the package's forward-pass options
-  (``pcmelgan_jax.compilation``), the train step with jaxlib's defaults, as in the package.
+  The JAX forward and train step are compiled with the package's options for forward passes
+  and train steps (``pcmelgan_jax.compilation``).
 
 Losses (the same on both sides): mean squared error to a random target for the U-Nets and the
 MelGAN generator, cross-entropy for the classifiers, the hinge loss on real audio summed over
@@ -245,7 +245,7 @@ def prepare_jax(name: str, inputs: dict[str, np.ndarray], seed: int = 0, **kw: A
 
     fwd = jax.jit(
         lambda v, i: _jax_apply(name, model, v, i, False, jax.random.key(0))[0],
-        compiler_options=compiler_options(),
+        compiler_options=compiler_options("inference"),
     )
 
     tx = optax.adam(LR, b1=BETAS[0], b2=BETAS[1])
@@ -267,7 +267,7 @@ def prepare_jax(name: str, inputs: dict[str, np.ndarray], seed: int = 0, **kw: A
         params = optax.apply_updates(params, updates)
         return (params, batch_stats, opt_state, rng), loss
 
-    train_step = jax.jit(step, donate_argnums=0)
+    train_step = jax.jit(step, donate_argnums=0, compiler_options=compiler_options("train"))
     eval_variables = jax.tree.map(jnp.copy, variables)  # the train state's buffers are donated
     params = variables["params"]
     state = [(params, variables.get("batch_stats"), tx.init(params), jax.random.key(seed + 1))]

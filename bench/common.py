@@ -64,7 +64,7 @@ def environment() -> dict[str, Any]:
         "jax_device": f"{device.device_kind} ({device.platform})",
         "jax_device_count": jax.device_count(),
         "xla_flags": os.environ.get("XLA_FLAGS", ""),
-        "inference_compiler_options": compiler_options(),
+        "compiler_options": {k: compiler_options(k) for k in ("train", "inference")},
         "load_average_start": list(os.getloadavg()),
     }
     try:

@@ -206,7 +206,7 @@ class Anonymizer:
         ])[:batch]
 
 
-@functools.partial(compilation.jit, static_argnums=(0, 1))
+@functools.partial(compilation.jit, kind="inference", static_argnums=(0, 1))
 def _transform_mels(f_model, g_model, f_consts, g_consts, audio, z1, z2, cond):
     from pcmelgan_jax.models.unet_inference import unet_apply
 
@@ -219,13 +219,13 @@ def _transform_mels(f_model, g_model, f_consts, g_consts, audio, z1, z2, cond):
     return audio_lib.denormalize(x[..., 0], mean, std)
 
 
-@functools.partial(compilation.jit, static_argnums=0)
+@functools.partial(compilation.jit, kind="inference", static_argnums=0)
 def _vocode(v_model, v_vars, mels):
     """The vocoder module itself (reference for ``_generate``)."""
     return v_model.apply(v_vars, mels)
 
 
-@functools.partial(compilation.jit, static_argnums=(0, 3))
+@functools.partial(compilation.jit, kind="inference", static_argnums=(0, 3))
 def _generate(v_model, constants, mels, context):
     from pcmelgan_jax.models.melgan import generate
 

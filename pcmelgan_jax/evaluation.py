@@ -244,7 +244,7 @@ def load_checked(directory: str, network: str | Sequence[str]) -> tuple[Any, dic
 # --------------------------------------------------------------------------- jitted pieces
 
 
-_mel_features_jit = compilation.jit(audio_lib.mel_features)
+_mel_features_jit = compilation.jit(audio_lib.mel_features, "inference")
 
 
 def mel_features(audio: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
@@ -252,19 +252,19 @@ def mel_features(audio: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
     return _mel_features_jit(audio)
 
 
-@functools.partial(compilation.jit, static_argnums=0)
+@functools.partial(compilation.jit, kind="inference", static_argnums=0)
 def unet_apply(model, variables, x: jax.Array, z: jax.Array, cond: jax.Array | None):
     """F or G in evaluation mode: (B, 80, 32), (B, noise_dim), (B,) or None -> (B, 80, 32)."""
     return model.apply(variables, x[..., None], z, cond, train=False)[..., 0]
 
 
-@functools.partial(compilation.jit, static_argnums=0)
+@functools.partial(compilation.jit, kind="inference", static_argnums=0)
 def spec_predict(model, variables, x: jax.Array) -> jax.Array:
     """AlexNet class predictions of normalised log-mels (B, 80, 32) -> (B,) int32."""
     return jnp.argmax(model.apply(variables, x[..., None]), axis=-1).astype(jnp.int32)
 
 
-@functools.partial(compilation.jit, static_argnums=0)
+@functools.partial(compilation.jit, kind="inference", static_argnums=0)
 def audio_predict(model, variables, audio: jax.Array) -> tuple[jax.Array, jax.Array]:
     """AudioNet: (B, 8192) -> predictions (B,) int32 and features (B, 8192) float32."""
     logits, features = model.apply(variables, audio)
@@ -274,7 +274,7 @@ def audio_predict(model, variables, audio: jax.Array) -> tuple[jax.Array, jax.Ar
     )
 
 
-@functools.partial(compilation.jit, static_argnums=0)
+@functools.partial(compilation.jit, kind="inference", static_argnums=0)
 def vocode(model, variables, x: jax.Array, mean: jax.Array, std: jax.Array) -> jax.Array:
     """De-normalise (B, 80, 32) with the input's mean/std (B,) and vocode -> (B, 8192)."""
     return model.apply(variables, audio_lib.denormalize(x, mean, std))
@@ -419,7 +419,7 @@ def train_speaker_classifier(
     tx = optax.adam(learning_rate, b1=0.5, b2=0.9)
     opt_state = tx.init(params)
 
-    @jax.jit
+    @functools.partial(compilation.jit, kind="train")
     def step(params, opt_state, x, y, key):
         def loss_fn(p):
             logits = model.apply({"params": p}, x[..., None], train=True, rngs={"dropout": key})

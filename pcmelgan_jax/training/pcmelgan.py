@@ -185,7 +185,7 @@ def make_programs(
 @functools.lru_cache(maxsize=16)
 def eval_program(hp: PCMelGANHyper) -> Callable:
     """Jitted ``steps.pcmelgan_eval_step`` of ``hp`` (one seed's networks)."""
-    return compilation.jit(functools.partial(pcmelgan_eval_step, hp=hp))
+    return compilation.jit(functools.partial(pcmelgan_eval_step, hp=hp), "inference")
 
 
 @functools.lru_cache(maxsize=16)
@@ -193,7 +193,7 @@ def samples_program(hp: PCMelGANHyper) -> Callable:
     """Jitted ``(networks, audio (B, 8192), key) -> ({"original", "filtered"[,
     "sampled_male", "sampled_female"]: (B, 80, 32)}, mean, std)`` for one seed's networks."""
 
-    @compilation.jit
+    @functools.partial(compilation.jit, kind="inference")
     def samples(networks, audio, rng):
         x, mean, std = mel_features(audio)
         x = x[..., None]
@@ -258,7 +258,7 @@ def build_stage(
     vocoder = load_vocoder(config.get("vocoder_workdir", ""))
     if vocoder is not None:
         vocode = compilation.jit(
-            lambda p, mel, module=vocoder[0]: module.apply({"params": p}, mel)
+            lambda p, mel, module=vocoder[0]: module.apply({"params": p}, mel), "inference"
         )
     names = ["filter", "filter_discriminator"]
     if not hp.filter_only:

@@ -20,6 +20,7 @@ import jax.numpy as jnp
 import optax
 
 from pcmelgan_jax.audio import log_mel, mel_features
+from pcmelgan_jax.compilation import compiler_options
 from pcmelgan_jax.models import AlexNet, AudioNet, MelGANDiscriminator, MelGANGenerator, UNet
 from pcmelgan_jax.models.classifiers import softmax_cross_entropy
 from pcmelgan_jax.training.state import NetworkState, TrainState, apply_gradients
@@ -542,8 +543,13 @@ def with_finite_flag(step: Callable) -> Callable:
 
 
 def jit_step(step: Callable, **static: Any) -> Callable:
-    """``jax.jit`` of ``step`` with its keyword settings bound and the state donated."""
-    return jax.jit(with_finite_flag(functools.partial(step, **static)), donate_argnums=0)
+    """``jax.jit`` of ``step`` with its keyword settings bound and the state donated
+    (``compiler_options("train")``)."""
+    return jax.jit(
+        with_finite_flag(functools.partial(step, **static)),
+        donate_argnums=0,
+        compiler_options=compiler_options("train"),
+    )
 
 
 SEED_STRATEGIES = ("auto", "vmap", "map", "unroll")
@@ -623,4 +629,5 @@ def jit_seeds_step(step: Callable, strategy: str = "vmap", **static: Any) -> Cal
     return jax.jit(
         seeds_step(with_finite_flag(functools.partial(step, **static)), strategy),
         donate_argnums=0,
+        compiler_options=compiler_options("train"),
     )

@@ -85,9 +85,9 @@ def build_stage(config: Any, workdir: str, mesh) -> loop.Stage:
         ),
     }
     state = sharding.replicate(new_train_state(networks), mesh)
-    eval_fn = compilation.jit(lambda p, b: vocoder_eval_step(p, b, hp=hp))
+    eval_fn = compilation.jit(lambda p, b: vocoder_eval_step(p, b, hp=hp), "inference")
     generate = compilation.jit(
-        lambda p, audio: hp.generator().apply({"params": p}, log_mel(audio))
+        lambda p, audio: hp.generator().apply({"params": p}, log_mel(audio)), "inference"
     )
     models_dir = os.path.join(workdir, "models")
 
