@@ -37,9 +37,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import statistics
 import sys
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -49,7 +47,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from bench.common import environment
+from bench.common import environment, time_interleaved
 from pcmelgan_jax.compilation import compiler_options
 
 try:
@@ -116,46 +114,6 @@ def make_inputs(name: str, batch_size: int, seed: int = 0) -> dict[str, np.ndarr
     if name == "melgan_discriminator":
         return {"audio": uniform(b, 8192)}
     raise KeyError(name)
-
-
-# --------------------------------------------------------------------------------------------
-# Timing
-# --------------------------------------------------------------------------------------------
-
-
-def time_interleaved(
-    calls: dict[str, Callable[[], Any]], repeats: int, warmup: int
-) -> dict[str, dict[str, Any]]:
-    """Times several calls (each must wait for its result) in interleaved rounds.
-
-    Each call first runs ``warmup`` times untimed (the first run, which compiles, is timed
-    separately as ``first_ms``); then ``repeats`` rounds call every entry once in turn, so
-    that the compared implementations see the same background load. Returns per key
-    {'first_ms', 'median_ms', 'min_ms', 'all_ms', 'last'} ('last': the last return value).
-    """
-    first, last = {}, {}
-    for key, call in calls.items():
-        t0 = time.perf_counter()
-        last[key] = call()
-        first[key] = time.perf_counter() - t0
-        for _ in range(max(warmup - 1, 0)):
-            last[key] = call()
-    times: dict[str, list[float]] = {key: [] for key in calls}
-    for _ in range(repeats):
-        for key, call in calls.items():
-            t0 = time.perf_counter()
-            last[key] = call()
-            times[key].append(1e3 * (time.perf_counter() - t0))
-    return {
-        key: {
-            "first_ms": 1e3 * first[key],
-            "median_ms": statistics.median(times[key]),
-            "min_ms": min(times[key]),
-            "all_ms": [round(t, 3) for t in times[key]],
-            "last": last[key],
-        }
-        for key in calls
-    }
 
 
 def _strip(timings: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:

@@ -10,8 +10,8 @@ classifiers' monitoring). The JAX side runs the project's jitted steps
 when JAX runs on a GPU, with cuDNN autotuning and TF32 like XLA's float32 default, else CPU).
 ``--dtype bfloat16`` runs the JAX pcmelgan networks in bfloat16 (float32 parameters).
 Writes ``bench/results/train.json`` (atomically) and prints a markdown table. Timings
-exclude compilation (first call) and report the median of
-``repeats`` calls.
+exclude compilation (first call) and report the median of ``repeats`` rounds in which the
+JAX and PyTorch steps alternate, so that both see the same background load.
 """
 
 from __future__ import annotations
@@ -19,12 +19,14 @@ from __future__ import annotations
 import argparse
 import json
 import os
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import jax
 import numpy as np
 
-from bench.common import configure_torch, environment, timed, torch_device, torch_wait
+from bench.common import configure_torch, environment, time_interleaved, torch_device, torch_wait
 
 ROOT = Path(__file__).resolve().parents[1]
 STAGES = ("classifier", "vocoder", "pcmelgan")
@@ -86,7 +88,8 @@ def jax_step(stage: str, dtype: str = "float32"):
     )
 
 
-def time_jax(stage: str, b: int, repeats: int, dtype: str = "float32") -> dict:
+def jax_call(stage: str, b: int, dtype: str = "float32") -> Callable[[], Any]:
+    """One JAX train step of ``stage`` on a synthetic batch of ``b`` per call, waited for."""
     step, state, extra = jax_step(stage, dtype)
     batch = {k: jax.device_put(v) for k, v in make_batch(b).items()}
     rng = jax.random.key(0)
@@ -94,13 +97,13 @@ def time_jax(stage: str, b: int, repeats: int, dtype: str = "float32") -> dict:
 
     def call():
         box["state"], metrics = step(box["state"], batch, rng, *extra)
-        return metrics
+        return jax.block_until_ready(metrics)
 
-    t = timed(call, repeats)
-    return {**t, "examples_per_s": round(b / t["median_s"], 2)}
+    return call
 
 
-def time_torch(stage: str, b: int, repeats: int, device: str = "cpu") -> dict:
+def torch_call(stage: str, b: int, device: str = "cpu") -> Callable[[], Any]:
+    """One step of the PyTorch reference of ``stage`` per call, waited for."""
     import torch
 
     from bench import torch_train_reference as ref
@@ -111,8 +114,30 @@ def time_torch(stage: str, b: int, repeats: int, device: str = "cpu") -> dict:
     audio = torch.from_numpy(batch["audio"]).to(device)
     digit = torch.from_numpy(batch["digit"]).long().to(device)
     gender = torch.from_numpy(batch["gender"]).long().to(device)
-    t = timed(lambda: step(audio, digit, gender), repeats, torch_wait(device))
-    return {**t, "examples_per_s": round(b / t["median_s"], 2)}
+    wait = torch_wait(device)
+    return lambda: wait(step(audio, digit, gender))
+
+
+def time_stage(
+    stage: str, b: int, repeats: int, dtype: str = "float32", device: str | None = None
+) -> dict[str, dict]:
+    """{"jax": ..., "torch": ... (when ``device``)}: per side the first (compiling) call's
+    time, the median and every timed call (s) and examples/s, from ``repeats`` rounds that
+    alternate the two sides (both see the same background load)."""
+    calls = {"jax": jax_call(stage, b, dtype)}
+    if device:
+        calls["torch"] = torch_call(stage, b, device)
+    timings = time_interleaved(calls, repeats, warmup=1)
+    out = {}
+    for side, t in timings.items():
+        median = round(t["median_ms"] / 1e3, 5)
+        out[side] = {
+            "first_s": round(t["first_ms"] / 1e3, 3),
+            "median_s": median,
+            "all_s": [round(ms / 1e3, 5) for ms in t["all_ms"]],
+            "examples_per_s": round(b / median, 2),
+        }
+    return out
 
 
 def markdown(results: list[dict]) -> str:
@@ -158,9 +183,8 @@ def main(argv: list[str] | None = None) -> None:
                 repeats = max(1, repeats - 1)
             row = {"stage": stage, "batch_size": b, "repeats": repeats,
                    "dtype": args.dtype if stage == "pcmelgan" else "float32"}
-            row["jax"] = time_jax(stage, b, repeats, row["dtype"])
+            row.update(time_stage(stage, b, repeats, row["dtype"], device))
             if device:
-                row["torch"] = time_torch(stage, b, repeats, device)
                 row["torch_device"] = device
             print(json.dumps(row), flush=True)
             results.append(row)

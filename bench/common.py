@@ -31,6 +31,41 @@ def timed(call: Callable[[], Any], repeats: int,
             "all_s": [round(t, 5) for t in times]}
 
 
+def time_interleaved(
+    calls: dict[str, Callable[[], Any]], repeats: int, warmup: int
+) -> dict[str, dict[str, Any]]:
+    """Times several calls (each must wait for its result) in interleaved rounds.
+
+    Each call first runs ``warmup`` times untimed (the first run, which compiles, is timed
+    separately as ``first_ms``); then ``repeats`` rounds call every entry once in turn, so
+    that the compared implementations see the same background load. Returns per key
+    {'first_ms', 'median_ms', 'min_ms', 'all_ms', 'last'} ('last': the last return value).
+    """
+    first, last = {}, {}
+    for key, call in calls.items():
+        t0 = time.perf_counter()
+        last[key] = call()
+        first[key] = time.perf_counter() - t0
+        for _ in range(max(warmup - 1, 0)):
+            last[key] = call()
+    times: dict[str, list[float]] = {key: [] for key in calls}
+    for _ in range(repeats):
+        for key, call in calls.items():
+            t0 = time.perf_counter()
+            last[key] = call()
+            times[key].append(1e3 * (time.perf_counter() - t0))
+    return {
+        key: {
+            "first_ms": 1e3 * first[key],
+            "median_ms": statistics.median(times[key]),
+            "min_ms": min(times[key]),
+            "all_ms": [round(t, 3) for t in times[key]],
+            "last": last[key],
+        }
+        for key in calls
+    }
+
+
 def cpu_name() -> str:
     """The CPU's model name (from /proc/cpuinfo where readable)."""
     try:
@@ -104,7 +139,7 @@ def configure_torch(device: str) -> None:
 
 
 def torch_wait(device: str) -> Callable[[Any], Any]:
-    """A ``wait`` for ``timed`` that synchronises PyTorch's device."""
+    """A ``wait`` (for ``timed`` or a timed call) that synchronises PyTorch's device."""
     import torch
 
     def wait(result: Any) -> Any:

@@ -86,7 +86,9 @@ class Conv(nn.Module):
     ``grouped_as_matmul``: compute a grouped, undilated 1-d convolution with
     ``grouped_conv1d`` (the fast form on CPU) instead of XLA's strided grouped convolution.
     ``grads_as_matmul``: compute an ungrouped convolution with ``conv_matmul_grads`` (the
-    same function; on CPU its input and kernel gradients are one matmul per kernel tap).
+    same function; on CPU its input and kernel gradients are one matmul per kernel tap:
+    faster than YNNPACK's convolution gradients, slower than XLA's own kernels that the
+    train steps use, see ``pcmelgan_jax.compilation``).
     ``taps_forward``: compute an ungrouped, unstrided, undilated convolution with
     ``conv_taps_forward`` (the same function; on CPU its forward is one product per kernel
     tap, e.g. ~5x faster than XLA's convolution for a single input channel). An ungrouped,
@@ -228,9 +230,11 @@ def conv_matmul_grads(
 ) -> Array:
     """``conv_nd`` (same shapes, same function) whose gradients on CPU are per-tap matmuls.
 
-    XLA:CPU computes a convolution's kernel gradient as a convolution whose window is the
-    whole output (39x15 for AlexNet's conv2), and at AlexNet's widths both gradients run
-    1.2-2x slower than the forward. Here, for every kernel tap a, dkernel[a] = x_a^T dy
+    With jaxlib's default YNNPACK kernels, XLA:CPU computes a convolution's kernel gradient
+    as a convolution whose window is the whole output (39x15 for AlexNet's conv2), and at
+    AlexNet's widths both gradients ran 1.2-2x slower than the forward; with XLA's own
+    kernels (the train steps' compiler options) XLA's gradients are the faster ones (AlexNet
+    train step 12-25 %). Here, for every kernel tap a, dkernel[a] = x_a^T dy
     (``_tap_kernel_grad``) and dx_a += dy kernel[a]^T (``_tap_input_grad``), x_a being the
     input samples that tap a meets. The forward is XLA's; on other platforms so are the
     gradients.
