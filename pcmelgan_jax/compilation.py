@@ -7,7 +7,10 @@ cores with jaxlib 0.10.2, default options and these ones interleaved in one proc
 
 - ``"train"`` (YNNPACK for reductions and matmuls), train steps at batch 16: U-Net F 67 ->
   58 ms, U-Net G 72 -> 64 ms, AlexNet 409 -> 390 ms; AudioNet and the MelGAN generator
-  within 2 %. Whole stages: PCMelGAN +9 %, classifier +9 to 11 %, vocoder +-1 %.
+  within 2 %. Whole stages: PCMelGAN +9 %, classifier +9 to 11 %, vocoder +-1 %. With
+  these kernels the models use XLA's gradients for AlexNet's convolutions (363 ms instead of
+  395 with per-tap matmuls) and XLA's forward for the U-Net's one-channel convolution in
+  training (-5 to -7 % per U-Net step), forms that were slower with YNNPACK's.
 - ``"inference"`` (YNNPACK for reductions), forward passes: the anonymiser's U-Nets F + G
   (batch 8) 14.4 -> 12.3 ms, a vocoder chunk (136 frames) 63.7 -> 60.7 ms.
 
