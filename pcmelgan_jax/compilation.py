@@ -21,7 +21,8 @@ rounding). Training-mode gradients against float64 are ~1e-5 relative unless rou
 a ReLU whose input is within ~1e-5 of zero: that element's gradient then changes by its whole
 value and kernel gradients move by 1e-3 to 1e-1. Such flips are as frequent with either kernel
 choice: U-Net G at batch 8 had none in 8 of 24 initialisations with the defaults, 9 of 24 with
-``"train"`` (``tests/test_compilation.py``, the slow test, checks 8 of them).
+``"train"`` (the slow test in ``tests/test_compilation.py`` repeats the comparison over 8
+initialisations).
 
 ``compiler_options(kind)`` is the dict for ``jax.jit(..., compiler_options=...)``; ``jit``
 builds such a program at its first call. The dict is empty when the running jaxlib does not
@@ -42,16 +43,16 @@ YNN_FUSION_OPTION = "xla_cpu_experimental_ynn_fusion_type"
 
 Kind = Literal["train", "inference"]
 
-YNN_FUSIONS: dict[str, tuple[str, ...]] = {
+_YNN_FUSIONS: dict[str, tuple[str, ...]] = {
     "train": ("REDUCE", "DOT", "INDIVIDUAL_DOT"),  # XLA's own convolutions
     "inference": ("REDUCE",),  # XLA's own convolutions and matmuls
 }
 
 
 def _requested_options(kind: Kind) -> dict[str, str]:
-    if kind not in YNN_FUSIONS:
-        raise ValueError(f"kind must be one of {sorted(YNN_FUSIONS)}, not {kind!r}")
-    return {YNN_FUSION_OPTION: ",".join(f"LIBRARY_FUSION_TYPE_{t}" for t in YNN_FUSIONS[kind])}
+    if kind not in _YNN_FUSIONS:
+        raise ValueError(f"kind must be one of {sorted(_YNN_FUSIONS)}, not {kind!r}")
+    return {YNN_FUSION_OPTION: ",".join(f"LIBRARY_FUSION_TYPE_{t}" for t in _YNN_FUSIONS[kind])}
 
 
 @functools.cache

@@ -61,9 +61,7 @@ def build_stage(config: Any, workdir: str, mesh) -> loop.Stage:
             init_variables(network, arch, jax.random.fold_in(init_key, i)), txs[name]
         )
     state = sharding.replicate(new_train_state(networks), mesh)
-    eval_fn = compilation.jit(
-        functools.partial(classifier_eval_step, widths=widths), "inference"
-    )
+    eval_fn = compilation.jit(functools.partial(classifier_eval_step, widths=widths), "inference")
     models_dir = os.path.join(workdir, "models")
 
     def evaluate(state, step):
