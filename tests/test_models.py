@@ -314,6 +314,78 @@ def test_conv_matmul_grads_equals_xla_conv(x_shape, window, strides, padding, di
 
 
 @pytest.mark.parametrize(
+    "x_shape, window, strides, padding, dilation",
+    [
+        ((2, 9, 7, 3), (3, 3), (1, 1), (1, 1), (1, 1)),  # the U-Net / AlexNet 3x3 form
+        ((3, 11, 8, 2), (5, 3), (2, 3), (2, 0), (1, 1)),  # strides, odd sizes, unequal padding
+        ((2, 12, 11, 3), (3, 2), (3, 2), (0, 2), (2, 3)),  # dilation
+        ((2, 13, 5), (3,), (2,), (1,), (1,)),  # 1-d
+        ((2, 6, 5, 4), (1, 1), (1, 1), (0, 0), (1, 1)),  # 1x1 (pointwise_conv's forward)
+    ],
+)
+@pytest.mark.parametrize("x_axis, kernel_axis", [(0, 0), (None, 0), (0, None)])
+def test_conv_nd_vmapped_over_kernels_is_patch_matmuls(
+    x_shape, window, strides, padding, dilation, x_axis, kernel_axis
+):
+    """Under vmap (3 seeds) ``conv_nd`` equals XLA's convolution and its autodiff in value,
+    input and kernel gradients, whichever of input and kernel is batched; with batched
+    kernels the program has no convolution left (patches and batched matmuls), with one
+    shared kernel the forward is one ungrouped convolution over the folded batch."""
+    from pcmelgan_jax.models.layers import conv_nd
+
+    rng = np.random.default_rng(3)
+    n = 3
+    x = rng.standard_normal((n, *x_shape), np.float32)
+    w = rng.standard_normal((n, *window, x_shape[-1], 4), np.float32)
+    x_in = x if x_axis == 0 else x[0]
+    w_in = w if kernel_axis == 0 else w[0]
+    spatial = "DHW"[3 - len(window) :]
+
+    def xla(x, w):
+        return jax.lax.conv_general_dilated(
+            x, w, strides, [(p, p) for p in padding], rhs_dilation=dilation,
+            dimension_numbers=(f"N{spatial}C", f"{spatial}IO", f"N{spatial}C"),
+        )
+
+    def ours(x, w):
+        return conv_nd(x, w, strides, padding, dilation)
+
+    y_shape = jax.eval_shape(jax.vmap(xla, (x_axis, kernel_axis)), x_in, w_in).shape
+    dy = rng.standard_normal(y_shape, np.float32)
+
+    def value_and_vjp(f):
+        def one(x, w, dy):
+            y, vjp = jax.vjp(f, x, w)
+            return y, *vjp(dy)
+
+        return jax.jit(jax.vmap(one, (x_axis, kernel_axis, 0)))
+
+    got, want = value_and_vjp(ours)(x_in, w_in, dy), value_and_vjp(xla)(x_in, w_in, dy)
+    for name, a, b in zip(("y", "dx", "dkernel"), got, want, strict=True):
+        assert a.shape == b.shape, name
+        chex.assert_trees_all_close(a, b, rtol=1e-5, atol=1e-5 * float(jnp.abs(b).max()))
+
+    def primitives(f):
+        jaxpr = jax.make_jaxpr(f)(x_in, w_in, dy)
+        names = []
+
+        def walk(jaxpr):
+            for eqn in jaxpr.eqns:
+                names.append((eqn.primitive.name, eqn.params.get("feature_group_count")))
+                for sub in jax.core.jaxprs_in_params(eqn.params):
+                    walk(sub)
+
+        walk(jaxpr.jaxpr)
+        return names
+
+    convs = [g for p, g in primitives(value_and_vjp(ours)) if p == "conv_general_dilated"]
+    if kernel_axis == 0:
+        assert convs == []
+    else:
+        assert convs and all(g == 1 for g in convs)
+
+
+@pytest.mark.parametrize(
     "x_shape, window, padding",
     [
         ((2, 9, 7, 1), (3, 3), (1, 1)),  # the U-Net's first convolution

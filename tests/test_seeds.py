@@ -5,6 +5,7 @@ found by the evaluation."""
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import os
 
@@ -300,3 +301,47 @@ def test_seed_strategy_auto_and_checked(monkeypatch):
     assert steps.resolve_seed_strategy("map", 128) == "map"
     with pytest.raises(ValueError, match="seeds_strategy"):
         steps.resolve_seed_strategy("pmap")
+
+
+def test_vmapped_step_has_no_grouped_convolutions():
+    """Vmapping the PCMelGAN step over per-seed networks leaves no grouped (per-seed kernel)
+    convolution in the program: every seed-batched convolution is ``conv_nd``'s batched
+    matmuls of patches (grouped convolutions are slow on cuDNN, ``layers.conv_nd``)."""
+    from pcmelgan_jax.models import registry
+    from pcmelgan_jax.training import steps
+
+    n, b, width = 2, 4, 0.25
+    hp = steps.PCMelGANHyper(discriminator_width=width,
+                             monitor_widths=(("spec_digit", width), ("spec_gender", width)))
+    archs = {"filter": ("unet_filter", {}), "generator": ("unet_generator", {}),
+             "filter_discriminator": ("alexnet", {"num_classes": 2, "width": width}),
+             "generator_discriminator": ("alexnet", {"num_classes": 3, "width": width})}
+
+    def seeds(tree):
+        return jax.tree.map(lambda a: jax.ShapeDtypeStruct((n, *a.shape), a.dtype), tree)
+
+    networks = {name: seeds(jax.eval_shape(lambda v, tx=TXS[name]: st.network_state(v, tx),
+                                           registry.variable_shapes(net, **kw)))
+                for name, (net, kw) in archs.items()}
+    state = st.TrainState(step=jax.ShapeDtypeStruct((), jnp.int32), networks=networks)
+    batch = seeds({"audio": jax.ShapeDtypeStruct((b, 8192), jnp.float32),
+                   "mask": jax.ShapeDtypeStruct((b,), jnp.float32),
+                   **{k: jax.ShapeDtypeStruct((b,), jnp.int32)
+                      for k in ("digit", "gender", "speaker")}})
+    monitors = {name: registry.variable_shapes("alexnet", num_classes=k, width=width)["params"]
+                for name, k in (("spec_digit", 10), ("spec_gender", 2))}
+    rngs = jax.eval_shape(lambda: loop.seed_keys(list(range(n))))
+    step = steps.seeds_step(functools.partial(steps.pcmelgan_step, hp=hp, txs=TXS), "vmap")
+    jaxpr = jax.make_jaxpr(step)(state, batch, rngs, monitors)
+    groups = []
+
+    def walk(jaxpr):
+        for eqn in jaxpr.eqns:
+            if eqn.primitive.name == "conv_general_dilated":
+                groups.append((eqn.params["feature_group_count"], eqn.params["batch_group_count"]))
+            for sub in jax.core.jaxprs_in_params(eqn.params):
+                walk(sub)
+
+    walk(jaxpr.jaxpr)
+    assert groups, "no convolution found: the walk missed the networks"
+    assert set(groups) == {(1, 1)}, f"grouped convolutions in the vmapped step: {set(groups)}"

@@ -555,16 +555,19 @@ def jit_step(step: Callable, **static: Any) -> Callable:
 SEED_STRATEGIES = ("auto", "vmap", "map", "unroll")
 
 
-# the largest per-seed batch that ``auto`` vmaps on an accelerator (one H200, 4 seeds, the
-# PCMelGAN step: vmap 1.85x the sequential throughput at batch 16, 1.29x at 32, 0.58x at 128;
-# bench/measured/nvidia-h200)
+# the largest per-seed batch that ``auto`` vmaps on an accelerator (4 seeds, the PCMelGAN
+# step, vmap vs sequential throughput: one H200 with XLA's grouped convolutions 1.85x at
+# batch 16, 1.29x at 32, 0.58x at 128, bench/measured/nvidia-h200; one H100 at batch 16,
+# 2.83x with those and a 1.30x faster vmapped step with ``conv_nd``'s batched matmuls,
+# bench/measured/nvidia-h100; larger batches not yet measured with the matmuls)
 VMAP_MAX_BATCH = 32
 
 
 def resolve_seed_strategy(strategy: str, batch_size: int | None = None) -> str:
-    """``"vmap"``, ``"map"`` or ``"unroll"``. ``"auto"`` is ``unroll`` on CPU (vmapping the
-    per-seed weights turns every convolution into a grouped one, which XLA:CPU runs slowly,
-    and a ``lax.map`` loop was slower still); on an accelerator ``vmap`` up to a per-seed
+    """``"vmap"``, ``"map"`` or ``"unroll"``. ``"auto"`` is ``unroll`` on CPU (4 seeds at
+    batch 8 on 2 cores: unroll 1.06x the sequential throughput, vmap 0.85x with XLA's grouped
+    convolutions and with ``layers.conv_nd``'s batched matmuls alike, and a ``lax.map`` loop
+    was slower still); on an accelerator ``vmap`` up to a per-seed
     ``batch_size`` of ``VMAP_MAX_BATCH`` (None: unknown, vmap), where it pays, else
     ``unroll``."""
     if strategy not in SEED_STRATEGIES:
