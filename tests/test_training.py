@@ -361,6 +361,54 @@ def test_nan_loss_stops_and_keeps_last_good_checkpoint(cls_stage, tmp_path):
     assert all(np.all(np.isfinite(x)) for x in jax.tree.leaves(jax.device_get(restored)))
 
 
+def test_label_smoothing_is_optax_smoothed_cross_entropy():
+    """``softmax_cross_entropy(..., a)`` is the cross-entropy against one-hot labels smoothed
+    by a (optax.smooth_labels); a = 0 is the plain cross-entropy."""
+    rng = np.random.default_rng(0)
+    logits = jnp.asarray(3 * rng.standard_normal((6, 10)), jnp.float32)
+    labels = jnp.asarray(rng.integers(0, 10, 6))
+    for a in (0.0, 0.1, 0.3):
+        want = optax.softmax_cross_entropy(
+            logits, optax.smooth_labels(jax.nn.one_hot(labels, 10), a)).mean()
+        np.testing.assert_allclose(softmax_cross_entropy(logits, labels, a), want, rtol=1e-6)
+    assert float(softmax_cross_entropy(logits, labels, 0.1)) != float(
+        softmax_cross_entropy(logits, labels))
+
+
+def test_classifier_label_smoothing_per_domain():
+    """Spectrogram and audio classifiers take their own smoothing (the paper: 0 for both; the
+    small config: 0.1 for the spectrogram AlexNets only); a value outside [0, 1) is refused
+    by its field's name."""
+    paper, small = configs.classifiers(small=False), configs.classifiers(small=True)
+    assert set(classifiers_stage.classifier_label_smoothing(paper).values()) == {0.0}
+    assert classifiers_stage.classifier_label_smoothing(small) == {
+        "spec_digit": 0.1, "spec_gender": 0.1, "audio_digit": 0.0, "audio_gender": 0.0}
+    for field, value in (("spec_label_smoothing", 1.0), ("audio_label_smoothing", -0.1)):
+        config = configs.classifiers(small=True)
+        config[field] = value
+        with pytest.raises(ValueError, match=field):
+            classifiers_stage.classifier_label_smoothing(config)
+
+
+def test_classifier_step_smooths_per_classifier():
+    """``classifier_step``'s reported loss is each classifier's smoothed cross-entropy: with
+    {spec_gender: 0.3} that loss moves, spec_digit's (no entry: 0) stays, bit for bit."""
+    width = 0.25
+    names = ("spec_digit", "spec_gender")
+    txs = {n: optax.sgd(0.0) for n in names}
+    key = jax.random.key(0, impl="rbg")
+    nets = {n: st.network_state(st.init_variables(
+        "alexnet", {"num_classes": k, "width": width}, jax.random.fold_in(key, k)), txs[n])
+        for n, k in (("spec_digit", 10), ("spec_gender", 2))}
+    state, batch = st.new_train_state(nets), _batch(8)
+    widths = {n: width for n in names}
+    losses = [jax.jit(functools.partial(steps.classifier_step, txs=txs, widths=widths,
+                                        label_smoothing=smoothing))(state, batch, key)[1]
+              for smoothing in (None, {"spec_gender": 0.3})]
+    assert float(losses[0]["spec_digit/loss"]) == float(losses[1]["spec_digit/loss"])
+    assert float(losses[0]["spec_gender/loss"]) != float(losses[1]["spec_gender/loss"])
+
+
 def test_classifiers_early_stopping_and_best_export(tiny_data, tmp_path):
     """Real stage: stops once validation loss has not improved for `patience` evaluations,
     and models/<name> holds the best network."""

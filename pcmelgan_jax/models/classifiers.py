@@ -93,7 +93,12 @@ def scaled(channels: int, width: float) -> int:
     return max(1, int(round(channels * width)))
 
 
-def softmax_cross_entropy(logits: Array, labels: Array) -> Array:
-    """Mean softmax cross-entropy with integer labels. logits (B, K), labels (B,) -> ()."""
+def softmax_cross_entropy(logits: Array, labels: Array, label_smoothing: float = 0.0) -> Array:
+    """Mean softmax cross-entropy with integer labels. logits (B, K), labels (B,) -> ().
+
+    ``label_smoothing`` a: the target puts 1 - a on the label and a / K on every class."""
     logp = jax.nn.log_softmax(logits.astype(jnp.float32))
-    return -jnp.take_along_axis(logp, labels[:, None].astype(jnp.int32), axis=-1).mean()
+    nll = -jnp.take_along_axis(logp, labels[:, None].astype(jnp.int32), axis=-1)[:, 0]
+    if label_smoothing:
+        nll = (1.0 - label_smoothing) * nll - label_smoothing * jnp.mean(logp, axis=-1)
+    return nll.mean()

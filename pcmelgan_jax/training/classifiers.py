@@ -44,6 +44,18 @@ def classifier_widths(config: Any) -> dict[str, float]:
     }
 
 
+def classifier_label_smoothing(config: Any) -> dict[str, float]:
+    """{name: label smoothing of its training loss} from ``config.spec_label_smoothing`` /
+    ``config.audio_label_smoothing`` (default 0, the original's cross-entropy), each in [0, 1)."""
+    out = {}
+    for name in config.classifiers:
+        field = f"{CLASSIFIER_TASKS[name][0]}_label_smoothing"
+        out[name] = float(config.get(field, 0.0))
+        if not 0.0 <= out[name] < 1.0:
+            raise ValueError(f"{field} must be in [0, 1), not {out[name]}")
+    return out
+
+
 def build_stage(config: Any, workdir: str, mesh) -> loop.Stage:
     names = sorted(config.classifiers)
     for name in names:
@@ -52,6 +64,7 @@ def build_stage(config: Any, workdir: str, mesh) -> loop.Stage:
                 f"unknown classifier {name!r}; expected some of {list(CLASSIFIER_TASKS)}"
             )
     widths = classifier_widths(config)
+    label_smoothing = classifier_label_smoothing(config)
     txs = {n: adam(config.learning_rate, config.b1, config.b2) for n in names}
     init_key = jax.random.key(config.seed, impl="rbg")
     networks = {}
@@ -117,7 +130,9 @@ def build_stage(config: Any, workdir: str, mesh) -> loop.Stage:
     return loop.Stage(
         name="classifiers",
         state=state,
-        train_step=jit_step(classifier_step, txs=txs, widths=widths),
+        train_step=jit_step(
+            classifier_step, txs=txs, widths=widths, label_smoothing=label_smoothing
+        ),
         evaluate=evaluate,
         after_evaluation=after_evaluation,
         finalize=finalize,

@@ -116,11 +116,14 @@ def classifier_step(
     *,
     txs: Mapping[str, Any],
     widths: Mapping[str, float] | None = None,
+    label_smoothing: Mapping[str, float] | None = None,
 ) -> tuple[TrainState, Metrics]:
     """One Adam update of every classifier in ``state.networks`` (names of CLASSIFIER_TASKS),
-    each on its own label, with dropout. ``widths`` {name: width} (default 1.0). Metrics
-    ``<name>/loss``, ``<name>/accuracy``."""
+    each on its own label, with dropout. ``widths`` {name: width} (default 1.0);
+    ``label_smoothing`` {name: smoothing of its training loss} (default 0: the original's
+    cross-entropy). Metrics ``<name>/loss`` (the training loss), ``<name>/accuracy``."""
     widths = widths or {}
+    label_smoothing = label_smoothing or {}
     rng = jax.random.fold_in(rng, state.step)
     spec = spectrogram_batch(batch["audio"])
     networks, metrics = {}, {}
@@ -132,7 +135,8 @@ def classifier_step(
             logits = _classifier_logits(
                 name, params, spec, batch["audio"], True, key, widths.get(name, 1.0)
             )
-            return softmax_cross_entropy(logits, labels), logits
+            smoothing = label_smoothing.get(name, 0.0)
+            return softmax_cross_entropy(logits, labels, smoothing), logits
 
         (loss, logits), grads = jax.value_and_grad(loss_fn, has_aux=True)(net.params)
         networks[name] = apply_gradients(net, grads, txs[name])
