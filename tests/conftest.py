@@ -12,3 +12,29 @@ if _ROOT not in sys.path:
 import jax  # noqa: E402
 
 jax.config.update("jax_num_cpu_devices", 4)
+
+
+import pytest  # noqa: E402
+
+
+@pytest.fixture
+def conv_groups():
+    """``conv_groups(fun, *args)``: (feature_group_count, batch_group_count) of every
+    convolution in ``jax.make_jaxpr(fun)(*args)``, nested jaxprs (jit, custom rules) included."""
+
+    def groups(fun, *args):
+        found = []
+
+        def walk(jaxpr):
+            for eqn in jaxpr.eqns:
+                if eqn.primitive.name == "conv_general_dilated":
+                    found.append(
+                        (eqn.params["feature_group_count"], eqn.params["batch_group_count"])
+                    )
+                for sub in jax.core.jaxprs_in_params(eqn.params):
+                    walk(sub)
+
+        walk(jax.make_jaxpr(fun)(*args).jaxpr)
+        return found
+
+    return groups

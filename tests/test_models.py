@@ -325,7 +325,7 @@ def test_conv_matmul_grads_equals_xla_conv(x_shape, window, strides, padding, di
 )
 @pytest.mark.parametrize("x_axis, kernel_axis", [(0, 0), (None, 0), (0, None)])
 def test_conv_nd_vmapped_over_kernels_is_patch_matmuls(
-    x_shape, window, strides, padding, dilation, x_axis, kernel_axis
+    x_shape, window, strides, padding, dilation, x_axis, kernel_axis, conv_groups
 ):
     """Under vmap (3 seeds) ``conv_nd`` equals XLA's convolution and its autodiff in value,
     input and kernel gradients, whichever of input and kernel is batched; with batched
@@ -365,24 +365,11 @@ def test_conv_nd_vmapped_over_kernels_is_patch_matmuls(
         assert a.shape == b.shape, name
         chex.assert_trees_all_close(a, b, rtol=1e-5, atol=1e-5 * float(jnp.abs(b).max()))
 
-    def primitives(f):
-        jaxpr = jax.make_jaxpr(f)(x_in, w_in, dy)
-        names = []
-
-        def walk(jaxpr):
-            for eqn in jaxpr.eqns:
-                names.append((eqn.primitive.name, eqn.params.get("feature_group_count")))
-                for sub in jax.core.jaxprs_in_params(eqn.params):
-                    walk(sub)
-
-        walk(jaxpr.jaxpr)
-        return names
-
-    convs = [g for p, g in primitives(value_and_vjp(ours)) if p == "conv_general_dilated"]
+    convs = conv_groups(value_and_vjp(ours), x_in, w_in, dy)
     if kernel_axis == 0:
         assert convs == []
     else:
-        assert convs and all(g == 1 for g in convs)
+        assert convs and all(g == (1, 1) for g in convs)
 
 
 @pytest.mark.parametrize(

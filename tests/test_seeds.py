@@ -303,7 +303,7 @@ def test_seed_strategy_auto_and_checked(monkeypatch):
         steps.resolve_seed_strategy("pmap")
 
 
-def test_vmapped_step_has_no_grouped_convolutions():
+def test_vmapped_step_has_no_grouped_convolutions(conv_groups):
     """Vmapping the PCMelGAN step over per-seed networks leaves no grouped (per-seed kernel)
     convolution in the program: every seed-batched convolution is ``conv_nd``'s batched
     matmuls of patches (grouped convolutions are slow on cuDNN, ``layers.conv_nd``)."""
@@ -332,16 +332,6 @@ def test_vmapped_step_has_no_grouped_convolutions():
                 for name, k in (("spec_digit", 10), ("spec_gender", 2))}
     rngs = jax.eval_shape(lambda: loop.seed_keys(list(range(n))))
     step = steps.seeds_step(functools.partial(steps.pcmelgan_step, hp=hp, txs=TXS), "vmap")
-    jaxpr = jax.make_jaxpr(step)(state, batch, rngs, monitors)
-    groups = []
-
-    def walk(jaxpr):
-        for eqn in jaxpr.eqns:
-            if eqn.primitive.name == "conv_general_dilated":
-                groups.append((eqn.params["feature_group_count"], eqn.params["batch_group_count"]))
-            for sub in jax.core.jaxprs_in_params(eqn.params):
-                walk(sub)
-
-    walk(jaxpr.jaxpr)
+    groups = conv_groups(step, state, batch, rngs, monitors)
     assert groups, "no convolution found: the walk missed the networks"
     assert set(groups) == {(1, 1)}, f"grouped convolutions in the vmapped step: {set(groups)}"

@@ -36,24 +36,29 @@ def classifier_network(name: str, width: float = 1.0) -> tuple[str, dict]:
     return ("alexnet" if domain == "spec" else "audionet"), arch
 
 
-def classifier_widths(config: Any) -> dict[str, float]:
-    """{name: width} from ``config.spec_width`` / ``config.audio_width`` (default 1.0)."""
+def _per_domain(config: Any, setting: str, default: float) -> dict[str, float]:
+    """{name: ``config.<domain>_<setting>``} for each of ``config.classifiers`` (domain: spec
+    or audio; ``default`` where the field is absent)."""
     return {
-        name: float(config.get(f"{CLASSIFIER_TASKS[name][0]}_width", 1.0))
+        name: float(config.get(f"{CLASSIFIER_TASKS[name][0]}_{setting}", default))
         for name in config.classifiers
     }
+
+
+def classifier_widths(config: Any) -> dict[str, float]:
+    """{name: width} from ``config.spec_width`` / ``config.audio_width`` (default 1.0)."""
+    return _per_domain(config, "width", 1.0)
 
 
 def classifier_label_smoothing(config: Any) -> dict[str, float]:
     """{name: label smoothing of its training loss} from ``config.spec_label_smoothing`` /
     ``config.audio_label_smoothing`` (default 0, the original's cross-entropy), each in [0, 1)."""
-    out = {}
-    for name in config.classifiers:
-        field = f"{CLASSIFIER_TASKS[name][0]}_label_smoothing"
-        out[name] = float(config.get(field, 0.0))
-        if not 0.0 <= out[name] < 1.0:
-            raise ValueError(f"{field} must be in [0, 1), not {out[name]}")
-    return out
+    smoothing = _per_domain(config, "label_smoothing", 0.0)
+    for name, value in smoothing.items():
+        if not 0.0 <= value < 1.0:
+            field = f"{CLASSIFIER_TASKS[name][0]}_label_smoothing"
+            raise ValueError(f"{field} must be in [0, 1), not {value}")
+    return smoothing
 
 
 def build_stage(config: Any, workdir: str, mesh) -> loop.Stage:
