@@ -135,8 +135,9 @@ def pcmelgan(small: bool = False) -> ml_collections.ConfigDict:
         # F keeps the paper's 1e-4, a quarter of FD's 4e-4. At 3e-4 the fixed gender
         # classifier's test accuracy on F's output swung between 0.50 and 0.91 from epoch to
         # epoch and run to run (0.60 at the end of the last quickstart); at 1e-4 it was 0.50 to
-        # 0.56 from epoch 5 on and 0.50 at the end (seeds 0 and 1). G learns at 3e-4 and
-        # imposes the sampled gender within the 8 epochs (0.91 and 1.00 at the end).
+        # 0.56 from epoch 5 on and 0.50 at the end (seeds 0 and 1: the classifier gave every
+        # filtered test clip the same gender). G learns at 3e-4 and imposes the sampled
+        # gender within the 8 epochs (0.91 and 1.00 at the end).
         c.learning_rate_generator = 3e-4
     return c
 
