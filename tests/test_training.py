@@ -390,15 +390,6 @@ def test_classifier_label_smoothing_per_domain():
             classifiers_stage.classifier_label_smoothing(config)
 
 
-def test_small_pcmelgan_config_keeps_the_papers_filter_learning_rates():
-    """The small config may train G faster, not F: with F's rate near FD's, F beat FD at
-    every step without hiding gender (see ``configs.pcmelgan``)."""
-    paper, small = configs.pcmelgan(small=False), configs.pcmelgan(small=True)
-    for field in ("learning_rate_filter", "learning_rate_filter_discriminator"):
-        assert small[field] == paper[field], field
-    assert small.learning_rate_filter_discriminator == 4 * small.learning_rate_filter
-
-
 def test_classifier_step_smooths_per_classifier():
     """``classifier_step``'s reported loss is each classifier's smoothed cross-entropy: with
     {spec_gender: 0.3} that loss moves, spec_digit's (no entry: 0) stays, bit for bit."""
@@ -416,6 +407,15 @@ def test_classifier_step_smooths_per_classifier():
               for smoothing in (None, {"spec_gender": 0.3})]
     assert float(losses[0]["spec_digit/loss"]) == float(losses[1]["spec_digit/loss"])
     assert float(losses[0]["spec_gender/loss"]) != float(losses[1]["spec_gender/loss"])
+
+
+def test_small_pcmelgan_config_keeps_the_papers_filter_learning_rates():
+    """The small config may train G faster, not F: with F's rate near FD's, F beat FD at
+    every step without hiding gender (see ``configs.pcmelgan``)."""
+    paper, small = configs.pcmelgan(small=False), configs.pcmelgan(small=True)
+    for field in ("learning_rate_filter", "learning_rate_filter_discriminator"):
+        assert small[field] == paper[field], field
+    assert small.learning_rate_filter_discriminator == 4 * small.learning_rate_filter
 
 
 def test_classifiers_early_stopping_and_best_export(tiny_data, tmp_path):
