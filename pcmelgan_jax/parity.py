@@ -2,9 +2,10 @@
 
 A golden file ``NAME.npz`` holds ``param/<PyTorch key>`` (float16, used as float32),
 ``input/<name>`` and ``output/<name>`` (SPEC section 9). ``check_parity_file`` converts the
-parameters with ``torch_import.convert_state_dict``, runs the matching Flax module and
-reports the error of every output against its tolerance: max abs error <= 1e-4 for
-``audio2mel`` and the U-Nets, <= 1e-3 x max |output| for the larger networks.
+parameters with ``torch_import.convert_state_dict``, runs the matching Flax module, jitted
+(one program, not an XLA compile per operation), and reports the error of every output
+against its tolerance: max abs error <= 1e-4 for ``audio2mel`` and the U-Nets, <= 1e-3 x
+max |output| for the larger networks.
 """
 
 from __future__ import annotations
@@ -79,8 +80,8 @@ def check_parity_file(path: str) -> list[Comparison]:
     outputs = {k[len("output/") :]: data[k] for k in data.files if k.startswith("output/")}
 
     if name == "audio2mel":
-        log_mel = audio.log_mel(inputs["audio"])
-        normalized, mean, std = audio.normalize(log_mel)
+        log_mel = jax.jit(audio.log_mel)(inputs["audio"])
+        normalized, mean, std = jax.jit(audio.normalize)(log_mel)
         got = {"log_mel": log_mel, "normalized": normalized, "mean": mean, "std": std}
         return [_compare(k, got[k], outputs[k], ABS_TOLERANCE) for k in sorted(outputs)]
 
@@ -90,8 +91,9 @@ def check_parity_file(path: str) -> list[Comparison]:
         x = jnp.asarray(inputs["x"]).transpose(0, 2, 3, 1)  # NCHW -> NHWC
         z = jnp.asarray(inputs["z"])
         cond = jnp.asarray(inputs["cond"], jnp.int32) if name == "unet_generator" else None
-        train_out, _ = model.apply(variables, x, z, cond, train=True, mutable=["batch_stats"])
-        eval_out = model.apply(variables, x, z, cond, train=False)
+        apply = jax.jit(model.apply, static_argnames=("train", "mutable"))
+        train_out, _ = apply(variables, x, z, cond, train=True, mutable=("batch_stats",))
+        eval_out = apply(variables, x, z, cond, train=False)
         got = {
             "train_mode": np.asarray(train_out).transpose(0, 3, 1, 2),
             "eval_mode": np.asarray(eval_out).transpose(0, 3, 1, 2),
@@ -103,7 +105,7 @@ def check_parity_file(path: str) -> list[Comparison]:
             "alexnet", _state_dict(data), source=path, num_classes=int(match[1])
         )
         model = build_model("alexnet", num_classes=int(match[1]))
-        logits = model.apply(variables, jnp.asarray(inputs["x"]).transpose(0, 2, 3, 1))
+        logits = jax.jit(model.apply)(variables, jnp.asarray(inputs["x"]).transpose(0, 2, 3, 1))
         return [_compare("logits", logits, outputs["logits"], _relative(outputs["logits"]))]
 
     if match := re.fullmatch(r"audionet_k(\d+)", name):
@@ -111,16 +113,17 @@ def check_parity_file(path: str) -> list[Comparison]:
             "audionet", _state_dict(data), source=path, num_classes=int(match[1])
         )
         model = build_model("audionet", num_classes=int(match[1]))
-        logits, features = model.apply(variables, jnp.asarray(inputs["audio"])[:, 0])
+        logits, features = jax.jit(model.apply)(variables, jnp.asarray(inputs["audio"])[:, 0])
         got = {"logits": logits, "features": np.asarray(features).transpose(0, 2, 1)}
         return [_compare(k, got[k], outputs[k], _relative(outputs[k])) for k in sorted(outputs)]
 
     if name == "melgan_generator":
         variables = convert_state_dict(name, _state_dict(data), source=path)
         model = build_model(name)
-        audio_out = model.apply(variables, jnp.asarray(inputs["log_mel"]))[:, None, :]
+        audio_out = jax.jit(model.apply)(variables, jnp.asarray(inputs["log_mel"]))[:, None, :]
         # the inference path (anonymize's vocoder): the same function, fewer operations
-        fast = generate(model, prepare_generator(model, variables), inputs["log_mel"])[:, None]
+        fast = jax.jit(generate, static_argnums=0)(
+            model, prepare_generator(model, variables), inputs["log_mel"])[:, None]
         tolerance = _relative(outputs["audio"])
         return [_compare("audio", audio_out, outputs["audio"], tolerance),
                 _compare("audio (generate)", fast, outputs["audio"], tolerance)]
@@ -131,7 +134,7 @@ def check_parity_file(path: str) -> list[Comparison]:
             "melgan_discriminator", _state_dict(data), source=path, num_scales=num_scales
         )
         model = build_model("melgan_discriminator", num_scales=num_scales)
-        results = model.apply(variables, jnp.asarray(inputs["audio"])[:, 0])
+        results = jax.jit(model.apply)(variables, jnp.asarray(inputs["audio"])[:, 0])
         comparisons = []
         expected = set(outputs)
         for i, layers in enumerate(results):
