@@ -2,10 +2,11 @@
 
 A golden file ``NAME.npz`` holds ``param/<PyTorch key>`` (float16, used as float32),
 ``input/<name>`` and ``output/<name>`` (SPEC section 9). ``check_parity_file`` converts the
-parameters with ``torch_import.convert_state_dict``, runs the matching Flax module, jitted
-(one program, not an XLA compile per operation), and reports the error of every output
-against its tolerance: max abs error <= 1e-4 for ``audio2mel`` and the U-Nets, <= 1e-3 x
-max |output| for the larger networks.
+parameters with ``torch_import.convert_state_dict``, runs the matching Flax module compiled
+as the package's forward passes are (``compilation.jit(..., "inference")``: one program,
+not an XLA compile per operation) and reports the error of every output against its
+tolerance: max abs error <= 1e-4 for ``audio2mel`` and the U-Nets, <= 1e-3 x max |output|
+for the larger networks.
 """
 
 from __future__ import annotations
@@ -18,6 +19,8 @@ import re
 import jax
 import jax.numpy as jnp
 import numpy as np
+
+from pcmelgan_jax import compilation
 
 ABS_TOLERANCE = 1e-4
 REL_TOLERANCE = 1e-3
@@ -80,8 +83,8 @@ def check_parity_file(path: str) -> list[Comparison]:
     outputs = {k[len("output/") :]: data[k] for k in data.files if k.startswith("output/")}
 
     if name == "audio2mel":
-        log_mel = jax.jit(audio.log_mel)(inputs["audio"])
-        normalized, mean, std = jax.jit(audio.normalize)(log_mel)
+        log_mel = compilation.jit(audio.log_mel, "inference")(inputs["audio"])
+        normalized, mean, std = compilation.jit(audio.normalize, "inference")(log_mel)
         got = {"log_mel": log_mel, "normalized": normalized, "mean": mean, "std": std}
         return [_compare(k, got[k], outputs[k], ABS_TOLERANCE) for k in sorted(outputs)]
 
@@ -91,7 +94,7 @@ def check_parity_file(path: str) -> list[Comparison]:
         x = jnp.asarray(inputs["x"]).transpose(0, 2, 3, 1)  # NCHW -> NHWC
         z = jnp.asarray(inputs["z"])
         cond = jnp.asarray(inputs["cond"], jnp.int32) if name == "unet_generator" else None
-        apply = jax.jit(model.apply, static_argnames=("train", "mutable"))
+        apply = compilation.jit(model.apply, "inference", static_argnames=("train", "mutable"))
         train_out, _ = apply(variables, x, z, cond, train=True, mutable=("batch_stats",))
         eval_out = apply(variables, x, z, cond, train=False)
         got = {
@@ -105,7 +108,8 @@ def check_parity_file(path: str) -> list[Comparison]:
             "alexnet", _state_dict(data), source=path, num_classes=int(match[1])
         )
         model = build_model("alexnet", num_classes=int(match[1]))
-        logits = jax.jit(model.apply)(variables, jnp.asarray(inputs["x"]).transpose(0, 2, 3, 1))
+        apply = compilation.jit(model.apply, "inference")
+        logits = apply(variables, jnp.asarray(inputs["x"]).transpose(0, 2, 3, 1))
         return [_compare("logits", logits, outputs["logits"], _relative(outputs["logits"]))]
 
     if match := re.fullmatch(r"audionet_k(\d+)", name):
@@ -113,16 +117,18 @@ def check_parity_file(path: str) -> list[Comparison]:
             "audionet", _state_dict(data), source=path, num_classes=int(match[1])
         )
         model = build_model("audionet", num_classes=int(match[1]))
-        logits, features = jax.jit(model.apply)(variables, jnp.asarray(inputs["audio"])[:, 0])
+        apply = compilation.jit(model.apply, "inference")
+        logits, features = apply(variables, jnp.asarray(inputs["audio"])[:, 0])
         got = {"logits": logits, "features": np.asarray(features).transpose(0, 2, 1)}
         return [_compare(k, got[k], outputs[k], _relative(outputs[k])) for k in sorted(outputs)]
 
     if name == "melgan_generator":
         variables = convert_state_dict(name, _state_dict(data), source=path)
         model = build_model(name)
-        audio_out = jax.jit(model.apply)(variables, jnp.asarray(inputs["log_mel"]))[:, None, :]
+        apply = compilation.jit(model.apply, "inference")
+        audio_out = apply(variables, jnp.asarray(inputs["log_mel"]))[:, None, :]
         # the inference path (anonymize's vocoder): the same function, fewer operations
-        fast = jax.jit(generate, static_argnums=0)(
+        fast = compilation.jit(generate, "inference", static_argnums=0)(
             model, prepare_generator(model, variables), inputs["log_mel"])[:, None]
         tolerance = _relative(outputs["audio"])
         return [_compare("audio", audio_out, outputs["audio"], tolerance),
@@ -134,7 +140,8 @@ def check_parity_file(path: str) -> list[Comparison]:
             "melgan_discriminator", _state_dict(data), source=path, num_scales=num_scales
         )
         model = build_model("melgan_discriminator", num_scales=num_scales)
-        results = jax.jit(model.apply)(variables, jnp.asarray(inputs["audio"])[:, 0])
+        apply = compilation.jit(model.apply, "inference")
+        results = apply(variables, jnp.asarray(inputs["audio"])[:, 0])
         comparisons = []
         expected = set(outputs)
         for i, layers in enumerate(results):
