@@ -22,7 +22,7 @@ the models' ``ConvTranspose1d(implementation="direct")`` and its polyphase form,
 PyTorch's ``ConvTranspose1d``; and the whole MelGAN generator train step with the direct form.
 A third ("grouped_conv") times the discriminator's grouped convolutions (kernel 41, stride 4,
 4 input channels per group) as XLA's strided grouped convs vs the model's form
-(``layers.grouped_conv1d``).
+(``layers.grouped_conv1d``) vs PyTorch's ``Conv1d``.
 
 Usage::
 
@@ -454,8 +454,9 @@ def grouped_conv_lax(w: jax.Array, x: jax.Array, groups: int) -> jax.Array:
 
 
 def grouped_conv_model(w: jax.Array, x: jax.Array, groups: int) -> jax.Array:
-    """The same grouped conv as the discriminator computes it (``layers.grouped_conv1d``:
-    a stride-1 grouped conv of the polyphase input, custom kernel gradient).
+    """The same grouped conv as the discriminator computes it (``layers.grouped_conv1d``: on
+    CPU batched matmuls over the groups, elsewhere a stride-1 grouped conv of the polyphase
+    input).
 
     x (B, T, C_in), w (41, C_in // groups, C_out) -> (B, T / 4, C_out).
     """
@@ -464,29 +465,68 @@ def grouped_conv_model(w: jax.Array, x: jax.Array, groups: int) -> jax.Array:
     return grouped_conv1d(x, w, 4, 20, groups)
 
 
-def bench_grouped_conv(batch_size: int, repeats: int, warmup: int) -> dict[str, Any]:
-    """Forward and forward+backward of each grouped discriminator layer, two formulations."""
+def torch_grouped_conv(w: np.ndarray, groups: int) -> Any:
+    """PyTorch's ``Conv1d(C_in, C_out, 41, stride 4, padding 20, groups)`` holding ``w``
+    (41, C_in // groups, C_out), without bias: the reference for one grouped layer."""
+    k, per_group, c_out = w.shape
+    conv = torch.nn.Conv1d(per_group * groups, c_out, k, stride=4, padding=20, groups=groups,
+                           bias=False)
+    with torch.no_grad():
+        conv.weight.copy_(torch.from_numpy(np.ascontiguousarray(w.transpose(2, 1, 0))))
+    return conv
+
+
+def bench_grouped_conv(
+    batch_size: int, repeats: int, warmup: int, use_torch: bool = True
+) -> dict[str, Any]:
+    """Forward and forward+backward of each grouped discriminator layer: XLA's strided grouped
+    conv, the model's form, and PyTorch's Conv1d when torch is installed. The JAX programs
+    compile with the package's options (``compiler_options``: inference / train)."""
     rows = []
     for c_in, c_out, length in GROUPED_LAYERS:
         groups = c_in // 4
         rng = np.random.default_rng(0)
-        x = jnp.asarray(rng.standard_normal((batch_size, length, c_in)).astype(np.float32))
-        w = jnp.asarray(0.05 * rng.standard_normal((41, 4, c_out)).astype(np.float32))
+        x_np = rng.standard_normal((batch_size, length, c_in)).astype(np.float32)
+        w_np = (0.05 * rng.standard_normal((41, 4, c_out))).astype(np.float32)
+        x, w = jnp.asarray(x_np), jnp.asarray(w_np)
         row: dict[str, Any] = {"c_in": c_in, "c_out": c_out, "groups": groups, "length_in": length}
         outs = {}
         calls: dict[str, Callable[[], Any]] = {}
         for impl, fn in (("lax", grouped_conv_lax), ("model", grouped_conv_model)):
-            fwd = jax.jit(lambda w, x, fn=fn, g=groups: fn(w, x, g))
+            fwd = jax.jit(lambda w, x, fn=fn, g=groups: fn(w, x, g),
+                          compiler_options=compiler_options("inference"))
             grad = jax.jit(
-                jax.grad(lambda w, x, fn=fn, g=groups: jnp.mean(jnp.square(fn(w, x, g))), (0, 1))
+                jax.grad(lambda w, x, fn=fn, g=groups: jnp.mean(jnp.square(fn(w, x, g))), (0, 1)),
+                compiler_options=compiler_options("train"),
             )
-            outs[impl] = fwd(w, x)
+            outs[impl] = np.asarray(fwd(w, x))
             calls[f"{impl}/forward"] = lambda f=fwd, a=(w, x): jax.block_until_ready(f(*a))
             calls[f"{impl}/forward_backward"] = lambda g=grad, a=(w, x): jax.block_until_ready(
                 g(*a)
             )
+        if torch is not None and use_torch:
+            conv = torch_grouped_conv(w_np, groups)
+            xt = torch.from_numpy(np.ascontiguousarray(x_np.transpose(0, 2, 1)))
+            xg = xt.clone().requires_grad_(True)
+            with torch.no_grad():
+                outs["torch"] = conv(xt).numpy().transpose(0, 2, 1)
+
+            def torch_forward(conv=conv, xt=xt):
+                with torch.no_grad():
+                    return conv(xt)
+
+            def torch_forward_backward(conv=conv, xg=xg):
+                conv.zero_grad(set_to_none=True)
+                xg.grad = None
+                torch.mean(torch.square(conv(xg))).backward()
+                return xg.grad
+
+            calls["torch/forward"] = torch_forward
+            calls["torch/forward_backward"] = torch_forward_backward
         row.update(_nest(time_interleaved(calls, repeats, warmup)))
-        row["max_abs_diff"] = float(jnp.max(jnp.abs(outs["lax"] - outs["model"])))
+        row["max_abs_diff"] = float(np.max(np.abs(outs["lax"] - outs["model"])))
+        if "torch" in outs:
+            row["torch_max_abs_diff"] = float(np.max(np.abs(outs["torch"] - outs["model"])))
         rows.append(row)
         print(f"  grouped conv {c_in}->{c_out} g={groups}: done", file=sys.stderr)
     return {"layers": rows}
@@ -576,22 +616,26 @@ def markdown(results: dict[str, Any]) -> str:
     if gc:
         lines += [
             "",
-            "MelGAN discriminator grouped convs (kernel 41, stride 4, groups C_in/4), JAX: "
-            "XLA's strided grouped conv vs the model's (layers.grouped_conv1d); "
-            "forward+backward (forward):",
+            "MelGAN discriminator grouped convs (kernel 41, stride 4, groups C_in/4): "
+            "XLA's strided grouped conv vs the model's (layers.grouped_conv1d) vs PyTorch's "
+            "Conv1d; forward+backward (forward), ratio = model's form / PyTorch:",
             "",
-            "| layer (B, T, C_in) -> C_out | groups | XLA grouped conv | model's form |",
-            "|---|---:|---:|---:|",
+            "| layer (B, T, C_in) -> C_out | groups | XLA grouped conv | model's form | torch "
+            "| ratio |",
+            "|---|---:|---:|---:|---:|---:|",
         ]
         for row in gc["layers"]:
             cells = [
                 f"{_fmt(row[i]['forward_backward']['median_ms'])} "
-                f"({_fmt(row[i]['forward']['median_ms'])})"
-                for i in ("lax", "model")
+                f"({_fmt(row[i]['forward']['median_ms'])})" if i in row else "-"
+                for i in ("lax", "model", "torch")
             ]
+            ratio = _ratio(row["model"]["forward_backward"]["median_ms"],
+                           row.get("torch", {}).get("forward_backward", {}).get("median_ms"))
             shape = f"({results['batch_size']}, {row['length_in']}, {row['c_in']})"
             lines.append(
-                f"| {shape} -> {row['c_out']} | {row['groups']} | " + " | ".join(cells) + " |"
+                f"| {shape} -> {row['c_out']} | {row['groups']} | " + " | ".join(cells)
+                + f" | {ratio} |"
             )
     return "\n".join(lines)
 
@@ -628,7 +672,7 @@ def run(
         results["upsampling"] = bench_upsampling(batch_size, repeats, warmup, use_torch)
     if "grouped_conv" in only:
         print("grouped_conv ...", file=sys.stderr)
-        results["grouped_conv"] = bench_grouped_conv(batch_size, repeats, warmup)
+        results["grouped_conv"] = bench_grouped_conv(batch_size, repeats, warmup, use_torch)
     results["environment"]["load_average_end"] = os.getloadavg()
     return results
 

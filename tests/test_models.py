@@ -205,14 +205,19 @@ def test_grouped_conv_as_matmul_equals_xla_grouped_conv():
         (2, 4, 6, 5, 3, 1, 25),
         (3, 6, 9, 4, 4, 0, 7),  # the last 3 samples reach no window
         (2, 4, 4, 3, 1, 2, 9),
+        (16, 64, 32, 41, 4, 20, 50),  # many groups, output not a multiple of q = 4
+        (3, 6, 6, 7, 1, 3, 11),  # stride 1: q = 3 outputs per block
     ],
 )
+@pytest.mark.parametrize("impl", ["grouped_conv1d_blocks", "grouped_conv1d_polyphase"])
 def test_grouped_conv1d_equals_xla_grouped_conv(
-    groups, c_in, c_out, kernel, stride, padding, length
+    impl, groups, c_in, c_out, kernel, stride, padding, length
 ):
-    """Value, input and kernel gradients of the polyphase custom-VJP grouped conv vs XLA's."""
-    from pcmelgan_jax.models.layers import grouped_conv1d
+    """Value, input and kernel gradients of both forms of ``grouped_conv1d`` (batched
+    matmuls, CPU; polyphase with a custom kernel gradient, elsewhere) vs XLA's grouped conv."""
+    from pcmelgan_jax.models import layers
 
+    grouped_conv1d = getattr(layers, impl)
     rng = np.random.default_rng(0)
     x = rng.standard_normal((2, length, c_in), np.float32)
     w = rng.standard_normal((kernel, c_in // groups, c_out), np.float32)
@@ -239,6 +244,28 @@ def test_grouped_conv1d_equals_xla_grouped_conv(
 
     for a, b in zip(*value_and_grads(x, w, dy), strict=True):
         chex.assert_trees_all_close(a, b, rtol=1e-5, atol=1e-5 * float(jnp.abs(b).max()))
+
+
+def test_grouped_conv1d_runs_batched_matmuls_on_cpu():
+    """On CPU the compiled grouped conv has no convolution left: XLA:CPU would run one small
+    convolution per group (see ``layers.grouped_conv1d_blocks``)."""
+    from pcmelgan_jax.models.layers import grouped_conv1d
+
+    x = jnp.zeros((2, 64, 16))
+    w = jnp.zeros((41, 4, 32))
+
+    def hlo(fun):
+        return jax.jit(fun).lower(x, w).compile().as_text()
+
+    assert "convolution" not in hlo(lambda x, w: grouped_conv1d(x, w, 4, 20, 4))
+    assert "convolution" not in hlo(
+        jax.grad(lambda x, w: jnp.sum(grouped_conv1d(x, w, 4, 20, 4) ** 2), (0, 1))
+    )
+    assert "convolution" in hlo(  # the check sees XLA's grouped conv
+        lambda x, w: jax.lax.conv_general_dilated(
+            x, w, (4,), [(20, 20)], dimension_numbers=("NWC", "WIO", "NWC"),
+            feature_group_count=4)
+    )
 
 
 def test_grouped_conv1d_computes_in_bfloat16():

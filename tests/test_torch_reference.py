@@ -158,14 +158,19 @@ def test_bench_naive_conv_transpose_matches_torch() -> None:
 
 
 def test_bench_grouped_conv_formulations_agree() -> None:
-    """The benchmark's two grouped convs (XLA's, the model's) compute the same function."""
+    """The benchmark's three grouped convs (XLA's, the model's, PyTorch's Conv1d holding the
+    same kernel) compute the same function."""
     jax = pytest.importorskip("jax")
     from bench import bench_models
 
     rng = np.random.default_rng(0)
-    x = jax.numpy.asarray(rng.standard_normal((2, 64, 16)).astype(np.float32))
-    w = jax.numpy.asarray(rng.standard_normal((41, 4, 8)).astype(np.float32))
+    x_np = rng.standard_normal((2, 64, 16)).astype(np.float32)
+    w_np = rng.standard_normal((41, 4, 8)).astype(np.float32)
+    x, w = jax.numpy.asarray(x_np), jax.numpy.asarray(w_np)
     a = bench_models.grouped_conv_lax(w, x, 4)
     b = bench_models.grouped_conv_model(w, x, 4)
     assert a.shape == b.shape == (2, 16, 8)
     np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=1e-4)
+    with torch.no_grad():
+        c = bench_models.torch_grouped_conv(w_np, 4)(torch.from_numpy(x_np.transpose(0, 2, 1)))
+    np.testing.assert_allclose(c.numpy().transpose(0, 2, 1), np.asarray(b), atol=1e-4)
