@@ -508,6 +508,16 @@ def grouped_conv1d(x: Array, kernel: Array, stride: int, padding: int, groups: i
     )
 
 
+def _padded_blocks(x: Array, padding: int, block: int, blocks: int, groups: int) -> Array:
+    """x (B, T, C_in) zero-padded by ``padding`` samples on the left and cut or padded on the
+    right to ``blocks * block`` samples -> (B, blocks, block, groups, C_in / groups)."""
+    batch, length, c_in = x.shape
+    # lax.pad: the right padding may be negative (samples that no output reaches)
+    right = block * blocks - length - padding
+    x = jax.lax.pad(x, jnp.zeros((), x.dtype), ((0, 0, 0), (padding, right, 0), (0, 0, 0)))
+    return x.reshape(batch, blocks, block, groups, c_in // groups)
+
+
 def _output_blocks(length: int, k: int, stride: int, padding: int) -> tuple[int, int, int, int]:
     """(T', q, n_b, V) of ``grouped_conv1d_blocks``: output length, outputs per block, input
     blocks per output block, output blocks."""
@@ -545,10 +555,7 @@ def grouped_conv1d_blocks(
     out, q, n_b, v = _output_blocks(length, k, stride, padding)
     span = stride * q
     blocks = v + n_b - 1
-    # lax.pad: the right padding may be negative (samples no output block reaches)
-    x = jax.lax.pad(x, jnp.zeros((), x.dtype),
-                    ((0, 0, 0), (padding, span * blocks - length - padding, 0), (0, 0, 0)))
-    x = x.reshape(batch, blocks, span, groups, per_group).transpose(3, 0, 1, 2, 4)
+    x = _padded_blocks(x, padding, span, blocks, groups).transpose(3, 0, 1, 2, 4)
     patches = jnp.concatenate([x[:, :, m:m + v] for m in range(n_b)], axis=3)
     patches = patches.reshape(groups, batch * v, n_b * span * per_group)
     tap = (span * np.arange(n_b)[:, None, None] + np.arange(span)[None, :, None]
@@ -580,10 +587,7 @@ def grouped_conv1d_polyphase(
     batch, length, c_in = x.shape
     s, taps = stride, -(-k // stride)
     folded_length = (length + 2 * padding - k) // s + taps  # T' + n - 1
-    # lax.pad: the right padding may be negative (samples no window reaches)
-    right = s * folded_length - length - padding
-    x = jax.lax.pad(x, jnp.zeros((), x.dtype), ((0, 0, 0), (padding, right, 0), (0, 0, 0)))
-    x = x.reshape(batch, folded_length, s, groups, per_group).transpose(0, 1, 3, 2, 4)
+    x = _padded_blocks(x, padding, s, folded_length, groups).transpose(0, 1, 3, 2, 4)
     kernel = jnp.pad(kernel, ((0, s * taps - k), (0, 0), (0, 0)))
     return _grouped_conv_valid(
         x.reshape(batch, folded_length, s * c_in),
