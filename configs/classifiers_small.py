@@ -1,4 +1,4 @@
-"""Small CPU classifiers: 10 epochs, AlexNet width 0.25 with label smoothing 0.1, AudioNet 0.5."""
+"""Small CPU classifiers: 10 epochs; AlexNet width 0.25, smoothing 0.1; AudioNet 0.5, warm-up."""
 
 from pcmelgan_jax.training import configs
 

@@ -30,6 +30,8 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from pcmelgan_jax.files import write_text_atomic
+
 NA = "n/a"
 STDERR_TAIL_LINES = 25
 NETWORK_LABELS = {
@@ -519,23 +521,6 @@ def render(
         if o.table is not None:
             lines += ["", *o.table.notes, "", o.table.markdown()]
     return "\n".join(lines) + "\n"
-
-
-def write_text_atomic(path: str | os.PathLike, text: str) -> None:
-    """Writes ``text`` to a temporary file next to ``path`` and ``os.replace``s it."""
-    import tempfile
-
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
 
 
 def recorded_dirs(root: Path) -> list[Path]:

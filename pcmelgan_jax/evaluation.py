@@ -52,6 +52,7 @@ import numpy as np
 
 from pcmelgan_jax import audio as audio_lib
 from pcmelgan_jax import compilation, metrics
+from pcmelgan_jax.files import write_text_atomic
 
 DEFAULT_DATASET = "audio_mnist/all"
 SPEC_CLASSIFIERS = ("spec_digit", "spec_gender")
@@ -564,6 +565,31 @@ def evaluate_reference(models: ModelSet, batches: Sequence[dict]) -> dict[str, A
     return out
 
 
+CHANCE_MARGIN = 0.05  # a fixed classifier within this of chance on real data is "at chance"
+
+
+def reference_warnings(reference: Mapping[str, Any]) -> list[str]:
+    """What makes numbers of ``evaluate_reference``'s result meaningless: a fixed classifier
+    within ``CHANCE_MARGIN`` of chance (10 % digit, 50 % gender) on untransformed test data,
+    whose accuracies then say nothing of the transformed data; digit AudioNet features that
+    are constant over the real test audio (a dead network), which make every FID 0."""
+    out = []
+    for domain, net in (("spectrogram", "AlexNet"), ("audio", "AudioNet")):
+        for task, classes in (("digit", 10), ("gender", 2)):
+            acc = reference[domain]["real"][f"{task}_acc"]
+            if acc is not None and acc < 1.0 / classes + CHANCE_MARGIN:
+                out.append(
+                    f"the {domain} {task} classifier ({net}) is at chance on untransformed test "
+                    f"data ({100 * acc:.1f} %, chance {100 / classes:.0f} %): its {domain}-domain "
+                    f"{task} accuracies carry no information; retrain it"
+                )
+    features = np.asarray(reference["features_real"])
+    if features.shape[0] > 1 and not np.any(np.ptp(features, axis=0) > 0):
+        out.append("the digit AudioNet's features are the same for every real test clip: "
+                   "every FID is 0 and carries no information")
+    return out
+
+
 def _nest(flat: Mapping[str, Any]) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for key, value in flat.items():
@@ -745,6 +771,9 @@ def markdown_tables(results: Mapping[str, Any]) -> str:
     runs_note = ", ".join(f"eps {g['eps_label']}: {g['num_runs']} run(s)" for g in groups)
     lines += [f"Runs: {runs_note}. Accuracies in %, mean ± std over runs; gender against the "
               "original gender (lower is more private, 50 is chance).", ""]
+    lines += [f"**Warning:** {w}." for w in results.get("warnings", [])]
+    if results.get("warnings"):
+        lines.append("")
     titles = {"spectrogram": "Spectrogram-domain classifiers (AlexNet)",
               "audio": "Audio-domain classifiers (vocoded, AudioNet)"}
     for domain, title in titles.items():
@@ -909,6 +938,7 @@ def run_evaluation(config: Any, workdir: str | os.PathLike) -> dict[str, Any]:
     speaker_sets: dict[tuple, tuple] = {}
     per_run: list[dict[str, Any]] = []
     speaker_info: dict[str, Any] = {}
+    warnings: list[str] = []
     for idx, run in enumerate(runs):
         print(f"[eval] run {idx + 1}/{len(runs)}: {run.path} (eps {eps_key(run.eps)}"
               f"{', filter only' if run.filter_only else ''})", flush=True)
@@ -917,6 +947,10 @@ def run_evaluation(config: Any, workdir: str | os.PathLike) -> dict[str, Any]:
         ref_key = (run.classifiers_workdir, run.vocoder_workdir, run.data_dir, run.dataset)
         if ref_key not in references:
             references[ref_key] = evaluate_reference(models, batches)
+            for warning in reference_warnings(references[ref_key]):
+                warning = f"{run.classifiers_workdir}: {warning}"
+                print(f"[eval] WARNING: {warning}", flush=True)
+                warnings.append(warning)
         ref = references[ref_key]
         numbers, examples = evaluate_run(run, models, batches, ref["features_real"], seed,
                                          num_examples)
@@ -973,15 +1007,14 @@ def run_evaluation(config: Any, workdir: str | os.PathLike) -> dict[str, Any]:
         "groups": groups,
         "runs": per_run,
         "speaker": speaker_info,
+        "warnings": warnings,
         "config": cfg,
         "output_dir": out_dir,
         "seconds": round(time.perf_counter() - t0, 2),
     }
     results = _json_ready(results)
-    with open(os.path.join(out_dir, "results.json"), "w", encoding="utf-8") as f:
-        json.dump(results, f, indent=1)
-    with open(os.path.join(out_dir, "tables.md"), "w", encoding="utf-8") as f:
-        f.write(markdown_tables(results))
+    write_text_atomic(os.path.join(out_dir, "results.json"), json.dumps(results, indent=1))
+    write_text_atomic(os.path.join(out_dir, "tables.md"), markdown_tables(results))
     plot_privacy_utility(results, os.path.join(out_dir, "privacy_utility.png"))
     print(markdown_tables(results), flush=True)
     print(f"[eval] wrote {out_dir} ({results['seconds']} s)", flush=True)

@@ -20,6 +20,8 @@ import os
 import sys
 import time
 
+from pcmelgan_jax.files import write_text_atomic
+
 STAGES = ("classifiers", "vocoder", "pcmelgan")
 
 
@@ -112,8 +114,7 @@ def run_quickstart(
         summary["seconds"][name] = round(
             summary["seconds"].get(name, 0.0) + time.perf_counter() - t0, 1
         )
-        with open(summary_path, "w") as f:
-            json.dump(summary, f, indent=2, sort_keys=True)
+        write_text_atomic(summary_path, json.dumps(summary, indent=2, sort_keys=True))
         return result
 
     if manual_dir is None:
@@ -156,8 +157,7 @@ def run_quickstart(
         result = timed("evaluate", lambda: evaluation.run_evaluation(eval_config, workdir))
         summary["eval"] = result if isinstance(result, dict) else {"eval_dir": eval_dir}
     summary["total_seconds"] = round(sum(summary["seconds"].values()), 1)
-    with open(summary_path, "w") as f:
-        json.dump(summary, f, indent=2, sort_keys=True)
+    write_text_atomic(summary_path, json.dumps(summary, indent=2, sort_keys=True))
     print(format_summary(summary), flush=True)
     return summary
 
@@ -180,6 +180,8 @@ def format_summary(summary: dict) -> str:
     for key in sorted(pcm):
         if key.endswith("_acc") or key.endswith("distortion"):
             lines.append(f"  pcmelgan {key:<32} {pcm[key]:.3f}")
+    for warning in summary.get("eval", {}).get("warnings", []):
+        lines.append(f"  WARNING: {warning}")
     return "\n".join(lines)
 
 

@@ -208,6 +208,36 @@ def test_aggregate_group_and_tables():
     assert "Chance: 25.0 %" in md
 
 
+def test_reference_warnings_name_classifiers_at_chance_and_constant_features():
+    """A fixed classifier within 5 points of chance on real test data, or digit AudioNet
+    features equal for every clip (a dead network: every FID 0), is named in a warning,
+    which tables.md shows above the tables; healthy references give none."""
+    rng = np.random.default_rng(0)
+
+    def reference(sd, sg, ad, ag, features):
+        return {"spectrogram": {"real": {"digit_acc": sd, "gender_acc": sg}},
+                "audio": {"real": {"digit_acc": ad, "gender_acc": ag}},
+                "features_real": features}
+
+    healthy = reference(0.9, 0.99, 0.6, 1.0, rng.standard_normal((6, 8)))
+    assert evaluation.reference_warnings(healthy) == []
+    assert evaluation.reference_warnings(reference(0.151, 0.551, 0.6, 1.0, healthy[
+        "features_real"])) == []
+    dead = reference(0.9, 0.549, 0.1, 1.0, np.zeros((6, 8)))
+    warnings = evaluation.reference_warnings(dead)
+    assert len(warnings) == 3
+    assert "spectrogram gender classifier (AlexNet)" in warnings[0] and "54.9 %" in warnings[0]
+    assert "audio digit classifier (AudioNet)" in warnings[1] and "10.0 %" in warnings[1]
+    assert "every FID is 0" in warnings[2]
+    g = evaluation.aggregate_group([_run_entry(0.6, 0.5, 0.4, 0.45, 0.9, 10.0, 20.0)])
+    results = {"groups": [{"eps": 0.05, "eps_label": "0.05", "num_runs": 1, **g}],
+               "speaker": {}, "warnings": warnings}
+    md = evaluation.markdown_tables(results)
+    assert md.index("**Warning:** the audio digit") < md.index("## Spectrogram-domain")
+    del results["warnings"]
+    assert "Warning" not in evaluation.markdown_tables(results)
+
+
 # ------------------------------------------------------------------ end to end
 
 
@@ -242,6 +272,7 @@ def test_quickstart_results_json(quickstart, quick_results):
         _check_value(v, 1)
         assert v["mean"] >= 0.0
     assert on_disk["eps"] == 0.05 and len(on_disk["groups"]) == 1
+    assert isinstance(on_disk["warnings"], list)
     run = on_disk["runs"][0]["run"]
     assert run["path"] == str(quickstart / "pcmelgan")
     assert run["vocoder_workdir"] == str(quickstart / "vocoder")

@@ -294,3 +294,18 @@ def test_quickstart_set_is_typed_like_config_flags(tmp_path):
         quickstart.stage_configs(str(tmp_path), ["classifiers.num_epochs=abc"])
     with pytest.raises(ValueError, match="STAGE.KEY=VALUE"):
         quickstart.stage_configs(str(tmp_path), ["eps=1"])
+
+
+def test_quickstart_summary_repeats_the_evaluation_warnings():
+    """The summary printed at the end of the quickstart lists the evaluation's warnings (a
+    classifier at chance makes numbers above it meaningless)."""
+    from pcmelgan_jax import quickstart
+
+    summary = {"seconds": {"evaluate": 60.0}, "total_seconds": 60.0,
+               "classifiers": {"audio_digit/best_accuracy": 0.1},
+               "eval": {"warnings": ["W1: the audio digit classifier is at chance"]}}
+    text = quickstart.format_summary(summary)
+    assert "classifier audio_digit   test accuracy 0.100" in text
+    assert text.endswith("  WARNING: W1: the audio digit classifier is at chance")
+    del summary["eval"]
+    assert "WARNING" not in quickstart.format_summary(summary)

@@ -7,6 +7,7 @@ import functools
 import json
 import os
 
+import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -390,6 +391,28 @@ def test_classifier_label_smoothing_per_domain():
             classifiers_stage.classifier_label_smoothing(config)
 
 
+def test_classifier_optimizers_warm_up_per_domain():
+    """The small config warms the AudioNets' rate up over 100 updates (their first update is
+    1/100 of Adam's at the full rate) and not the AlexNets'; the paper's config warms up
+    neither."""
+    params = {"w": jnp.asarray([0.5, -1.0])}
+    grads = {"w": jnp.asarray([0.2, -0.1])}
+
+    def first_update(tx):
+        return tx.update(grads, tx.init(params), params)[0]["w"]
+
+    small, paper = configs.classifiers(small=True), configs.classifiers(small=False)
+    full = first_update(st.adam(small.learning_rate, small.b1, small.b2))
+    txs = classifiers_stage.classifier_optimizers(small)
+    assert sorted(txs) == sorted(small.classifiers)
+    for name, tx in txs.items():
+        scale = 0.01 if name.startswith("audio") else 1.0
+        chex.assert_trees_all_close(first_update(tx), scale * full, rtol=1e-6)
+    full = first_update(st.adam(paper.learning_rate, paper.b1, paper.b2))
+    for tx in classifiers_stage.classifier_optimizers(paper).values():
+        chex.assert_trees_all_close(first_update(tx), full, rtol=0)
+
+
 def test_classifier_step_smooths_per_classifier():
     """``classifier_step``'s reported loss is each classifier's smoothed cross-entropy: with
     {spec_gender: 0.3} that loss moves, spec_digit's (no entry: 0) stays, bit for bit."""
@@ -407,6 +430,27 @@ def test_classifier_step_smooths_per_classifier():
               for smoothing in (None, {"spec_gender": 0.3})]
     assert float(losses[0]["spec_digit/loss"]) == float(losses[1]["spec_digit/loss"])
     assert float(losses[0]["spec_gender/loss"]) != float(losses[1]["spec_gender/loss"])
+
+
+def test_adam_warmup_scales_the_first_updates():
+    """With ``warmup_steps`` = 4, update n of Adam is (n + 1) / 4 of the constant-rate
+    update for the same gradients up to n = 3, and equal from then on; 0 is plain Adam."""
+    params = {"w": jnp.asarray([0.5, -1.0, 2.0])}
+    grads = [{"w": jnp.asarray([0.1, -0.3, 0.2]) * (1 + n)} for n in range(6)]
+
+    def updates(tx):
+        state, out = tx.init(params), []
+        for g in grads:
+            u, state = tx.update(g, state, params)
+            out.append(u["w"])
+        return out
+
+    plain, warm = updates(st.adam(1e-3)), updates(st.adam(1e-3, warmup_steps=4))
+    chex.assert_trees_all_close(updates(st.adam(1e-3, warmup_steps=0)), plain, rtol=0)
+    for n, (u, v) in enumerate(zip(plain, warm, strict=True)):
+        chex.assert_trees_all_close(v, min(1.0, (n + 1) / 4) * u, rtol=1e-6)
+    with pytest.raises(ValueError, match="warmup_steps"):
+        st.adam(1e-3, warmup_steps=-1)
 
 
 def test_small_pcmelgan_config_keeps_the_papers_filter_learning_rates():

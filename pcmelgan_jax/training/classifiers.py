@@ -14,6 +14,7 @@ import os
 from typing import Any
 
 import jax
+import optax
 
 from pcmelgan_jax import compilation, sharding
 from pcmelgan_jax.checkpointing import save_model
@@ -61,6 +62,16 @@ def classifier_label_smoothing(config: Any) -> dict[str, float]:
     return smoothing
 
 
+def classifier_optimizers(config: Any) -> dict[str, optax.GradientTransformation]:
+    """{name: Adam at ``config.learning_rate`` with the betas of ``config``, warmed up over
+    ``config.<domain>_warmup_steps`` updates (default 0)} for each of ``config.classifiers``."""
+    warmup = _per_domain(config, "warmup_steps", 0)
+    return {
+        n: adam(config.learning_rate, config.b1, config.b2, int(warmup[n]))
+        for n in config.classifiers
+    }
+
+
 def build_stage(config: Any, workdir: str, mesh) -> loop.Stage:
     names = sorted(config.classifiers)
     for name in names:
@@ -70,7 +81,7 @@ def build_stage(config: Any, workdir: str, mesh) -> loop.Stage:
             )
     widths = classifier_widths(config)
     label_smoothing = classifier_label_smoothing(config)
-    txs = {n: adam(config.learning_rate, config.b1, config.b2) for n in names}
+    txs = classifier_optimizers(config)
     init_key = jax.random.key(config.seed, impl="rbg")
     networks = {}
     for i, name in enumerate(names):

@@ -55,6 +55,9 @@ def classifiers(small: bool = False) -> ml_collections.ConfigDict:
     # label smoothing of the training loss (validation loss stays plain cross-entropy)
     c.spec_label_smoothing = 0.0
     c.audio_label_smoothing = 0.0
+    # linear learning-rate warm-up over the first N updates (0 = the original's constant rate)
+    c.spec_warmup_steps = 0
+    c.audio_warmup_steps = 0
     if small:
         c.batch_size = 32
         c.learning_rate = 1e-3
@@ -68,6 +71,11 @@ def classifiers(small: bool = False) -> ml_collections.ConfigDict:
         c.log_every_steps = 10
         c.spec_width = 0.25
         c.audio_width = 0.5  # at 0.25 AudioNet did not learn gender from raw audio
+        # At a constant 1e-3 the digit AudioNet stayed at chance (loss ln 10) for all 10
+        # epochs on 2 Xeon cores with seeds 0 and 1 (0.665 with seed 0 on 2 EPYC cores: float
+        # rounding decides). A 100-update warm-up: best-loss test accuracy 0.84 / 0.78 / 0.73
+        # (seeds 0 / 1 / 2, Xeon).
+        c.audio_warmup_steps = 100
     return c
 
 

@@ -43,8 +43,19 @@ class TrainState:
     networks: dict[str, NetworkState]
 
 
-def adam(learning_rate: float, b1: float = 0.5, b2: float = 0.9) -> optax.GradientTransformation:
-    """Adam with the papers' betas (0.5, 0.9)."""
+def adam(
+    learning_rate: float, b1: float = 0.5, b2: float = 0.9, warmup_steps: int = 0
+) -> optax.GradientTransformation:
+    """Adam with the papers' betas (0.5, 0.9). ``warmup_steps`` > 0: the learning rate of
+    update n (0-based) is ``learning_rate * min(1, (n + 1) / warmup_steps)``."""
+    if warmup_steps < 0:
+        raise ValueError(f"warmup_steps must be >= 0, not {warmup_steps}")
+    if warmup_steps:
+        peak = learning_rate
+
+        def learning_rate(count):
+            return peak * jnp.minimum(1.0, (count + 1) / warmup_steps)
+
     return optax.adam(learning_rate, b1=b1, b2=b2)
 
 
