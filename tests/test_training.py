@@ -411,6 +411,9 @@ def test_classifier_optimizers_warm_up_per_domain():
     full = first_update(st.adam(paper.learning_rate, paper.b1, paper.b2))
     for tx in classifiers_stage.classifier_optimizers(paper).values():
         chex.assert_trees_all_close(first_update(tx), full, rtol=0)
+    small.audio_warmup_steps = -1
+    with pytest.raises(ValueError, match="audio_warmup_steps must be an integer >= 0"):
+        classifiers_stage.classifier_optimizers(small)
 
 
 def test_classifier_step_smooths_per_classifier():

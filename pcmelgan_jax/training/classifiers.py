@@ -66,6 +66,10 @@ def classifier_optimizers(config: Any) -> dict[str, optax.GradientTransformation
     """{name: Adam at ``config.learning_rate`` with the betas of ``config``, warmed up over
     ``config.<domain>_warmup_steps`` updates (default 0)} for each of ``config.classifiers``."""
     warmup = _per_domain(config, "warmup_steps", 0)
+    for name, steps in warmup.items():
+        if steps < 0 or steps != int(steps):
+            field = f"{CLASSIFIER_TASKS[name][0]}_warmup_steps"
+            raise ValueError(f"{field} must be an integer >= 0, not {steps}")
     return {
         n: adam(config.learning_rate, config.b1, config.b2, int(warmup[n]))
         for n in config.classifiers
