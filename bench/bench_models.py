@@ -362,6 +362,26 @@ def _nest(timings: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
     return out
 
 
+def torch_layer_calls(layer: Any, x: np.ndarray) -> dict[str, Callable[[], Any]]:
+    """{"torch/forward", "torch/forward_backward"} timing calls of the PyTorch 1-d ``layer`` on
+    the channels-last input ``x`` (B, T, C): the forward in inference mode, and the gradients
+    of mean(layer(x)^2) with respect to the layer's parameters and x."""
+    xt = torch.from_numpy(np.ascontiguousarray(x.transpose(0, 2, 1), np.float32))
+    xt.requires_grad_(True)
+
+    def forward():
+        with torch.inference_mode():
+            return layer(xt)
+
+    def forward_backward():
+        layer.zero_grad(set_to_none=True)
+        xt.grad = None
+        torch.mean(torch.square(layer(xt))).backward()
+        return xt.grad
+
+    return {"torch/forward": forward, "torch/forward_backward": forward_backward}
+
+
 def bench_upsampling(
     batch_size: int, repeats: int, warmup: int, use_torch: bool = True
 ) -> dict[str, Any]:
@@ -400,20 +420,7 @@ def bench_upsampling(
                     c_in, c_out, 2 * r, stride=r, padding=r // 2 + r % 2, output_padding=r % 2
                 )
             )
-            xt = torch.from_numpy(np.ascontiguousarray(x_np.transpose(0, 2, 1), np.float32))
-            xt.requires_grad_(True)
-
-            def torch_fwd(tc=tc, xt=xt):
-                with torch.inference_mode():
-                    tc(xt)
-
-            def torch_fb(tc=tc, xt=xt):
-                tc.zero_grad(set_to_none=True)
-                xt.grad = None
-                torch.mean(tc(xt) ** 2).backward()
-
-            calls["torch/forward"] = torch_fwd
-            calls["torch/forward_backward"] = torch_fb
+            calls.update(torch_layer_calls(tc, x_np))
         row: dict[str, Any] = {"c_in": c_in, "c_out": c_out, "ratio": r, "length_in": length}
         row.update(_nest(time_interleaved(calls, repeats, warmup)))
         rows.append(row)
@@ -506,23 +513,10 @@ def bench_grouped_conv(
             )
         if torch is not None and use_torch:
             conv = torch_grouped_conv(w_np, groups)
-            xt = torch.from_numpy(np.ascontiguousarray(x_np.transpose(0, 2, 1)))
-            xg = xt.clone().requires_grad_(True)
             with torch.no_grad():
+                xt = torch.from_numpy(np.ascontiguousarray(x_np.transpose(0, 2, 1)))
                 outs["torch"] = conv(xt).numpy().transpose(0, 2, 1)
-
-            def torch_forward(conv=conv, xt=xt):
-                with torch.no_grad():
-                    return conv(xt)
-
-            def torch_forward_backward(conv=conv, xg=xg):
-                conv.zero_grad(set_to_none=True)
-                xg.grad = None
-                torch.mean(torch.square(conv(xg))).backward()
-                return xg.grad
-
-            calls["torch/forward"] = torch_forward
-            calls["torch/forward_backward"] = torch_forward_backward
+            calls.update(torch_layer_calls(conv, x_np))
         row.update(_nest(time_interleaved(calls, repeats, warmup)))
         row["max_abs_diff"] = float(np.max(np.abs(outs["lax"] - outs["model"])))
         if "torch" in outs:
