@@ -11,6 +11,8 @@ import os
 from absl import app, flags
 from ml_collections import config_flags
 
+from pcmelgan_jax.host_memory import reexec_with_hugepages
+
 _DEFAULT_CONFIG = os.path.join(os.path.dirname(os.path.abspath(__file__)), "configs", "eval.py")
 
 FLAGS = flags.FLAGS
@@ -27,5 +29,6 @@ def main(argv: list[str]) -> None:
 
 
 if __name__ == "__main__":
+    reexec_with_hugepages()
     flags.mark_flags_as_required(["workdir"])
     app.run(main)

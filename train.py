@@ -7,6 +7,8 @@ from the latest checkpoint in ``DIR/checkpoints``.
 from absl import app, flags, logging
 from ml_collections import config_flags
 
+from pcmelgan_jax.host_memory import reexec_with_hugepages
+
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file("config", None, "Stage configuration file.", lock_config=True)
 flags.DEFINE_string("workdir", None, "Directory for checkpoints, logs, samples and models.")
@@ -24,4 +26,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
+    reexec_with_hugepages()
     app.run(main)

@@ -99,6 +99,7 @@ def environment() -> dict[str, Any]:
         "jax_device": f"{device.device_kind} ({device.platform})",
         "jax_device_count": jax.device_count(),
         "xla_flags": os.environ.get("XLA_FLAGS", ""),
+        "glibc_tunables": os.environ.get("GLIBC_TUNABLES", ""),  # see host_memory
         "compiler_options": {k: compiler_options(k) for k in ("train", "inference")},
         "load_average_start": list(os.getloadavg()),
     }

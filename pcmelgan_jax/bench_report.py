@@ -270,6 +270,25 @@ def seeds_table(d: Mapping[str, Any]) -> Table:
                   "speed-up (vmapped vs sequential)"), rows, notes, inverted=not throughput)
 
 
+def host_memory_table(d: Mapping[str, Any]) -> Table:
+    """``bench_host_memory`` JSON: train-step time with glibc malloc's huge pages (what the
+    entry points run with) vs glibc's defaults, per network (fresh processes, alternating)."""
+    rows = [
+        Row(NETWORK_LABELS.get(name, name), str(d.get("batch_size", "?")),
+            _get(e, "huge_pages", "median_ms"), _get(e, "plain", "median_ms"))
+        for name, e in d["networks"].items()
+    ]
+    notes = ["JAX train-step time in ms, lower is better: 'huge pages' sets "
+             "glibc.malloc.hugetlb=1 (pcmelgan_jax.host_memory), 'plain' is glibc's default; "
+             "ratio < 1: huge pages are faster. Page faults per step (plain / huge pages): "
+             + ", ".join(f"{NETWORK_LABELS.get(n, n)} "
+                         f"{fmt_number(_get(e, 'plain', 'faults_per_step'))} / "
+                         f"{fmt_number(_get(e, 'huge_pages', 'faults_per_step'))}"
+                         for n, e in d["networks"].items()) + "."]
+    return Table(("network", "huge pages (ms)", "plain (ms)", "huge pages / plain time"),
+                 rows, notes)
+
+
 # --------------------------------------------------------------------------- registry
 
 
@@ -308,6 +327,10 @@ BENCHMARKS: tuple[Benchmark, ...] = (
     Benchmark("seeds", "bench/bench_seeds.py", "seeds.json",
               "N vmapped seeds vs N sequential runs", seeds_table,
               quick_args=("--batch-size", "8", "--repeats", "2"), has_torch=False),
+    Benchmark("host_memory", "bench/bench_host_memory.py", "host_memory.json",
+              "Train step with and without glibc malloc's huge pages", host_memory_table,
+              quick_args=("--only", "melgan_discriminator", "--rounds", "1", "--steps", "2",
+                          "--warmup", "1"), has_torch=False),
 )
 
 

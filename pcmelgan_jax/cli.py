@@ -12,6 +12,8 @@ import argparse
 import importlib
 import sys
 
+from pcmelgan_jax.host_memory import reexec_with_hugepages
+
 # subcommand -> module providing add_parser(subparsers)
 SUBCOMMANDS: dict[str, str] = {
     "import-torch": "pcmelgan_jax.torch_import",
@@ -36,6 +38,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    if argv is None:  # the console script: glibc malloc's huge pages (see host_memory)
+        reexec_with_hugepages()
     args = build_parser().parse_args(argv)
     return int(args.func(args) or 0)
 

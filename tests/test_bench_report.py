@@ -77,6 +77,12 @@ ANONYMIZE = {
 SEEDS = {"results": [{"stage": "pcmelgan", "num_seeds": 4, "batch_size": 32,
                       "vmapped": {"examples_per_s": 300.0},
                       "sequential": {"examples_per_s": 100.0}}]}
+HOST_MEMORY = {  # bench_host_memory.py's shape, without the per-process runs
+    "batch_size": 16, "rounds": 3, "steps": 5,
+    "networks": {"melgan_generator": {
+        "plain": {"median_ms": 2000.0, "faults_per_step": 232000.0},
+        "huge_pages": {"median_ms": 1700.0, "faults_per_step": 1200.0}, "ratio": 0.85}},
+}
 
 
 def fake_root(tmp_path: Path, scripts=("models", "data", "train", "anonymize")) -> Path:
@@ -105,10 +111,12 @@ def table_rows(report: str, section: str) -> dict[str, list[str]]:
 
 
 def test_report_from_results(tmp_path):
-    root = fake_root(tmp_path, scripts=("models", "data", "train", "anonymize", "seeds"))
-    write_results(root, models=MODELS, train=TRAIN, data=DATA, anonymize=ANONYMIZE, seeds=SEEDS)
+    root = fake_root(
+        tmp_path, scripts=("models", "data", "train", "anonymize", "seeds", "host_memory"))
+    write_results(root, models=MODELS, train=TRAIN, data=DATA, anonymize=ANONYMIZE, seeds=SEEDS,
+                  host_memory=HOST_MEMORY)
     report, outcomes = br.build_report(root, run=False, env=ENV)
-    assert [o.status for o in outcomes] == ["ok"] * 5
+    assert [o.status for o in outcomes] == ["ok"] * 6
     assert "NVIDIA H100 (gpu:0)" in report and "Python 3.11.7" in report
     assert "torch not installed" in report and "1.00 / 0.50 / 0.25" in report
     assert "(--from-results)" in report
@@ -137,6 +145,10 @@ def test_report_from_results(tmp_path):
     assert anon["vocoder network forward"] == ["16", "40.0", "32.0", "1.25"]
 
     assert table_rows(report, "seeds")["pcmelgan 4 seeds"] == ["32", "300", "100", "3.00"]
+
+    host = table_rows(report, "host_memory")
+    assert host["MelGAN generator"] == ["16", "1,700", "2,000", "0.85"]
+    assert "MelGAN generator 232,000 / 1,200." in report
 
 
 def test_recorded_results_get_their_own_section(tmp_path):
