@@ -27,7 +27,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import dataclasses
-import json
 import os
 import statistics
 import sys
@@ -44,7 +43,7 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from bench.common import configure_torch, environment, torch_device  # noqa: E402
+from bench.common import configure_torch, environment, torch_device, write_json  # noqa: E402
 from pcmelgan_jax import anonymize  # noqa: E402
 from pcmelgan_jax.anonymize import Anonymizer  # noqa: E402
 from pcmelgan_jax.models.registry import build_model, numpy_random_variables  # noqa: E402
@@ -367,11 +366,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     results = run(args.seconds, args.clips, args.repeats, args.batch_size,
                   args.vocoder_batch_size, not args.no_torch, args.torch_device, args.profile)
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(out.name + ".tmp")
-    tmp.write_text(json.dumps(results, indent=2))
-    tmp.replace(out)
+    out = write_json(args.out, results)
     print(markdown(results))
     if "profile" in results:
         print("\n" + profile_markdown(results))

@@ -109,9 +109,9 @@ def main(argv: list[str] | None = None) -> int:
         "step_source": source,
         "results": results,
     }
-    os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
-    with open(args.out, "w", encoding="utf-8") as f:
-        json.dump(out, f, indent=1)
+    from pcmelgan_jax.files import write_text_atomic
+
+    write_text_atomic(args.out, json.dumps(out, indent=1))
     print(f"training consumes {consumer:.2f} examples/s ({source})")
     print(f"{'workers':>7} {'threads':>7} {'examples/s':>11} {'x step':>7} {'startup s':>9}")
     for r in results:

@@ -25,6 +25,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from bench.common import environment, write_json
+
 ROOT = Path(__file__).resolve().parents[1]
 NETWORKS = ("unet_filter", "unet_generator", "alexnet", "audionet", "melgan_generator",
             "melgan_discriminator")
@@ -70,7 +72,6 @@ def measure(name: str, setting: str, steps: int, warmup: int) -> dict[str, Any]:
 
 
 def run(only: tuple[str, ...], rounds: int, steps: int, warmup: int) -> dict[str, Any]:
-    from bench.common import environment
 
     results: dict[str, Any] = {"environment": environment(), "rounds": rounds, "steps": steps,
                                "warmup": warmup, "batch_size": 16, "networks": {}}
@@ -130,9 +131,7 @@ def main(argv: list[str] | None = None) -> None:
     if unknown:
         parser.error(f"unknown networks {sorted(unknown)}; choose from {', '.join(NETWORKS)}")
     results = run(only, args.rounds, args.steps, max(args.warmup, 1))
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(results, indent=2))
+    out = write_json(args.out, results)
     print(markdown(results))
     print(f"\nwritten to {out}", file=sys.stderr)
 

@@ -35,7 +35,6 @@ torch is optional: without it only the JAX columns are filled.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 from collections.abc import Callable
@@ -47,7 +46,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from bench.common import environment, time_interleaved
+from bench.common import environment, time_interleaved, write_json
 from pcmelgan_jax.compilation import compiler_options
 
 try:
@@ -690,9 +689,7 @@ def main(argv: list[str] | None = None) -> None:
     if torch is None:
         print("torch is not installed: JAX timings only", file=sys.stderr)
     results = run(args.batch_size, args.repeats, max(args.warmup, 1), only, not args.no_torch)
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(results, indent=2))
+    out = write_json(args.out, results)
     print(markdown(results))
     print(f"\nwritten to {out}", file=sys.stderr)
 

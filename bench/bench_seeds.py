@@ -24,7 +24,7 @@ from pathlib import Path
 import jax
 import numpy as np
 
-from bench.common import environment, timed
+from bench.common import environment, timed, write_json
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -186,11 +186,7 @@ def main(argv: list[str] | None = None) -> None:
                 "single-seed steps, after one compile/warm-up call; ex/s = N * batch / time",
         "results": results,
     }
-    os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
-    tmp = args.out + ".tmp"
-    with open(tmp, "w") as f:
-        json.dump(out, f, indent=1)
-    os.replace(tmp, args.out)
+    write_json(args.out, out, indent=1)
     print(markdown(results))
 
 

@@ -26,7 +26,14 @@ from typing import Any
 import jax
 import numpy as np
 
-from bench.common import configure_torch, environment, time_interleaved, torch_device, torch_wait
+from bench.common import (
+    configure_torch,
+    environment,
+    time_interleaved,
+    torch_device,
+    torch_wait,
+    write_json,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 STAGES = ("classifier", "vocoder", "pcmelgan")
@@ -195,11 +202,7 @@ def main(argv: list[str] | None = None) -> None:
                    if device == "cuda" else ""),
         "results": results,
     }
-    os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
-    tmp = args.out + ".tmp"
-    with open(tmp, "w") as f:
-        json.dump(out, f, indent=1)
-    os.replace(tmp, args.out)
+    write_json(args.out, out, indent=1)
     print(markdown(results))
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import platform
 import statistics
@@ -64,6 +65,15 @@ def time_interleaved(
         }
         for key in calls
     }
+
+
+def write_json(path: str | os.PathLike, data: Any, indent: int = 2) -> Path:
+    """Writes a benchmark's results as JSON atomically (a reader never sees a partial file);
+    returns the path."""
+    from pcmelgan_jax.files import write_text_atomic
+
+    write_text_atomic(path, json.dumps(data, indent=indent))
+    return Path(path)
 
 
 def cpu_name() -> str:
