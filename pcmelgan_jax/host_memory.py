@@ -23,7 +23,6 @@ Child processes inherit the environment. Importing the package changes nothing.
 from __future__ import annotations
 
 import os
-import platform
 import sys
 from collections.abc import Mapping
 from pathlib import Path
@@ -36,16 +35,20 @@ MIN_GLIBC = (2, 35)
 
 
 def glibc_version() -> tuple[int, ...] | None:
-    """The running glibc's (major, minor), or None for another C library or platform."""
+    """The running glibc's (major, minor), or None for another C library or platform.
+
+    ``os.confstr("CS_GNU_LIBC_VERSION")`` ("glibc 2.36") names the loaded library;
+    ``platform.libc_ver()`` reads the newest glibc symbol version the interpreter binary
+    references, which is older for interpreters built for old glibc (manylinux-style).
+    """
     if not sys.platform.startswith("linux"):
         return None
-    lib, version = platform.libc_ver()
-    if lib != "glibc" or not version:
-        return None
     try:
-        return tuple(int(part) for part in version.split(".")[:2])
-    except ValueError:
+        lib, version = os.confstr("CS_GNU_LIBC_VERSION").split()
+        major_minor = tuple(int(part) for part in version.split(".")[:2])
+    except (AttributeError, OSError, ValueError):  # not glibc, or an unexpected answer
         return None
+    return major_minor if lib == "glibc" else None
 
 
 def thp_mode(path: Path = THP_MODE_FILE) -> str | None:
@@ -85,7 +88,7 @@ def reexec_with_hugepages() -> None:
     module docstring); returns when it does not. Call it before anything else runs: the new
     process starts from the beginning, with the same ``sys.orig_argv``."""
     env = hugepage_environment(os.environ, glibc_version(), thp_mode())
-    if env is None or not getattr(sys, "orig_argv", None):
+    if env is None or not sys.executable or not getattr(sys, "orig_argv", None):
         return
     sys.stdout.flush()
     sys.stderr.flush()

@@ -37,6 +37,26 @@ def test_changes_nothing_where_it_does_not_apply(environ, glibc, thp):
     assert hugepage_environment(environ, glibc, thp) is None
 
 
+def test_glibc_version_of_the_loaded_library(monkeypatch):
+    monkeypatch.setattr(host_memory.sys, "platform", "linux")
+    monkeypatch.setattr(host_memory.os, "confstr", lambda name: "glibc 2.36")
+    assert host_memory.glibc_version() == (2, 36)
+    monkeypatch.setattr(host_memory.os, "confstr", lambda name: "glibc 2.39.9000")
+    assert host_memory.glibc_version() == (2, 39)
+
+    def unknown(name):
+        raise ValueError("unrecognized configuration name")
+
+    monkeypatch.setattr(host_memory.os, "confstr", unknown)  # e.g. musl
+    assert host_memory.glibc_version() is None
+    monkeypatch.setattr(host_memory.os, "confstr", lambda name: None)
+    assert host_memory.glibc_version() is None
+    monkeypatch.setattr(host_memory.os, "confstr", lambda name: "uclibc 1.0")
+    assert host_memory.glibc_version() is None
+    monkeypatch.setattr(host_memory.sys, "platform", "darwin")
+    assert host_memory.glibc_version() is None
+
+
 def test_thp_mode_reads_the_bracketed_mode(tmp_path):
     path = tmp_path / "enabled"
     path.write_text("always [madvise] never\n")
