@@ -1,5 +1,7 @@
 """Flax modules: parameter counts, layer semantics, train/eval behaviour."""
 
+from functools import partial
+
 import chex
 import jax
 import jax.numpy as jnp
@@ -49,7 +51,7 @@ def test_filter_has_no_conditioning_parameters():
     assert "embed_condition" not in params and "project_cond" not in params
 
 
-@pytest.mark.parametrize("stride", [2, 3, 8])
+@pytest.mark.parametrize("stride", [2, 3, 5, 8])  # 3-tap polyphase (2), two_tap_phases
 def test_polyphase_upsampling_equals_transposed_convolution(stride):
     x = jax.random.normal(jax.random.key(0), (2, 7, 6))
     poly = ConvTranspose1d(5, stride, implementation="polyphase")
@@ -63,8 +65,8 @@ def test_polyphase_upsampling_equals_transposed_convolution(stride):
     def loss(module, v, x):
         return jnp.sum(jnp.sin(module.apply(v, x)))
 
-    g_poly = jax.grad(lambda v: loss(poly, v, x))(variables)
-    g_direct = jax.grad(lambda v: loss(direct, v, x))(variables)
+    g_poly = jax.grad(partial(loss, poly), (0, 1))(variables, x)
+    g_direct = jax.grad(partial(loss, direct), (0, 1))(variables, x)
     chex.assert_trees_all_close(g_poly, g_direct, atol=1e-4)
 
 
@@ -197,17 +199,36 @@ def test_grouped_conv_as_matmul_equals_xla_grouped_conv():
     chex.assert_trees_all_close(grads[0], grads[1], atol=1e-4)
 
 
+GROUPED_CONV_CASES = [  # (groups, c_in, c_out, kernel, stride, padding, length)
+    (4, 16, 64, 41, 4, 20, 66),  # the discriminator's layers
+    (8, 32, 16, 41, 4, 20, 67),
+    (2, 4, 6, 5, 3, 1, 25),
+    (3, 6, 9, 4, 4, 0, 7),  # the last 3 samples reach no window
+    (2, 4, 4, 3, 1, 2, 9),
+    (16, 64, 32, 41, 4, 20, 50),  # many groups, output not a multiple of q = 4
+    (3, 6, 6, 7, 1, 3, 11),  # stride 1: q = 3 outputs per block
+    (16, 64, 64, 41, 4, 20, 40),  # the 1024 -> 1024 layer's shape, narrower
+]
+
+
+def test_grouped_conv1d_blocks_chooses_the_smaller_matmul_form():
+    """The discriminator's grouped layers at every scale (input lengths 8192, 4096, 2048):
+    input patches where the output has 4x the channels, shifted outputs for 1024 -> 1024;
+    and ``GROUPED_CONV_CASES`` test both forms."""
+    from pcmelgan_jax.models.layers import _grouped_blocks_form
+
+    for length in (8192, 4096, 2048):
+        forms = [
+            _grouped_blocks_form(length // 4**n, c_in, c_out, 41, 4, 20)
+            for n, (c_in, c_out) in enumerate([(16, 64), (64, 256), (256, 1024), (1024, 1024)])
+        ]
+        assert forms == ["patches", "patches", "patches", "shifted"]
+    cases = {_grouped_blocks_form(t, i, o, k, s, p) for _, i, o, k, s, p, t in GROUPED_CONV_CASES}
+    assert cases == {"patches", "shifted"}
+
+
 @pytest.mark.parametrize(
-    "groups, c_in, c_out, kernel, stride, padding, length",
-    [
-        (4, 16, 64, 41, 4, 20, 66),  # the discriminator's layers
-        (8, 32, 16, 41, 4, 20, 67),
-        (2, 4, 6, 5, 3, 1, 25),
-        (3, 6, 9, 4, 4, 0, 7),  # the last 3 samples reach no window
-        (2, 4, 4, 3, 1, 2, 9),
-        (16, 64, 32, 41, 4, 20, 50),  # many groups, output not a multiple of q = 4
-        (3, 6, 6, 7, 1, 3, 11),  # stride 1: q = 3 outputs per block
-    ],
+    "groups, c_in, c_out, kernel, stride, padding, length", GROUPED_CONV_CASES
 )
 @pytest.mark.parametrize("impl", ["grouped_conv1d_blocks", "grouped_conv1d_polyphase"])
 def test_grouped_conv1d_equals_xla_grouped_conv(
@@ -312,12 +333,17 @@ def _assert_same_values_and_grads(ours, ref, x, kernels, rng):
         ((3, 11, 8, 2), (5, 3), (2, 3), (2, 0), (1, 1)),  # strides, odd sizes, unequal padding
         ((2, 12, 11, 3), (3, 2), (3, 2), (0, 2), (2, 3)),  # dilation
         ((2, 13, 5), (3,), (2,), (1,), (1,)),  # 1-d
+        ((2, 6, 8), (5,), (1,), (2,), (1,)),  # the MelGAN discriminator's kernel-5 layer
     ],
 )
-def test_conv_matmul_grads_equals_xla_conv(x_shape, window, strides, padding, dilation):
-    """Value, input and kernel gradients of the per-tap-matmul gradient conv vs XLA's autodiff,
-    also under vmap over the kernel (as when training many seeds)."""
-    from pcmelgan_jax.models.layers import conv_matmul_grads
+@pytest.mark.parametrize("impl", ["conv_matmul_grads", "conv_patches_matmul"])
+def test_matmul_conv_forms_equal_xla_conv(impl, x_shape, window, strides, padding, dilation):
+    """Value, input and kernel gradients of the per-tap-matmul gradient conv and of the
+    patch-matmul conv vs XLA's autodiff, also under vmap over the kernel (as when training
+    many seeds)."""
+    from pcmelgan_jax.models import layers
+
+    conv = getattr(layers, impl)
 
     rng = np.random.default_rng(0)
     x = rng.standard_normal(x_shape, np.float32)
@@ -335,7 +361,7 @@ def test_conv_matmul_grads_equals_xla_conv(x_shape, window, strides, padding, di
         )
 
     def ours(x, w):
-        return conv_matmul_grads(x, w, strides, padding, dilation)
+        return conv(x, w, strides, padding, dilation)
 
     _assert_same_values_and_grads(ours, xla, x, w, rng)
 
@@ -533,10 +559,13 @@ def test_batchnorm_relu_option_matches_relu_of_batchnorm():
         chex.assert_trees_all_close(got, want, rtol=tol, atol=tol)
 
 
-@pytest.mark.parametrize("option, c_in", [("taps_forward", 1), ("grads_as_matmul", 3)])
+@pytest.mark.parametrize(
+    "option, c_in", [("taps_forward", 1), ("grads_as_matmul", 3), ("patches_matmul", 3)]
+)
 def test_conv_option_keeps_parameters_and_bfloat16(option, c_in):
-    """``Conv(taps_forward=True)`` and ``Conv(grads_as_matmul=True)``: the same parameters and
-    gradients as the plain ``Conv``, in float32 and bfloat16."""
+    """``Conv(taps_forward=True)``, ``Conv(grads_as_matmul=True)`` and
+    ``Conv(patches_matmul=True)``: the same parameters and gradients as the plain ``Conv``, in
+    float32 and bfloat16."""
     from pcmelgan_jax.models import Conv
 
     x = jax.random.normal(jax.random.key(0), (2, 9, 7, c_in))

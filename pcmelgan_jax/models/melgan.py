@@ -72,13 +72,16 @@ class NLayerDiscriminator(nn.Module):
     """One MelGAN discriminator scale: (B, T, 1) -> list of every layer's output (B, T_l, C_l).
 
     The last entry is the score map (B, T / 256, 1); the others are the feature-matching
-    features.
+    features. ``grouped_as_matmul`` and ``patches_matmul`` pick the CPU forms of the grouped
+    layers (``layers.grouped_conv1d``) and of the kernel-5 layer
+    (``layers.conv_patches_matmul``); the function is the same either way.
     """
 
     ndf: int = 16
     n_layers: int = 4
     downsampling_factor: int = 4
     grouped_as_matmul: bool = True
+    patches_matmul: bool = True
 
     @nn.compact
     def __call__(self, x: Array) -> list[Array]:
@@ -110,7 +113,13 @@ class NLayerDiscriminator(nn.Module):
                 "the original's penultimate layer expects the last two widths to be equal"
             )
         x = leaky_relu(
-            Conv(min(nf * 2, 1024), (5,), padding=2, name=f"layer_{self.n_layers + 1}")(x)
+            Conv(
+                min(nf * 2, 1024),
+                (5,),
+                padding=2,
+                patches_matmul=self.patches_matmul,
+                name=f"layer_{self.n_layers + 1}",
+            )(x)
         )
         outputs.append(x)
         outputs.append(Conv(1, (3,), padding=1, name=f"layer_{self.n_layers + 2}")(x))
@@ -129,6 +138,7 @@ class MelGANDiscriminator(nn.Module):
     n_layers: int = 4
     downsampling_factor: int = 4
     grouped_as_matmul: bool = True  # see layers.grouped_conv1d
+    patches_matmul: bool = True  # the kernel-5 layer: see layers.conv_patches_matmul
 
     @nn.compact
     def __call__(self, audio: Array) -> list[list[Array]]:
@@ -141,6 +151,7 @@ class MelGANDiscriminator(nn.Module):
                     self.n_layers,
                     self.downsampling_factor,
                     self.grouped_as_matmul,
+                    self.patches_matmul,
                     name=f"disc_{i}",
                 )(x)
             )
