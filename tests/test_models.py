@@ -70,6 +70,16 @@ def test_polyphase_upsampling_equals_transposed_convolution(stride):
     chex.assert_trees_all_close(g_poly, g_direct, atol=1e-4)
 
 
+def test_two_tap_phases_rejects_other_kernels():
+    from pcmelgan_jax.models.layers import two_tap_phases
+
+    x = jnp.zeros((1, 4, 2))
+    with pytest.raises(ValueError, match="kernel 2\\*stride"):
+        two_tap_phases(x, jnp.zeros((6, 2, 3)), 2)
+    with pytest.raises(ValueError, match="stride >= 2"):
+        two_tap_phases(x, jnp.zeros((2, 2, 3)), 1)
+
+
 def test_transposed_weight_norm_gain_is_per_input_channel():
     x = jax.random.normal(jax.random.key(0), (1, 4, 6))
     layer = ConvTranspose1d(3, 2)

@@ -748,15 +748,18 @@ def two_tap_phases(x: Array, kernel: Array, stride: int) -> Array:
     x (B, L, C_in), kernel (2r, C_in, C_out) -> (B, rL, C_out). In ``polyphase_kernel``'s
     terms, the phases j with a = 0 (the first r - p) read x[q-1], x[q] and the others x[q],
     x[q+1]: each group is a 2-tap convolution without the zero taps, and their outputs,
-    concatenated over channels, are the phases in order. ``ConvTranspose1d`` uses it for
-    strides above 2: the MelGAN generator's stride-8 layers ran forward+backward in 64 and
+    concatenated over channels, are the phases in order. ``ConvTranspose1d`` uses it on CPU
+    for strides above 2: the MelGAN generator's stride-8 layers ran forward+backward in 64 and
     131 ms instead of 100 and 156 (batch 16, 2 Xeon cores) and its train step 2-4 % faster;
     at stride 2, where each group is one phase, the concatenation cost what the zero taps
     saved.
     """
     r = stride
     batch, length, c_in = x.shape
-    c_out = kernel.shape[-1]
+    k, _, c_out = kernel.shape
+    if k != 2 * r or r < 2:
+        raise ValueError(f"two_tap_phases needs kernel 2*stride and stride >= 2, got kernel {k}, "
+                         f"stride {r}")
     p, _ = transposed_padding(r)
 
     def taps(bs):  # (2, C_in, len(bs) C_out): for phase b, taps kernel[r + b], kernel[b]
@@ -776,9 +779,9 @@ class ConvTranspose1d(nn.Module):
     """MelGAN's weight-normed ConvTranspose1d (kernel 2r, stride r): (B, L, C_in) -> (B, rL, C_out).
 
     Weight norm follows PyTorch ``weight_norm(dim=0)`` on the (in, out, k) weight: one gain
-    per INPUT channel. ``implementation`` picks the polyphase stride-1 form (for strides
-    above 2 as ``two_tap_phases``) or XLA's transposed convolution; all compute the same
-    function of the same parameters.
+    per INPUT channel. ``implementation`` picks the polyphase stride-1 form (on CPU, for
+    strides above 2, as ``two_tap_phases``) or XLA's transposed convolution; all compute the
+    same function of the same parameters.
     """
 
     features: int
@@ -803,17 +806,23 @@ class ConvTranspose1d(nn.Module):
         x = x.astype(dtype)
         kernel = kernel.astype(dtype)
         batch, length, _ = x.shape
-        if self.implementation == "polyphase" and r > 2:
-            y = two_tap_phases(x, kernel, r)
-        elif self.implementation == "polyphase":
-            y = jax.lax.conv_general_dilated(
-                x,
-                polyphase_kernel(kernel, r),
-                window_strides=(1,),
-                padding=[(1, 1)],
-                dimension_numbers=("NWC", "WIO", "NWC"),
-            )
-            y = y.reshape(batch, length * r, self.features)
+        if self.implementation == "polyphase":
+            def three_taps(x, kernel):
+                y = jax.lax.conv_general_dilated(
+                    x,
+                    polyphase_kernel(kernel, r),
+                    window_strides=(1,),
+                    padding=[(1, 1)],
+                    dimension_numbers=("NWC", "WIO", "NWC"),
+                )
+                return y.reshape(batch, length * r, self.features)
+
+            if r > 2:  # on CPU two 2-tap convolutions (two_tap_phases)
+                y = jax.lax.platform_dependent(
+                    x, kernel, cpu=partial(two_tap_phases, stride=r), default=three_taps
+                )
+            else:
+                y = three_taps(x, kernel)
         elif self.implementation == "direct":
             p, op = transposed_padding(r)
             k = 2 * r
