@@ -25,7 +25,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from bench.common import environment, write_json
+from bench.common import environment, parse_subset, write_json
 
 ROOT = Path(__file__).resolve().parents[1]
 NETWORKS = ("unet_filter", "unet_generator", "alexnet", "audionet", "melgan_generator",
@@ -72,7 +72,6 @@ def measure(name: str, setting: str, steps: int, warmup: int) -> dict[str, Any]:
 
 
 def run(only: tuple[str, ...], rounds: int, steps: int, warmup: int) -> dict[str, Any]:
-
     results: dict[str, Any] = {"environment": environment(), "rounds": rounds, "steps": steps,
                                "warmup": warmup, "batch_size": 16, "networks": {}}
     for name in only:
@@ -126,10 +125,7 @@ def main(argv: list[str] | None = None) -> None:
     if args.worker:
         print(json.dumps(worker(args.worker, args.steps, max(args.warmup, 1))))
         return
-    only = tuple(s.strip() for s in args.only.split(",") if s.strip()) or NETWORKS
-    unknown = set(only) - set(NETWORKS)
-    if unknown:
-        parser.error(f"unknown networks {sorted(unknown)}; choose from {', '.join(NETWORKS)}")
+    only = parse_subset(parser, args.only, NETWORKS)
     results = run(only, args.rounds, args.steps, max(args.warmup, 1))
     out = write_json(args.out, results)
     print(markdown(results))

@@ -46,7 +46,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from bench.common import environment, time_interleaved, write_json
+from bench.common import environment, parse_subset, time_interleaved, write_json
 from pcmelgan_jax.compilation import compiler_options
 
 try:
@@ -682,10 +682,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--no-torch", action="store_true", help="skip the PyTorch columns")
     parser.add_argument("--out", default=str(ROOT / "bench" / "results" / "models.json"))
     args = parser.parse_args(argv)
-    only = tuple(s.strip() for s in args.only.split(",") if s.strip()) or GROUPS
-    unknown = set(only) - set(GROUPS)
-    if unknown:
-        parser.error(f"unknown names {sorted(unknown)}; choose from {', '.join(GROUPS)}")
+    only = parse_subset(parser, args.only, GROUPS)
     if torch is None:
         print("torch is not installed: JAX timings only", file=sys.stderr)
     results = run(args.batch_size, args.repeats, max(args.warmup, 1), only, not args.no_torch)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import platform
@@ -65,6 +66,17 @@ def time_interleaved(
         }
         for key in calls
     }
+
+
+def parse_subset(parser: argparse.ArgumentParser, text: str, choices: tuple[str, ...]
+                 ) -> tuple[str, ...]:
+    """An ``--only`` value: comma-separated names from ``choices`` (empty: all of them);
+    an unknown name is a usage error naming it."""
+    names = tuple(s.strip() for s in text.split(",") if s.strip()) or choices
+    unknown = set(names) - set(choices)
+    if unknown:
+        parser.error(f"unknown names {sorted(unknown)}; choose from {', '.join(choices)}")
+    return names
 
 
 def write_json(path: str | os.PathLike, data: Any, indent: int = 2) -> Path:

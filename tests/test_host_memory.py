@@ -68,9 +68,14 @@ def test_thp_mode_reads_the_bracketed_mode(tmp_path):
     assert host_memory.thp_mode(tmp_path / "missing") is None
 
 
-def _run(code: str, **extra: str) -> subprocess.CompletedProcess:
+def _clean_env(**extra: str) -> dict[str, str]:
+    """This environment without the huge-page settings, plus ``extra``."""
     env = {k: v for k, v in os.environ.items() if k not in ("GLIBC_TUNABLES", "PCMELGAN_HUGEPAGES")}
-    return subprocess.run([sys.executable, "-c", code], cwd=ROOT, env={**env, **extra},
+    return {**env, **extra}
+
+
+def _run(code: str, **extra: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=_clean_env(**extra),
                           capture_output=True, text=True, timeout=120, check=True)
 
 
@@ -85,8 +90,7 @@ REEXEC = (
 def test_reexecutes_once_in_the_same_process():
     applies = hugepage_environment({}, host_memory.glibc_version(), host_memory.thp_mode())
     proc = subprocess.Popen([sys.executable, "-c", REEXEC], cwd=ROOT, text=True,
-                            stdout=subprocess.PIPE,
-                            env={k: v for k, v in os.environ.items() if k != "GLIBC_TUNABLES"})
+                            stdout=subprocess.PIPE, env=_clean_env())
     out, _ = proc.communicate(timeout=120)
     assert proc.returncode == 0
     lines = out.splitlines()
