@@ -982,7 +982,20 @@ def _max_pool(x: Array, window, strides, x_shape) -> Array:
 
 def _max_pool_fwd(x, window, strides, x_shape):
     y, index = _max_pool_with_index(x, window, strides)
-    return y, index
+    return y, _stored(index)
+
+
+def _stored(index: Array) -> Array:
+    """``index`` unchanged, as the result of a reduction (a bitwise or with zeros).
+
+    The backward reads the index once per window tap. Left elementwise, XLA:CPU fuses the
+    whole comparison chain that computes it into each of those reads, so it computes it
+    up to 9 times per element; a reduction is not fused into its consumers, so the index
+    is computed once and stored. AlexNet's train step at batch 16 on 2 Xeon cores: 309 ->
+    289 ms, what it takes with its pools replaced by strided slices (291 ms).
+    """
+    both = jnp.stack([index, jnp.zeros_like(index)])
+    return jax.lax.reduce(both, jnp.zeros((), index.dtype), jax.lax.bitwise_or, (0,))
 
 
 def _max_pool_bwd(window, strides, x_shape, index, dy):
