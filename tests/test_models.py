@@ -690,3 +690,23 @@ def test_max_pool_gradient_equals_xla_select_and_scatter(x_shape, window, stride
 
     for a, b in zip(*value_and_grads(x, dy), strict=True):
         chex.assert_trees_all_close(a, b, atol=1e-6)
+
+
+@pytest.mark.parametrize("window", [(3, 3), (2, 2)])
+def test_max_pool_backward_reads_a_stored_index(window):
+    """XLA:CPU computes the tap index once and the backward reads it from memory: the
+    compiled gradient has a fused computation that takes the int8 index as a parameter.
+    Left elementwise, XLA fused the comparison chain into every per-tap read instead."""
+    import re
+
+    from pcmelgan_jax.models.layers import max_pool
+
+    x = jnp.asarray(np.random.default_rng(0).standard_normal((4, 11, 9, 8)), jnp.float32)
+
+    def loss(x, w):
+        return jnp.sum(jnp.sin(max_pool(jax.nn.relu(x * w), window, (2, 2))))
+
+    pooled = jax.eval_shape(lambda x: max_pool(x, window, (2, 2)), x).shape
+    hlo = jax.jit(jax.grad(loss)).lower(x, 2.0).compile().as_text()
+    shape = ",".join(map(str, pooled))
+    assert re.search(rf"= s8\[{shape}\]\{{[0-9,]*\}} parameter\(", hlo), hlo[:2000]
