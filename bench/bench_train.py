@@ -29,6 +29,7 @@ import numpy as np
 from bench.common import (
     configure_torch,
     environment,
+    parse_subset,
     time_interleaved,
     torch_device,
     torch_wait,
@@ -176,13 +177,14 @@ def main(argv: list[str] | None = None) -> None:
                    help="computation dtype of the JAX pcmelgan stage")
     p.add_argument("--out", default=str(ROOT / "bench" / "results" / "train.json"))
     args = p.parse_args(argv)
+    stages = parse_subset(p, args.only, STAGES)
     device = None if args.no_torch else torch_device(args.torch_device)
     if device:
         configure_torch(device)
     env = environment()
     on_cpu = jax.default_backend() == "cpu"
     results = []
-    for stage in args.only.split(","):
+    for stage in stages:
         for b in (int(x) for x in args.batch_sizes.split(",")):
             # few repeats for the heavy cases on CPU
             repeats = args.repeats
