@@ -3,6 +3,7 @@
 The real benchmarks are never run; the run mode is checked with tiny fake scripts.
 """
 
+import argparse
 import json
 import textwrap
 from pathlib import Path
@@ -286,7 +287,7 @@ def test_bench_train_rejects_an_unknown_stage_before_any_work(capsys, monkeypatc
         bench_train.main(["--only", "classifiers,pcmelgan"])
     assert e.value.code == 2
     assert "unknown names ['classifiers']" in capsys.readouterr().err
-    parser = bench_train.argparse.ArgumentParser()
+    parser = argparse.ArgumentParser()
     assert common.parse_subset(parser, " , ", bench_train.STAGES) == bench_train.STAGES
     assert common.parse_subset(parser, "pcmelgan, classifier", bench_train.STAGES) == (
         "pcmelgan", "classifier")
