@@ -12,9 +12,22 @@ MelGAN discriminator with 3 scales), at one batch size:
 
 Losses (the same on both sides): mean squared error to a random target for the U-Nets and the
 MelGAN generator, cross-entropy for the classifiers, the hinge loss on real audio summed over
-scales for the discriminator. Times are medians over ``--repeats`` calls after warm-up, each
-call waited for (``jax.block_until_ready``); the compared implementations are called in
-interleaved rounds so that they see the same background load (the load average is recorded).
+scales for the discriminator. Each call is waited for (``jax.block_until_ready``).
+
+Each network's JAX and PyTorch sides run in two worker processes of their own
+(``--isolation process``, the default), which time blocks of calls in ``--rounds`` rounds:
+in each round every side makes ``--warmup`` untimed calls and then ``--repeats`` timed rounds
+of its forward and train step, back to back, while the other side's process waits. The
+sides' order alternates from round to round, so both see the background load of the whole
+run (the load average is recorded). Medians and minima are over every timed call of every
+round; the per-round medians and ratios are kept. ``--isolation shared`` times both sides in
+this process, call by call in interleaved rounds, as earlier versions did. That penalises
+JAX: on 2 Xeon cores a MelGAN generator JAX train step took ~1.56 s right after a PyTorch
+step and ~1.35 s after a JAX step, with about twice the kernel time per step (faulting in
+XLA's per-call buffers), while PyTorch's step took ~1.6 s either way; with the sides in two
+processes but still called in turn, JAX's steps were about as slow (one run). Each side timed
+in steady state on its own, the other idle, is how the networks are used; a block's untimed
+calls also take the first, slower call after the other side's block.
 
 A second group ("upsampling") times the MelGAN upsampling layers forward+backward three ways:
 a naive Flax ``nn.ConvTranspose`` (PyTorch-equivalent padding, weight norm per input channel),
@@ -22,12 +35,13 @@ the models' ``ConvTranspose1d(implementation="direct")`` and its polyphase form,
 PyTorch's ``ConvTranspose1d``; and the whole MelGAN generator train step with the direct form.
 A third ("grouped_conv") times the discriminator's grouped convolutions (kernel 41, stride 4,
 4 input channels per group) as XLA's strided grouped convs vs the model's form
-(``layers.grouped_conv1d``) vs PyTorch's ``Conv1d``.
+(``layers.grouped_conv1d``) vs PyTorch's ``Conv1d``. Both layer groups call their
+implementations in this process, in interleaved rounds.
 
 Usage::
 
-    .venv/bin/python -m bench.bench_models [--batch-size 16] [--repeats 5] [--only NAME,...]
-        [--out bench/results/models.json]
+    .venv/bin/python -m bench.bench_models [--batch-size 16] [--repeats 5] [--rounds 3]
+        [--isolation process|shared] [--only NAME,...] [--out bench/results/models.json]
 
 torch is optional: without it only the JAX columns are filled.
 """
@@ -35,8 +49,11 @@ torch is optional: without it only the JAX columns are filled.
 from __future__ import annotations
 
 import argparse
+import multiprocessing
 import os
+import statistics
 import sys
+import traceback
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -72,6 +89,7 @@ LABELS = {
     "melgan_discriminator": "MelGAN discriminator (3 scales)",
 }
 KINDS = ("forward", "train_step")
+ISOLATIONS = ("process", "shared")
 LR = 1e-4
 BETAS = (0.5, 0.9)
 # MelGAN upsampling layers: (in channels, out channels, ratio, input length) at 32 mel frames.
@@ -275,27 +293,144 @@ def prepare_torch(name: str, inputs: dict[str, np.ndarray], seed: int = 0) -> di
     return {"params": n_params, "forward": call_forward, "train_step": lambda: step(inp)}
 
 
+def _serve(conn: Any, name: str, side: str, batch_size: int) -> None:
+    """A worker process's loop: builds one side ("jax" or "torch") of network ``name`` and
+    sends {'params', 'pid'}; then for each received (repeats, warmup) times a block,
+    ``time_interleaved`` over the forward and the train step, and sends its results (the
+    train step's 'last' as the float 'final_loss'); None ends it. A failure is sent as
+    {'error': traceback}."""
+    try:
+        if side == "torch":
+            torch.set_num_threads(os.cpu_count() or 1)
+        inputs = make_inputs(name, batch_size)
+        prepared = prepare_jax(name, inputs) if side == "jax" else prepare_torch(name, inputs)
+        conn.send({"params": prepared["params"], "pid": os.getpid()})
+        while (request := conn.recv()) is not None:
+            timings = time_interleaved({kind: prepared[kind] for kind in KINDS}, *request)
+            loss = float(np.asarray(timings["train_step"]["last"]))
+            conn.send({"final_loss": loss, **_strip(timings)})
+    except Exception:
+        conn.send({"error": traceback.format_exc()})
+
+
+class SideProcess:
+    """One side of one network in a worker process of its own (``_serve``); ``block(repeats,
+    warmup)`` times a block of its calls there."""
+
+    def __init__(self, name: str, side: str, batch_size: int):
+        self.label = f"{side} worker for {name}"
+        ctx = multiprocessing.get_context("spawn")  # a fresh interpreter, no forked threads
+        self._conn, child = ctx.Pipe()
+        self._process = ctx.Process(target=_serve, args=(child, name, side, batch_size),
+                                    daemon=True)
+        self._process.start()
+        child.close()
+        self.info = self._receive()
+
+    def _receive(self) -> Any:
+        try:
+            message = self._conn.recv()
+        except EOFError:
+            self._process.join()
+            raise RuntimeError(f"the {self.label} died (exit {self._process.exitcode})") from None
+        if isinstance(message, dict) and "error" in message:
+            raise RuntimeError(f"the {self.label} failed:\n{message['error']}")
+        return message
+
+    def block(self, repeats: int, warmup: int) -> dict[str, Any]:
+        """``warmup`` untimed calls of each kind, then ``repeats`` interleaved timed rounds."""
+        self._conn.send((repeats, warmup))
+        return self._receive()
+
+    def close(self) -> None:
+        """Stops the worker, or ends it if it does not stop within a minute."""
+        try:
+            self._conn.send(None)
+        except OSError:
+            pass
+        self._process.join(60)
+        self._process.kill()
+
+
+def combine_rounds(blocks: list[dict[str, Any]]) -> dict[str, Any]:
+    """One side's blocks, one per round, as one entry: per kind the median and minimum over
+    every timed call of every block, the calls, the per-block medians, and the first block's
+    first (compiling) call; the last block's loss."""
+    entry: dict[str, Any] = {"final_loss": blocks[-1]["final_loss"]}
+    for kind in KINDS:
+        calls = [t for b in blocks for t in b[kind]["all_ms"]]
+        entry[kind] = {
+            "first_ms": blocks[0][kind]["first_ms"],
+            "median_ms": statistics.median(calls),
+            "min_ms": min(calls),
+            "all_ms": calls,
+            "round_medians_ms": [b[kind]["median_ms"] for b in blocks],
+        }
+    return entry
+
+
 def bench_network(
-    name: str, batch_size: int, repeats: int, warmup: int, use_torch: bool = True
+    name: str,
+    batch_size: int,
+    repeats: int,
+    warmup: int,
+    use_torch: bool = True,
+    isolation: str = "process",
+    rounds: int = 3,
 ) -> dict[str, Any]:
-    """Forward and train-step timings of one network, JAX and (optionally) PyTorch."""
-    inputs = make_inputs(name, batch_size)
-    sides = {"jax": prepare_jax(name, inputs)}
-    if use_torch and torch is not None:
-        sides["torch"] = prepare_torch(name, inputs)
-    calls = {f"{side}/{kind}": s[kind] for side, s in sides.items() for kind in KINDS}
-    timings = time_interleaved(calls, repeats, warmup)
-    entry: dict[str, Any] = {}
-    for side, s in sides.items():
-        loss = float(np.asarray(timings[f"{side}/train_step"]["last"]))
-        entry[side] = {"params": s["params"], "final_loss": loss}
-        for kind in KINDS:
-            entry[side][kind] = _strip({kind: timings[f"{side}/{kind}"]})[kind]
+    """Forward and train-step timings of one network, JAX and (optionally) PyTorch.
+
+    ``isolation="process"``: each side in a worker process of its own (``SideProcess``);
+    ``rounds`` rounds, in each of which every side times a block (``warmup`` untimed calls,
+    then ``repeats`` timed ones), the sides' order alternating from round to round.
+    ``"shared"``: both sides in this process, call by call in ``repeats`` interleaved rounds
+    (``rounds`` unused). Ratios are JAX / PyTorch medians, with processes also per round.
+    """
+    if isolation not in ISOLATIONS:
+        raise ValueError(f"isolation must be one of {ISOLATIONS}, not {isolation!r}")
+    sides = ("jax", "torch") if use_torch and torch is not None else ("jax",)
+    entry: dict[str, Any] = {"isolation": isolation}
+    if isolation == "process":
+        workers: dict[str, SideProcess] = {}
+        try:
+            for side in sides:
+                workers[side] = SideProcess(name, side, batch_size)
+            blocks: dict[str, list[dict]] = {side: [] for side in sides}
+            order = []
+            for k in range(rounds):
+                for side in sides if k % 2 == 0 else sides[::-1]:
+                    blocks[side].append(workers[side].block(repeats, warmup))
+                    order.append(side)
+        finally:
+            for w in workers.values():
+                w.close()
+        entry["order"] = order
+        for side in sides:
+            entry[side] = {"params": workers[side].info["params"],
+                           "pid": workers[side].info["pid"], **combine_rounds(blocks[side])}
+    else:
+        inputs = make_inputs(name, batch_size)
+        prepared = {"jax": prepare_jax(name, inputs)}
+        if "torch" in sides:
+            prepared["torch"] = prepare_torch(name, inputs)
+        calls = {f"{side}/{kind}": p[kind] for side, p in prepared.items() for kind in KINDS}
+        timings = time_interleaved(calls, repeats, warmup)
+        for side, p in prepared.items():
+            loss = float(np.asarray(timings[f"{side}/train_step"]["last"]))
+            entry[side] = {"params": p["params"], "final_loss": loss}
+            for kind in KINDS:
+                entry[side][kind] = _strip({kind: timings[f"{side}/{kind}"]})[kind]
     if "torch" in entry:
         for kind in KINDS:
             entry[f"ratio_{kind}"] = (
                 entry["jax"][kind]["median_ms"] / entry["torch"][kind]["median_ms"]
             )
+        if isolation == "process":
+            entry["ratio_train_step_rounds"] = [
+                j / t for j, t in zip(entry["jax"]["train_step"]["round_medians_ms"],
+                                      entry["torch"]["train_step"]["round_medians_ms"],
+                                      strict=True)
+            ]
     return entry
 
 
@@ -542,9 +677,15 @@ def _ratio(a: float | None, b: float | None) -> str:
 
 def markdown(results: dict[str, Any]) -> str:
     """The results as markdown tables (times in ms, median; ratio = JAX / PyTorch)."""
+    if results.get("isolation") == "process":
+        timing = (f"networks: median of {results['repeats']} calls x {results['rounds']} "
+                  "rounds, each side in a worker process of its own timing blocks of calls, "
+                  f"{results['warmup']} untimed per block")
+    else:
+        timing = (f"median of {results['repeats']} calls, both sides in one process "
+                  f"(untimed warm-up calls {results['warmup']})")
     lines = [
-        f"batch {results['batch_size']}, median of {results['repeats']} "
-        f"(untimed warm-up calls {results['warmup']}), {results['environment']['cpu']}, "
+        f"batch {results['batch_size']}, {timing}, {results['environment']['cpu']}, "
         f"{results['environment']['cores']} cores, load average at start / end "
         f"{results['environment']['load_average_start'][0]:.1f} / "
         f"{results['environment']['load_average_end'][0]:.1f}; times in ms; "
@@ -566,6 +707,12 @@ def markdown(results: dict[str, Any]) -> str:
             f"| {LABELS[name]} | {j['params']:,} | {_fmt(jf)} | {_fmt(tf)} | {_ratio(jf, tf)} "
             f"| {_fmt(jt)} | {_fmt(tt)} | {_ratio(jt, tt)} | {compile_s} |"
         )
+    per_round = {name: r["ratio_train_step_rounds"] for name, r in results["networks"].items()
+                 if "ratio_train_step_rounds" in r}
+    if per_round:
+        lines += ["", "Train-step ratio per round: " + "; ".join(
+            f"{LABELS[name]} " + ", ".join(f"{x:.2f}" for x in ratios)
+            for name, ratios in per_round.items())]
     up = results.get("upsampling")
     if up:
         lines += [
@@ -639,8 +786,11 @@ def run(
     warmup: int = 1,
     only: tuple[str, ...] = GROUPS,
     use_torch: bool = True,
+    isolation: str = "process",
+    rounds: int = 3,
 ) -> dict[str, Any]:
-    """Runs the selected benchmarks; returns the JSON-ready results."""
+    """Runs the selected benchmarks; returns the JSON-ready results. ``isolation`` and
+    ``rounds`` apply to the networks (``bench_network``); the layer groups run here."""
     if torch is not None and use_torch:
         torch.set_num_threads(os.cpu_count() or 1)
     results: dict[str, Any] = {
@@ -648,6 +798,8 @@ def run(
         "batch_size": batch_size,
         "repeats": repeats,
         "warmup": warmup,
+        "isolation": isolation,
+        "rounds": rounds,
         "losses": {
             "unet_*, melgan_generator": "mean squared error to a random target",
             "alexnet, audionet": "softmax cross-entropy, integer labels",
@@ -659,7 +811,9 @@ def run(
     for name in NETWORKS:
         if name in only:
             print(f"{name} ...", file=sys.stderr)
-            results["networks"][name] = bench_network(name, batch_size, repeats, warmup, use_torch)
+            results["networks"][name] = bench_network(
+                name, batch_size, repeats, warmup, use_torch, isolation, rounds
+            )
     if "upsampling" in only:
         print("upsampling ...", file=sys.stderr)
         results["upsampling"] = bench_upsampling(batch_size, repeats, warmup, use_torch)
@@ -680,12 +834,21 @@ def main(argv: list[str] | None = None) -> None:
     )
     parser.add_argument("--only", default="", help=f"comma-separated subset of {','.join(GROUPS)}")
     parser.add_argument("--no-torch", action="store_true", help="skip the PyTorch columns")
+    parser.add_argument(
+        "--isolation", choices=ISOLATIONS, default="process",
+        help="networks: each side in a worker process of its own (default) or both in this one",
+    )
+    parser.add_argument("--rounds", type=int, default=3,
+                        help="networks with --isolation process: blocks per side, alternating")
     parser.add_argument("--out", default=str(ROOT / "bench" / "results" / "models.json"))
     args = parser.parse_args(argv)
+    if args.rounds < 1:
+        parser.error(f"--rounds must be at least 1, not {args.rounds}")
     only = parse_subset(parser, args.only, GROUPS)
     if torch is None:
         print("torch is not installed: JAX timings only", file=sys.stderr)
-    results = run(args.batch_size, args.repeats, max(args.warmup, 1), only, not args.no_torch)
+    results = run(args.batch_size, args.repeats, max(args.warmup, 1), only, not args.no_torch,
+                  args.isolation, args.rounds)
     out = write_json(args.out, results)
     print(markdown(results))
     print(f"\nwritten to {out}", file=sys.stderr)

@@ -157,7 +157,12 @@ def models_table(d: Mapping[str, Any]) -> Table:
             batch, _get(layer, "polyphase", "forward_backward", "median_ms"),
             _get(layer, "torch", "forward_backward", "median_ms"),
         ))
-    notes = [f"Median of {d.get('repeats', '?')} calls after warm-up; "
+    if d.get("isolation") == "process":
+        calls = (f"Median of {d.get('repeats', '?')} calls x {d.get('rounds', '?')} rounds, each "
+                 "side in a worker process of its own timing blocks of calls after warm-up")
+    else:
+        calls = f"Median of {d.get('repeats', '?')} calls after warm-up"
+    notes = [f"{calls}; "
              "times in ms, lower is better; ratio < 1: JAX is faster."]
     return Table(("network", "JAX (ms)", "PyTorch (ms)", "JAX / PyTorch time"), rows, notes)
 
@@ -313,7 +318,7 @@ class Benchmark:
 BENCHMARKS: tuple[Benchmark, ...] = (
     Benchmark("models", "bench/bench_models.py", "models.json",
               "Networks: forward and train step, JAX vs PyTorch", models_table,
-              quick_args=("--batch-size", "4", "--repeats", "2",
+              quick_args=("--batch-size", "4", "--repeats", "2", "--rounds", "1",
                           "--only", ",".join(NETWORK_LABELS))),
     Benchmark("data", "bench/bench_data.py", "data.json", "Input pipeline throughput",
               data_table, quick_args=("--batch-size", "32", "--batches", "10", "--reps", "2"),
