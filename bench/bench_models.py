@@ -23,11 +23,12 @@ run (the load average is recorded). Medians and minima are over every timed call
 round; the per-round medians and ratios are kept. ``--isolation shared`` times both sides in
 this process, call by call in interleaved rounds, as earlier versions did. That penalises
 JAX: on 2 Xeon cores a MelGAN generator JAX train step took ~1.56 s right after a PyTorch
-step and ~1.35 s after a JAX step, with about twice the kernel time per step (faulting in
-XLA's per-call buffers), while PyTorch's step took ~1.6 s either way; with the sides in two
-processes but still called in turn, JAX's steps were about as slow (one run). Each side timed
-in steady state on its own, the other idle, is how the networks are used; a block's untimed
-calls also take the first, slower call after the other side's block.
+step and ~1.35 s after a JAX step, while PyTorch's step took ~1.6 s either way; in another
+run the JAX step after a PyTorch step spent twice the kernel time (0.96 against 0.46 s) on
+as many page faults of XLA's per-call buffers. With the sides in two processes but still
+called in turn, JAX's steps were about as slow (one run). Each side timed in steady state on
+its own, the other idle, is how the networks are used; a block's untimed calls also take the
+first, slower call after the other side's block.
 
 A second group ("upsampling") times the MelGAN upsampling layers forward+backward three ways:
 a naive Flax ``nn.ConvTranspose`` (PyTorch-equivalent padding, weight norm per input channel),

@@ -73,7 +73,7 @@ def test_sides_alternate_over_rounds(monkeypatch):
     assert "1 calls x 3 rounds, each side in a worker process of its own" in note
 
 
-def test_worker_failure_names_the_network_and_side(monkeypatch):
+def test_worker_failure_names_the_network_and_side():
     """A worker that fails while building its side raises in the parent with its traceback."""
     with pytest.raises(RuntimeError, match=r"the jax worker for no_such_network failed"):
         bench_models.bench_network("no_such_network", 2, 1, 1, use_torch=False)
