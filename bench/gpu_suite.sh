@@ -3,21 +3,27 @@
 #
 #   bash bench/gpu_suite.sh [OUT_DIR]        (default bench/results/gpu; PYTHON=python3)
 #
-# Pass 1 compiles every benchmark's programs in parallel processes into a persistent JAX
-# compilation cache (their timings are discarded); pass 2 runs the benchmarks one at a time,
-# each program now loaded from the cache, PyTorch on the same GPU (bench/common.py):
-#   seeds.json      N = 4 PCMelGAN seeds in one program (vmap) vs 4 sequential runs,
-#                   b 16/32/128
-#   train.json      train-step throughput per stage, JAX vs PyTorch, batch 16/128
-#   train_bf16.json the pcmelgan stage with bfloat16 compute (JAX)
-#   anonymize.json  anonymisation real-time factor, JAX vs PyTorch
-#   grouped_conv.json  the MelGAN discriminator's grouped convolutions, two formulations
-# The accelerator tests (tests/test_gpu.py, tests/test_mixed_precision.py incl. slow) run
-# during pass 1 (log: OUT_DIR/tests.log).
-# Everything printed goes to OUT_DIR/suite.log too. Every command has a time limit (seconds:
-# LIMIT_COMPILE for each pass-1 process, LIMIT_STEP for each pass-2 benchmark), so that one
-# slow compilation cannot use up a lease; a command that hits its limit is reported and the
-# suite goes on.
+# Steps, in this order of priority (STEPS="name ..." picks and orders a subset):
+#   vocoder_parts  vocoder_parts.json + profile/: the vocoder step, G and D vs PyTorch,
+#                  batch 128, and the step's device time per HLO op (bench_vocoder_parts)
+#   train          train.json: train-step throughput per stage, JAX vs PyTorch, batch 16/128
+#   seeds_16, seeds_32, seeds_128
+#                  seeds_<b>.json: 4 PCMelGAN seeds in one program, vmapped and unrolled, vs
+#                  4 sequential steps (what steps.VMAP_MAX_BATCH is set from)
+#   tests          tests.log: tests/test_gpu.py and tests/test_mixed_precision.py, slow ones too
+#   train_bf16     train_bf16.json: the pcmelgan stage with bfloat16 compute (JAX)
+#   anonymize      anonymize.json: anonymisation real-time factor, JAX vs PyTorch
+#   grouped_conv   grouped_conv.json: the discriminator's grouped convolutions, two forms
+# One program compiles at a time. XLA's GPU autotuner times candidate kernels on the GPU, and
+# an earlier version of this suite that compiled in 8 to 14 parallel processes first lost
+# more than it gained: on one H200 with 14 processes a vocoder step took 191 s to compile (13 s
+# to load from the cache afterwards) and none of six 4-seed programs compiled within 260 s
+# (bench/measured/nvidia-h200/2026-11-27). The persistent compilation cache stays on, so a
+# second call on the same machine loads what the first compiled.
+# Each step runs within LIMIT_STEP seconds (LIMIT_TESTS for the tests) and all within DEADLINE
+# seconds of the start, so that the suite ends inside one device call; a step that would start
+# with under 20 s left is skipped and reported. PACK=FILE.tgz packs OUT_DIR after every step (a lease
+# that returns few files). Everything printed goes to OUT_DIR/suite.log too.
 set -u
 out=${1:-bench/results/gpu}
 py=${PYTHON:-python3}
@@ -26,10 +32,15 @@ exec > >(tee -a "$out/suite.log") 2>&1
 export PYTHONUNBUFFERED=1 XLA_PYTHON_CLIENT_PREALLOCATE=false
 export JAX_COMPILATION_CACHE_DIR=${JAX_COMPILATION_CACHE_DIR:-/tmp/pcmelgan_jax_cache}
 export JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS=0 JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES=0
-REPEATS=${REPEATS:-20}
-LIMIT_COMPILE=${LIMIT_COMPILE:-360}
-LIMIT_STEP=${LIMIT_STEP:-150}
-say() { echo "[$(date +%T)] $*"; }
+REPEATS=${REPEATS:-10}
+DEADLINE=${DEADLINE:-570}
+LIMIT_STEP=${LIMIT_STEP:-180}
+LIMIT_TESTS=${LIMIT_TESTS:-300}
+STEPS=${STEPS:-vocoder_parts train seeds_16 seeds_32 seeds_128 tests train_bf16 anonymize \
+grouped_conv}
+start=$(date +%s)
+say() { echo "[$(date +%T) +$(( $(date +%s) - start ))s] $*"; }
+pack() { [ -z "${PACK:-}" ] || tar czf "$PACK" -C "$out" . 2>/dev/null; }
 
 say "environment"
 nvidia-smi -L
@@ -38,57 +49,53 @@ jax.devices(), 'flax', flax.__version__, 'optax', optax.__version__, 'numpy',
 numpy.__version__, 'torch', torch.__version__, torch.cuda.is_available(), 'librosa',
 librosa.__version__)" || exit 1
 
-say "pass 1: compiling in parallel"
-# a GPU memory cap per process (8 processes: the vocoder's 25 %, the others' 9 % each):
-# uncapped, XLA's autotuner asked for 33 GiB in each of five processes on an 80 GB H100 and
-# two of them ran out of GPU memory (bench/measured/nvidia-h100)
-export XLA_PYTHON_CLIENT_MEM_FRACTION=0.09
-warm=$(mktemp -d)
-pids=()
-for stage in classifier vocoder pcmelgan; do
-  fraction=$([ $stage = vocoder ] && echo 0.25 || echo 0.09)
-  XLA_PYTHON_CLIENT_MEM_FRACTION=$fraction timeout "$LIMIT_COMPILE" $py -m bench.bench_train \
-    --only $stage --batch-sizes 16,128 --repeats 1 --no-torch \
-    --out "$warm/train_$stage.json" > "$warm/train_$stage.log" 2>&1 & pids+=($!)
-done
-timeout "$LIMIT_COMPILE" $py -m bench.bench_train --only pcmelgan --batch-sizes 16,128 \
-  --repeats 1 --no-torch --dtype bfloat16 --out "$warm/bf16.json" > "$warm/bf16.log" 2>&1 &
-pids+=($!)
-for b in 16 32 128; do
-  timeout "$LIMIT_COMPILE" $py -m bench.bench_seeds --num-seeds 4 --batch-size $b \
-    --strategies vmap --repeats 1 --out "$warm/seeds_$b.json" > "$warm/seeds_$b.log" 2>&1 &
-  pids+=($!)
-done
-# the accelerator tests meanwhile (their timing does not matter)
-timeout "$LIMIT_COMPILE" $py -m pytest -q -p no:cacheprovider -m "gpu or slow or not slow" \
-  tests/test_gpu.py tests/test_mixed_precision.py > "$warm/tests.log" 2>&1 & pids+=($!)
-for p in "${pids[@]}"; do
-  wait "$p"
-  rc=$?
-  [ "$rc" = 0 ] || say "a pass-1 process failed (rc $rc; 124: over LIMIT_COMPILE)"
-done
-for f in "$warm"/*.log; do echo "--- $f"; tail -n 4 "$f"; done
-cp "$warm/tests.log" "$out/tests.log"
-unset XLA_PYTHON_CLIENT_MEM_FRACTION
-say "pass 1 done"
-
-step() {
-  timeout "$LIMIT_STEP" "$@"
+run_step() {  # NAME LIMIT COMMAND...: runs COMMAND within min(LIMIT, time left)
+  local name=$1 limit=$2
+  shift 2
+  local left=$(( DEADLINE - ($(date +%s) - start) ))
+  if [ "$left" -lt 20 ]; then
+    say "skipped $name: ${left}s left of DEADLINE=${DEADLINE}"
+    return
+  fi
+  [ "$left" -lt "$limit" ] && limit=$left
+  say "$name (limit ${limit}s)"
+  timeout "$limit" "$@"
   local rc=$?
-  [ "$rc" = 0 ] || say "failed (rc $rc; 124: over LIMIT_STEP=${LIMIT_STEP} s): $*"
+  [ "$rc" = 0 ] || say "failed $name (rc $rc; 124: over its ${limit}s)"
+  pack
 }
-say "seeds"
-step $py -m bench.bench_seeds --num-seeds 4 --batch-size 16,32,128 --strategies vmap \
-  --repeats "$REPEATS" --out "$out/seeds.json"
-say "train (float32, PyTorch on CUDA)"
-step $py -m bench.bench_train --batch-sizes 16,128 --repeats "$REPEATS" --out "$out/train.json"
-say "train (bfloat16 pcmelgan)"
-step $py -m bench.bench_train --only pcmelgan --batch-sizes 16,128 --repeats "$REPEATS" \
-  --no-torch --dtype bfloat16 --out "$out/train_bf16.json"
-say "anonymize"
-step $py bench/bench_anonymize.py --seconds 60 --clips 40 --repeats 3 \
-  --out "$out/anonymize.json"
-say "grouped convolutions: XLA vs patches + einsum"
-step $py -m bench.bench_models --only grouped_conv --no-torch --batch-size 16 --repeats 10 \
-  --out "$out/grouped_conv.json"
+
+for name in $STEPS; do
+  case $name in
+    vocoder_parts)
+      run_step "$name" "$LIMIT_STEP" $py -m bench.bench_vocoder_parts --batch-size 128 \
+        --repeats "$REPEATS" --only \
+        step,generator,discriminator,log_mel,torch_step,torch_generator,torch_discriminator \
+        --profile "$out/profile" --out "$out/vocoder_parts.json" ;;
+    train)
+      run_step "$name" "$LIMIT_STEP" $py -m bench.bench_train --batch-sizes 16,128 \
+        --repeats "$REPEATS" --out "$out/train.json" ;;
+    seeds_*)
+      run_step "$name" "$LIMIT_STEP" $py -m bench.bench_seeds --num-seeds 4 \
+        --batch-size "${name#seeds_}" --strategies vmap,unroll --repeats "$REPEATS" \
+        --out "$out/$name.json" ;;
+    tests)
+      run_step "$name" "$LIMIT_TESTS" bash -c "$py -m pytest -q -p no:cacheprovider \
+        -m 'gpu or slow or not slow' tests/test_gpu.py tests/test_mixed_precision.py \
+        > '$out/tests.log' 2>&1; rc=\$?; tail -n 15 '$out/tests.log'; exit \$rc" ;;
+    train_bf16)
+      run_step "$name" "$LIMIT_STEP" $py -m bench.bench_train --only pcmelgan \
+        --batch-sizes 16,128 --repeats "$REPEATS" --no-torch --dtype bfloat16 \
+        --out "$out/train_bf16.json" ;;
+    anonymize)
+      run_step "$name" "$LIMIT_STEP" $py bench/bench_anonymize.py --seconds 60 --clips 40 \
+        --repeats 3 --out "$out/anonymize.json" ;;
+    grouped_conv)
+      run_step "$name" "$LIMIT_STEP" $py -m bench.bench_models --only grouped_conv --no-torch \
+        --batch-size 16 --repeats 10 --out "$out/grouped_conv.json" ;;
+    *)
+      say "unknown step $name" ;;
+  esac
+done
 say "done"
+pack

@@ -294,6 +294,21 @@ def host_memory_table(d: Mapping[str, Any]) -> Table:
                  rows, notes)
 
 
+def vocoder_parts_table(d: Mapping[str, Any]) -> Table:
+    """``bench_vocoder_parts`` JSON: the vocoder stage's step, generator and discriminator
+    (forward + gradients) and their variants, median ms, JAX vs PyTorch."""
+    parts, batch = d["parts"], str(d.get("batch_size", "?"))
+    rows = [
+        Row(name, batch, _get(parts, name, "median_ms"),
+            _get(parts, f"torch_{name}", "median_ms"))
+        for name in parts if not name.startswith("torch_")
+    ]
+    notes = ["Median ms of interleaved rounds, lower is better; ratio < 1: JAX is faster. "
+             "The variants (_strided: XLA's strided grouped convolutions in D; _direct: XLA's "
+             "transposed convolutions in G) and log_mel have no PyTorch counterpart."]
+    return Table(("part", "JAX (ms)", "PyTorch (ms)", "JAX / PyTorch time"), rows, notes)
+
+
 # --------------------------------------------------------------------------- registry
 
 
@@ -332,6 +347,11 @@ BENCHMARKS: tuple[Benchmark, ...] = (
     Benchmark("seeds", "bench/bench_seeds.py", "seeds.json",
               "N vmapped seeds vs N sequential runs", seeds_table,
               quick_args=("--batch-size", "8", "--repeats", "2"), has_torch=False),
+    Benchmark("vocoder_parts", "bench/bench_vocoder_parts.py", "vocoder_parts.json",
+              "Vocoder stage by part, JAX vs PyTorch", vocoder_parts_table,
+              quick_args=("--batch-size", "2", "--repeats", "2", "--only",
+                          "step,generator,discriminator,torch_step,torch_generator,"
+                          "torch_discriminator")),
     Benchmark("host_memory", "bench/bench_host_memory.py", "host_memory.json",
               "Train step with and without glibc malloc's huge pages", host_memory_table,
               quick_args=("--only", "melgan_discriminator", "--rounds", "1", "--steps", "2",

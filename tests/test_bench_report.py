@@ -84,6 +84,9 @@ HOST_MEMORY = {  # bench_host_memory.py's shape, without the per-process runs
         "plain": {"median_ms": 2000.0, "faults_per_step": 232000.0},
         "huge_pages": {"median_ms": 1700.0, "faults_per_step": 1200.0}, "ratio": 0.85}},
 }
+VOCODER_PARTS = {"batch_size": 128, "repeats": 10, "parts": {
+    "step": {"median_ms": 176.0}, "step_d_strided": {"median_ms": 300.0},
+    "torch_step": {"median_ms": 110.0}}}
 
 
 def fake_root(tmp_path: Path, scripts=("models", "data", "train", "anonymize")) -> Path:
@@ -113,11 +116,12 @@ def table_rows(report: str, section: str) -> dict[str, list[str]]:
 
 def test_report_from_results(tmp_path):
     root = fake_root(
-        tmp_path, scripts=("models", "data", "train", "anonymize", "seeds", "host_memory"))
+        tmp_path, scripts=("models", "data", "train", "anonymize", "seeds", "vocoder_parts",
+                           "host_memory"))
     write_results(root, models=MODELS, train=TRAIN, data=DATA, anonymize=ANONYMIZE, seeds=SEEDS,
-                  host_memory=HOST_MEMORY)
+                  vocoder_parts=VOCODER_PARTS, host_memory=HOST_MEMORY)
     report, outcomes = br.build_report(root, run=False, env=ENV)
-    assert [o.status for o in outcomes] == ["ok"] * 6
+    assert [o.status for o in outcomes] == ["ok"] * 7
     assert "NVIDIA H100 (gpu:0)" in report and "Python 3.11.7" in report
     assert "torch not installed" in report and "1.00 / 0.50 / 0.25" in report
     assert "(--from-results)" in report
@@ -146,6 +150,10 @@ def test_report_from_results(tmp_path):
     assert anon["vocoder network forward"] == ["16", "40.0", "32.0", "1.25"]
 
     assert table_rows(report, "seeds")["pcmelgan 4 seeds"] == ["32", "300", "100", "3.00"]
+
+    parts = table_rows(report, "vocoder_parts")
+    assert parts == {"step": ["128", "176", "110", "1.60"],
+                     "step_d_strided": ["128", "300", "n/a", "n/a"]}
 
     host = table_rows(report, "host_memory")
     assert host["MelGAN generator"] == ["16", "1,700", "2,000", "0.85"]

@@ -245,7 +245,7 @@ def test_grouped_conv1d_equals_xla_grouped_conv(
     impl, groups, c_in, c_out, kernel, stride, padding, length
 ):
     """Value, input and kernel gradients of both forms of ``grouped_conv1d`` (batched
-    matmuls, CPU; polyphase with a custom kernel gradient, elsewhere) vs XLA's grouped conv."""
+    matmuls, CPU; polyphase, elsewhere) vs XLA's grouped conv."""
     from pcmelgan_jax.models import layers
 
     grouped_conv1d = getattr(layers, impl)
