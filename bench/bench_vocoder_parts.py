@@ -21,10 +21,11 @@ median ms:
 - ``torch_step``, ``torch_generator``, ``torch_discriminator``: the same for PyTorch.
 
 ``--profile DIR`` then traces 3 calls of ``--profile-part`` with ``jax.profiler`` (DIR/jax)
-and tabulates device time per HLO operation of that program with the source operation XLA
-recorded for it (the optimised HLO's ``op_name``), and PyTorch's profiler table of 3
-``torch_step`` calls (DIR/torch_step.txt). Writes ``bench/results/vocoder_parts.json``
-(atomically) and prints markdown tables.
+and tabulates the time per HLO operation of that program (kernel time on an accelerator,
+XLA:CPU's thread time on CPU) with the source operation XLA recorded for it (the optimised
+HLO's ``op_name``), and PyTorch's profiler table of 3 ``torch_step`` calls
+(DIR/torch_step.txt). Writes ``bench/results/vocoder_parts.json`` (atomically) and prints
+markdown tables.
 """
 
 from __future__ import annotations
@@ -278,7 +279,8 @@ def markdown(results: dict[str, Any]) -> str:
             lines.append(f"| {name} | - | {parts[name]['median_ms']:.2f} | - |")
     ops = results.get("profile", {}).get("device_ops")
     if ops:
-        lines += ["", f"Device time per HLO op of `{results['profile']['part']}` (ms per call):",
+        lines += ["", f"Time per HLO op of `{results['profile']['part']}` (ms per call; kernel "
+                  "time on an accelerator, XLA:CPU's thread time on CPU):",
                   "", "| ms | launches | HLO op | source op | kernel |", "|---|---|---|---|---|"]
         for o in ops[:20]:
             lines.append(f"| {o['ms_per_call']} | {o['launches_per_call']} | {o['hlo_op']} | "

@@ -75,7 +75,7 @@ def test_real_run_times_parts_and_attributes_the_profiled_program(tmp_path, caps
     assert any(o["op_name"].startswith("jit(") for o in ops)
     table = capsys.readouterr().out
     assert "| log_mel |" in table and "| torch_discriminator | - |" in table
-    assert "Device time per HLO op of `log_mel`" in table
+    assert "Time per HLO op of `log_mel`" in table
 
 
 def test_report_table_pairs_each_part_with_its_pytorch_counterpart():
