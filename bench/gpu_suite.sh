@@ -22,8 +22,8 @@
 # second call on the same machine loads what the first compiled.
 # Each step runs within LIMIT_STEP seconds (LIMIT_TESTS for the tests) and all within DEADLINE
 # seconds of the start, so that the suite ends inside one device call; a step that would start
-# with under 20 s left is skipped and reported. PACK=FILE.tgz packs OUT_DIR after every step (a lease
-# that returns few files). Everything printed goes to OUT_DIR/suite.log too.
+# with under 20 s left is skipped and reported. PACK=FILE.tgz packs OUT_DIR after every step
+# (for a lease that returns few files). Everything printed goes to OUT_DIR/suite.log too.
 set -u
 out=${1:-bench/results/gpu}
 py=${PYTHON:-python3}
