@@ -53,9 +53,12 @@ def make_batch(b: int, seed: int = 0) -> dict[str, np.ndarray]:
     }
 
 
-def jax_step(stage: str, dtype: str = "float32"):
+def jax_step(stage: str, dtype: str = "float32", generator_arch: tuple = (),
+             discriminator_arch: tuple = ()):
     """(step, state, extra args) of a stage, freshly initialised; ``dtype``: the PCMelGAN
-    networks' computation dtype (float32 parameters and optimizer state either way)."""
+    networks' computation dtype (float32 parameters and optimizer state either way);
+    ``generator_arch`` / ``discriminator_arch``: the vocoder's module settings, as
+    ``steps.VocoderHyper`` takes them (e.g. ``(("upsample_implementation", "direct"),)``)."""
     from pcmelgan_jax.training import state as st
     from pcmelgan_jax.training import steps
 
@@ -69,11 +72,13 @@ def jax_step(stage: str, dtype: str = "float32"):
         nets = {"spec_digit": net("alexnet", {"num_classes": 10}, txs["spec_digit"], 0)}
         return steps.jit_step(steps.classifier_step, txs=txs), st.new_train_state(nets), ()
     if stage == "vocoder":
-        hp = steps.VocoderHyper()
+        hp = steps.VocoderHyper(generator_arch=generator_arch,
+                                discriminator_arch=discriminator_arch)
         txs = {"generator": st.adam(1e-4), "discriminator": st.adam(1e-4)}
         nets = {
-            "generator": net("melgan_generator", {}, txs["generator"], 0),
-            "discriminator": net("melgan_discriminator", {}, txs["discriminator"], 1),
+            "generator": net("melgan_generator", dict(generator_arch), txs["generator"], 0),
+            "discriminator": net("melgan_discriminator", dict(discriminator_arch),
+                                 txs["discriminator"], 1),
         }
         return steps.jit_step(steps.vocoder_step, hp=hp, txs=txs), st.new_train_state(nets), ()
     hp = steps.PCMelGANHyper(compute_dtype=dtype)

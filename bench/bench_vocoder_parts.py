@@ -81,23 +81,15 @@ def jax_part(part: str, batch: dict[str, jax.Array]) -> tuple[Callable[[], Any],
 
     key = jax.random.key(0, impl="rbg")
     audio = batch["audio"]
-    if part.startswith("step"):
-        g_arch = GENERATOR_ARCH.get(_variant(part, "step_g"), ())
-        d_arch = DISCRIMINATOR_ARCH.get(_variant(part, "step_d"), ())
-        hp = steps.VocoderHyper(generator_arch=g_arch, discriminator_arch=d_arch)
-        txs = {"generator": st.adam(1e-4), "discriminator": st.adam(1e-4)}
-        nets = {
-            "generator": st.network_state(st.init_variables(
-                "melgan_generator", dict(g_arch), jax.random.fold_in(key, 0)),
-                txs["generator"]),
-            "discriminator": st.network_state(st.init_variables(
-                "melgan_discriminator", dict(d_arch), jax.random.fold_in(key, 1)),
-                txs["discriminator"]),
-        }
-        box = {"state": st.new_train_state(nets)}
+    if part.startswith("step"):  # bench_train's vocoder stage, with the part's variant
+        from bench.bench_train import jax_step
+
+        step, state, _ = jax_step(
+            "vocoder", generator_arch=GENERATOR_ARCH.get(_variant(part, "step_g"), ()),
+            discriminator_arch=DISCRIMINATOR_ARCH.get(_variant(part, "step_d"), ()))
+        box = {"state": state}
         rng = jax.random.key(0)
-        exe = steps.jit_step(steps.vocoder_step, hp=hp, txs=txs).lower(
-            box["state"], batch, rng).compile()
+        exe = step.lower(state, batch, rng).compile()
 
         def call():
             box["state"], metrics = exe(box["state"], batch, rng)
