@@ -238,6 +238,25 @@ def test_reference_warnings_name_classifiers_at_chance_and_constant_features():
     assert "Warning" not in evaluation.markdown_tables(results)
 
 
+def test_vocoder_warnings_name_tasks_the_vocoder_loses():
+    """An AudioNet that recognises the originals but is within 5 points of chance on their
+    vocoded copies is named; one at chance on the originals too is left to
+    ``reference_warnings``; a vocoder that keeps both tasks gives none."""
+
+    def reference(real, vocoded):
+        return {"audio": {"real": {"digit_acc": real[0], "gender_acc": real[1]},
+                          "vocoded_real": {"digit_acc": vocoded[0], "gender_acc": vocoded[1]}}}
+
+    assert evaluation.vocoder_warnings(reference((0.84, 1.0), (0.17, 0.98))) == []
+    assert evaluation.vocoder_warnings(reference((0.84, 1.0), (0.151, 0.551))) == []
+    warnings = evaluation.vocoder_warnings(reference((0.8375, 1.0), (0.1, 0.549)))
+    assert len(warnings) == 2
+    assert "digit AudioNet recognises 83.8 %" in warnings[0] and "10.0 %" in warnings[0]
+    assert "gender AudioNet" in warnings[1] and "54.9 %" in warnings[1]
+    assert "chance 50 %" in warnings[1]
+    assert evaluation.vocoder_warnings(reference((0.12, 1.0), (0.1, 0.98))) == []
+
+
 # ------------------------------------------------------------------ end to end
 
 

@@ -99,10 +99,17 @@ def vocoder(small: bool = False) -> ml_collections.ConfigDict:
     if small:
         c.batch_size = 8
         c.num_epochs = 1
-        c.num_train_steps = 320
-        c.discriminator_start_step = 300  # the mel-loss warm-up does most of the work here
-        c.eval_every_steps = 150
-        c.checkpoint_every_steps = 100
+        # A generator of half the width (ngf 16) takes 2.2x the steps of ngf 32 in the same
+        # time on 2 CPU cores and learns as fast per step (test mel L1 0.332 vs 0.338 after
+        # 300 warm-up steps). In the quickstart (535 s): mel L1 0.225; the vocoded original
+        # test clips keep digit 0.575 for the spectrogram classifier and gender 0.70 for
+        # AudioNet, against 0.27 and 0.55 with 300 + 20 steps at ngf 32 (mel L1 0.325). The
+        # digit AudioNet stays at chance on them (0.11) at either setting.
+        c.generator.ngf = 16
+        c.num_train_steps = 1420
+        c.discriminator_start_step = 1400  # the mel-loss warm-up does most of the work here
+        c.eval_every_steps = 350
+        c.checkpoint_every_steps = 350
         c.eval_batch_size = 64
         c.log_every_steps = 10
         c.learning_rate_generator = 2e-4
