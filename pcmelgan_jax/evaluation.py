@@ -966,10 +966,10 @@ def run_evaluation(config: Any, workdir: str | os.PathLike) -> dict[str, Any]:
         ref_key = (run.classifiers_workdir, run.vocoder_workdir, run.data_dir, run.dataset)
         if ref_key not in references:
             references[ref_key] = evaluate_reference(models, batches)
-            for workdir, check in ((run.classifiers_workdir, reference_warnings),
-                                   (run.vocoder_workdir, vocoder_warnings)):
+            for source, check in ((run.classifiers_workdir, reference_warnings),
+                                  (run.vocoder_workdir, vocoder_warnings)):
                 for warning in check(references[ref_key]):
-                    warning = f"{workdir}: {warning}"
+                    warning = f"{source}: {warning}"
                     print(f"[eval] WARNING: {warning}", flush=True)
                     warnings.append(warning)
         ref = references[ref_key]
