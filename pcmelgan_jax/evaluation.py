@@ -566,6 +566,12 @@ def evaluate_reference(models: ModelSet, batches: Sequence[dict]) -> dict[str, A
 
 
 CHANCE_MARGIN = 0.05  # a fixed classifier within this of chance on real data is "at chance"
+TASK_CLASSES = (("digit", 10), ("gender", 2))  # the fixed classifiers' tasks and class counts
+
+
+def _at_chance(acc: float, classes: int) -> bool:
+    """Accuracy within ``CHANCE_MARGIN`` of chance (1 / classes)."""
+    return acc < 1.0 / classes + CHANCE_MARGIN
 
 
 def reference_warnings(reference: Mapping[str, Any]) -> list[str]:
@@ -575,9 +581,9 @@ def reference_warnings(reference: Mapping[str, Any]) -> list[str]:
     are constant over the real test audio (a dead network), which make every FID 0."""
     out = []
     for domain, net in (("spectrogram", "AlexNet"), ("audio", "AudioNet")):
-        for task, classes in (("digit", 10), ("gender", 2)):
+        for task, classes in TASK_CLASSES:
             acc = reference[domain]["real"][f"{task}_acc"]
-            if acc is not None and acc < 1.0 / classes + CHANCE_MARGIN:
+            if acc is not None and _at_chance(acc, classes):
                 out.append(
                     f"the {domain} {task} classifier ({net}) is at chance on untransformed test "
                     f"data ({100 * acc:.1f} %, chance {100 / classes:.0f} %): its {domain}-domain "
@@ -595,11 +601,11 @@ def vocoder_warnings(reference: Mapping[str, Any]) -> list[str]:
     chance) but is within it of chance on their vocoded copies: the vocoder loses what that
     classifier needs, so the runs' audio-domain accuracies of that task measure the vocoder."""
     out = []
-    for task, classes in (("digit", 10), ("gender", 2)):
+    for task, classes in TASK_CLASSES:
         real = reference["audio"]["real"][f"{task}_acc"]
         vocoded = reference["audio"]["vocoded_real"][f"{task}_acc"]
-        at_chance = 1.0 / classes + CHANCE_MARGIN
-        if real is not None and vocoded is not None and real >= at_chance > vocoded:
+        if (real is not None and vocoded is not None and not _at_chance(real, classes)
+                and _at_chance(vocoded, classes)):
             out.append(
                 f"the {task} AudioNet recognises {100 * real:.1f} % of the original test clips "
                 f"but {100 * vocoded:.1f} % of their vocoded copies (chance {100 / classes:.0f} "
