@@ -9,8 +9,10 @@ import functools
 import json
 import os
 
+import chex
 import jax
 import jax.numpy as jnp
+import ml_collections
 import numpy as np
 import optax
 import pytest
@@ -72,6 +74,7 @@ def _config(data_dir: str, classifiers_dir: str, **overrides):
     # eps above any reachable L1 distortion keeps the distortion hinge at exactly zero: its
     # gradient is a sign that would flip with rounding for near-equal elements
     c.eps = 10.0
+    c.bn_recalibration_batches = 2  # the exported F and G: statistics of 2 training batches
     c.worker_threads = 0
     c.async_checkpointing = False
     c.progress_bar = False
@@ -141,6 +144,30 @@ def _check_updates(name: str, seed: int, got: dict, want: dict, init: dict) -> f
     return rel
 
 
+def _check_recalibrated(run_dir: str, config) -> None:
+    """The exported F's and G's ``batch_stats`` equal ``recalibrate_batch_norm`` of their
+    exported parameters over the first ``bn_recalibration_batches`` batches of the seed."""
+    config = ml_collections.ConfigDict(config)
+    monitors, widths = pcmelgan.load_monitors(config.classifiers_workdir)
+    hp = pcmelgan.hyper(config, widths)
+    exported = {name: _variables(run_dir, name) for name in ("filter", "generator")}
+    # (recalibration zeroes the running statistics: their values do not enter)
+    nets = {name: st.NetworkState(params=v["params"], opt_state=None,
+                                  batch_stats=v["batch_stats"])
+            for name, v in exported.items()}
+    mesh = sharding.make_mesh(jax.devices()[:1])
+    it = loop.make_train_iterator(config, config.seed)
+    try:
+        batches = [sharding.shard_batch(next(it), mesh) for _ in range(2)]
+    finally:
+        it.close()
+    key = jax.random.fold_in(jax.random.key(config.seed), pcmelgan.BN_RECALIBRATION_STREAM)
+    want = pcmelgan.recalibrate_batch_norm(nets, batches, key, hp)
+    for name, v in exported.items():
+        chex.assert_trees_all_close(v["batch_stats"], want[name].batch_stats, rtol=1e-5,
+                                    atol=1e-6)
+
+
 def test_seed_i_equals_a_single_run_of_seed_plus_i(runs):
     multi = runs["multi"]
     assert multi["final"]["seeds"] == [3, 4] and multi["final"]["num_seeds"] == 2
@@ -176,6 +203,12 @@ def test_seed_i_equals_a_single_run_of_seed_plus_i(runs):
         assert [m["step"] for m in evals] == [m["step"] for m in want_evals] == [1, 2]
         np.testing.assert_allclose([m["filter_distortion"] for m in evals],
                                    [m["filter_distortion"] for m in want_evals], rtol=1e-3)
+    # the exported running statistics are F's and G's recalibrated on the seed's own first
+    # training batches, as a single run's
+    assert multi["final"]["bn_recalibration_batches"] == 2
+    for run_dir, config in ((pcmelgan.seed_workdir(multi["workdir"], 3), multi["config"]),
+                            (runs[3]["workdir"], runs[3]["config"])):
+        _check_recalibrated(run_dir, dict(config, seed=3))
     # the mean lines are the means over the seeds
     mean = next(m for m in lines if m["split"] == "train" and m["step"] == 1)
     per = [next(m for m in lines if m["split"] == f"train/seed{s}" and m["step"] == 1)

@@ -140,6 +140,11 @@ def pcmelgan(small: bool = False) -> ml_collections.ConfigDict:
     c.num_epochs = 1000
     c.eval_every_steps = 0
     c.samples_every_steps = 0
+    # > 0: at the end, F's and G's running BatchNorm statistics are re-estimated over this many
+    # training batches with the weights frozen, for the exported models (0: the original's
+    # moving averages, as training left them). Small config, 4 seeds, 62 batches: test digit
+    # accuracy of F's / G's output -1.3 to +4.3 / -0.3 to +3.5 points (mean +1.2 / +1.6)
+    c.bn_recalibration_batches = 0
     if small:
         c.batch_size = 32
         # 12 epochs (744 steps): G's output carried the sampled gender for the fixed gender

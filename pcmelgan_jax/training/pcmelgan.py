@@ -26,7 +26,7 @@ from __future__ import annotations
 import functools
 import json
 import os
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any, NamedTuple
 
 import jax
@@ -51,6 +51,7 @@ from pcmelgan_jax.training.state import (
 from pcmelgan_jax.training.steps import (
     CLASSIFIER_TASKS,
     PCMelGANHyper,
+    batch_norm_statistics,
     jit_seeds_step,
     jit_step,
     pcmelgan_eval_step,
@@ -214,6 +215,42 @@ def samples_program(hp: PCMelGANHyper) -> Callable:
     return samples
 
 
+# the random stream of the BatchNorm recalibration's noise and sampled genders, per seed
+BN_RECALIBRATION_STREAM = 0xB4
+
+
+@functools.lru_cache(maxsize=16)
+def batch_norm_statistics_program(hp: PCMelGANHyper) -> Callable:
+    """Jitted ``steps.batch_norm_statistics`` of ``hp`` (one seed's networks)."""
+    return compilation.jit(functools.partial(batch_norm_statistics, hp=hp), "inference")
+
+
+def recalibrate_batch_norm(
+    networks: Mapping[str, Any],
+    batches: Iterable[Mapping[str, Any]],
+    rng: jax.Array,
+    hp: PCMelGANHyper,
+) -> dict[str, Any]:
+    """``networks`` (one seed's) with F's and G's running BatchNorm statistics replaced by the
+    average of their per-batch statistics over ``batches`` (training batches, parameters
+    frozen; "precise BatchNorm"). Training leaves moving averages of statistics taken while
+    the weights moved, and evaluation mode normalises with those: on the small config's
+    test split (seed 0) F's output was 0.070 from x (mean L1) in evaluation mode, 0.054 in
+    training mode and 0.061 after recalibrating on 62 training batches."""
+    program = batch_norm_statistics_program(hp)
+    total, count = None, 0
+    for i, batch in enumerate(batches):
+        stats = program(networks, batch, jax.random.fold_in(rng, i))
+        total = stats if total is None else jax.tree.map(jax.numpy.add, total, stats)
+        count += 1
+    if total is None:
+        raise ValueError("recalibrate_batch_norm needs at least one batch")
+    out = dict(networks)
+    for name, stats in total.items():
+        out[name] = out[name].replace(batch_stats=jax.tree.map(lambda v: v / count, stats))
+    return out
+
+
 @functools.lru_cache(maxsize=16)
 def _adam_programs(hp: PCMelGANHyper, adam_settings: tuple, multi: str | None) -> Programs:
     b1, b2, lrs = adam_settings
@@ -370,11 +407,33 @@ def build_stage(
                 extra=extra, overwrite=True,
             )
 
+    recalibration_batches = int(config.get("bn_recalibration_batches", 0))
+    if recalibration_batches < 0:
+        raise ValueError(f"bn_recalibration_batches must be >= 0, got {recalibration_batches}")
+
+    def recalibrated(networks, seed):
+        # the seed's own data order from its start, a stream of its own for the noise
+        it = loop.make_train_iterator(config, seed)
+        try:
+            batches = (sharding.shard_batch(next(it), mesh) for _ in range(recalibration_batches))
+            key = jax.random.fold_in(jax.random.key(seed), BN_RECALIBRATION_STREAM)
+            return recalibrate_batch_norm(networks, batches, key, hp)
+        finally:
+            it.close()
+
     def finalize(state, book):
         step = int(jax.device_get(state.step))
+        if recalibration_batches > 0:  # the exported models only; the checkpoint keeps its own
+            if multi:
+                state = sharding.replicate(stack_seeds([
+                    state.replace(networks=recalibrated(seed_state(state, i).networks, s))
+                    for i, s in enumerate(seeds)
+                ]), mesh)
+            else:
+                state = state.replace(networks=recalibrated(state.networks, config.seed))
         host = jax.device_get(state.networks)
         extra = {"step": step, "eps": hp.eps, "lamb": hp.lamb, "entropy": hp.entropy,
-                 "filter_only": hp.filter_only}
+                 "filter_only": hp.filter_only, "bn_recalibration_batches": recalibration_batches}
         if not multi:
             _export(host, models_dir, extra)
             metrics = evaluate(state, step)

@@ -21,7 +21,14 @@ import optax
 
 from pcmelgan_jax.audio import log_mel, mel_features
 from pcmelgan_jax.compilation import compiler_options
-from pcmelgan_jax.models import AlexNet, AudioNet, MelGANDiscriminator, MelGANGenerator, UNet
+from pcmelgan_jax.models import (
+    AlexNet,
+    AudioNet,
+    BatchNorm,
+    MelGANDiscriminator,
+    MelGANGenerator,
+    UNet,
+)
 from pcmelgan_jax.models.classifiers import softmax_cross_entropy
 from pcmelgan_jax.training.state import NetworkState, TrainState, apply_gradients
 
@@ -526,6 +533,43 @@ def pcmelgan_eval_step(
         per = jnp.mean(jnp.abs(y - x), axis=(1, 2, 3))
         out[f"{prefix}_distortion_sum"] = jnp.sum(per * mask)
     return out
+
+
+def batch_norm_statistics(
+    networks: Mapping[str, NetworkState],
+    batch: Mapping[str, Array],
+    rng: Array,
+    *,
+    hp: PCMelGANHyper,
+) -> dict[str, Any]:
+    """One batch's BatchNorm statistics of F (and G), parameters frozen: the training-mode
+    passes of SPEC 6 step 2, x1 = F(x, z1) and x2 = G(x1, z2, s' uniform), with z1, z2 and
+    s' drawn from the three keys of ``jax.random.split(rng, 3)``.
+
+    Returns ``{"filter"[, "generator"]: statistics}`` shaped like the networks'
+    ``batch_stats`` (per layer the batch ``mean`` and the UNBIASED ``var``, the values a
+    training step blends into the running statistics with weight ``BatchNorm.momentum``).
+    """
+    k_z1, k_z2, k_s = jax.random.split(rng, 3)
+    x = spectrogram_batch(batch["audio"])
+    b = x.shape[0]
+
+    def statistics(module, net, *inputs):
+        # running statistics at zero: the update (1 - m) * 0 + m * batch leaves m * batch
+        zeroed = {**net.variables(), "batch_stats": jax.tree.map(jnp.zeros_like, net.batch_stats)}
+        y, mut = module.apply(zeroed, *inputs, train=True, mutable=["batch_stats"])
+        return y, jax.tree.map(lambda v: v / BatchNorm.momentum, mut["batch_stats"])
+
+    z1 = jax.random.normal(k_z1, (b, hp.noise_dim))
+    x1, result = statistics(hp.filter(), networks["filter"], x, z1, None)
+    result = {"filter": result}
+    if not hp.filter_only:
+        s_sampled = jax.random.randint(k_s, (b,), 0, 2)
+        z2 = jax.random.normal(k_z2, (b, hp.noise_dim))
+        _, result["generator"] = statistics(
+            hp.generator(), networks["generator"], x1, z2, s_sampled
+        )
+    return result
 
 
 # ----------------------------------------------------------------------------- jit wrappers
