@@ -561,8 +561,8 @@ def batch_norm_statistics(
         return y, jax.tree.map(lambda v: v / BatchNorm.momentum, mut["batch_stats"])
 
     z1 = jax.random.normal(k_z1, (b, hp.noise_dim))
-    x1, result = statistics(hp.filter(), networks["filter"], x, z1, None)
-    result = {"filter": result}
+    x1, filter_stats = statistics(hp.filter(), networks["filter"], x, z1, None)
+    result = {"filter": filter_stats}
     if not hp.filter_only:
         s_sampled = jax.random.randint(k_s, (b,), 0, 2)
         z2 = jax.random.normal(k_z2, (b, hp.noise_dim))
