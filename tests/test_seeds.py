@@ -148,7 +148,7 @@ def _check_recalibrated(run_dir: str, config) -> None:
     """The exported F's and G's ``batch_stats`` equal ``recalibrate_batch_norm`` of their
     exported parameters over the first ``bn_recalibration_batches`` batches of the seed."""
     config = ml_collections.ConfigDict(config)
-    monitors, widths = pcmelgan.load_monitors(config.classifiers_workdir)
+    _, widths = pcmelgan.load_monitors(config.classifiers_workdir)
     hp = pcmelgan.hyper(config, widths)
     exported = {name: _variables(run_dir, name) for name in ("filter", "generator")}
     # (recalibration zeroes the running statistics: their values do not enter)
@@ -158,7 +158,8 @@ def _check_recalibrated(run_dir: str, config) -> None:
     mesh = sharding.make_mesh(jax.devices()[:1])
     it = loop.make_train_iterator(config, config.seed)
     try:
-        batches = [sharding.shard_batch(next(it), mesh) for _ in range(2)]
+        batches = [sharding.shard_batch(next(it), mesh)
+                   for _ in range(config.bn_recalibration_batches)]
     finally:
         it.close()
     key = jax.random.fold_in(jax.random.key(config.seed), pcmelgan.BN_RECALIBRATION_STREAM)
