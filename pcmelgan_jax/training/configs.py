@@ -126,7 +126,10 @@ def pcmelgan(small: bool = False) -> ml_collections.ConfigDict:
     c.eps = 0.05
     c.lamb = 100.0
     c.noise_dim = 10
-    c.entropy = False  # F maximises FD's entropy instead of the flipped-label CE
+    # F maximises FD's entropy instead of the flipped-label CE. Small config, seeds 0 and 1 (a
+    # 2-seed program): test digit accuracy of F's output 0.42 / 0.23 and of G's 0.21 / 0.25,
+    # against 0.64 / 0.77 and 0.67 / 0.68 with the flipped-label CE; gender near 0.5 in both.
+    c.entropy = False
     c.filter_only = False  # the paper's Filter baseline: F and FD only
     c.discriminator_width = 1.0  # AlexNet width of FD and GD (1.0 = the original)
     c.compute_dtype = "float32"  # or "bfloat16": bf16 compute, float32 params and optimizer state
@@ -147,11 +150,15 @@ def pcmelgan(small: bool = False) -> ml_collections.ConfigDict:
     c.bn_recalibration_batches = 0
     if small:
         c.batch_size = 32
-        # 12 epochs (744 steps): G's output carried the sampled gender for the fixed gender
-        # classifier in 3 of 3 seeds at the end (0.76, 1.00, 1.00 on the test split), in 1 of
-        # 3 after 8 epochs (0.55, 1.00, 0.58); GD first spends 100-300 steps predicting
-        # "fake" for everything, and G learns the condition only once GD tells genders apart.
+        # 12 epochs (744 steps): at the end, the fixed gender classifier found the sampled
+        # gender in G's test output at 0.95 to 1.00 in 4 of 6 runs (seeds 0 to 3, then 0 and 1
+        # as one 2-seed program) and at 0.56 and 0.76 in the other two; after 8 epochs in 1 of
+        # 3 (0.55, 1.00, 0.58). GD first spends 100-300 steps predicting "fake" for everything,
+        # and G learns the condition only once GD tells genders apart.
         c.num_epochs = 12
+        # FD and GD at width 0.5 (seeds 0 and 1, 2-seed program): test digit accuracy of F's
+        # output 0.72 / 0.80 against 0.64 / 0.77 here, of G's 0.60 / 0.73 against 0.67 / 0.68,
+        # gender of both within 0.05 of 0.5 (G's 0.37 for seed 0 here), in twice the time.
         c.discriminator_width = 0.25
         c.eval_every_steps = 0
         c.samples_every_steps = 0
