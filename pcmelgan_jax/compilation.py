@@ -21,7 +21,7 @@ rounding). Training-mode gradients against float64 are ~1e-5 relative unless rou
 a ReLU whose input is within ~1e-5 of zero: that element's gradient then changes by its whole
 value and kernel gradients move by 1e-3 to 1e-1. Such flips are as frequent with either kernel
 choice: U-Net G at batch 8 had none in 8 of 24 initialisations with the defaults, 9 of 24 with
-``"train"`` (13 and 10 of 24 on 2 Xeon cores; at batch 2 20 and 21, median unflipped error
+``"train"`` (13 and 10 of 24 on 2 Xeon cores; at batch 2, 20 and 21, median unflipped error
 8.4e-6 either way). The slow test in ``tests/test_compilation.py`` repeats the comparison at
 batch 2.
 

@@ -211,7 +211,8 @@ def test_batch_norm_recalibration_makes_evaluation_mode_match_training_mode(pcm)
     b = x.shape[0]
     rng = jax.random.key(7)
     k_z1, k_z2, k_s = jax.random.split(rng, 3)  # as batch_norm_statistics draws them
-    z1, z2 = jax.random.normal(k_z1, (b, 10)), jax.random.normal(k_z2, (b, 10))
+    z1 = jax.random.normal(k_z1, (b, hp.noise_dim))
+    z2 = jax.random.normal(k_z2, (b, hp.noise_dim))
     s_sampled = jax.random.randint(k_s, (b,), 0, 2)
 
     @jax.jit
