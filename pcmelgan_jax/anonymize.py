@@ -80,7 +80,7 @@ def locate_models(
     workdir: str | os.PathLike, vocoder_workdir: str | os.PathLike | None = None
 ) -> tuple[str, str]:
     """(run workdir, vocoder generator checkpoint dir) for ``workdir`` (see module docstring)."""
-    from pcmelgan_jax.evaluation import _existing, is_run_dir, read_json
+    from pcmelgan_jax.evaluation import existing_path, is_run_dir, read_json
 
     w = os.path.abspath(os.fspath(workdir))
     if is_run_dir(w):
@@ -97,7 +97,7 @@ def locate_models(
         os.path.join(os.path.dirname(run), "vocoder"),
     ]
     for c in candidates:
-        found = _existing([c], run)
+        found = existing_path([c], run)
         if found is None:
             continue
         for d in (os.path.join(found, "models", "generator"), found):

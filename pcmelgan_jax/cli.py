@@ -22,6 +22,7 @@ SUBCOMMANDS: dict[str, str] = {
     "prepare": "pcmelgan_jax.data.prepare",
     "quickstart": "pcmelgan_jax.quickstart",
     "anonymize": "pcmelgan_jax.anonymize",
+    "baselines": "pcmelgan_jax.evaluation.command",
     "sweep": "pcmelgan_jax.sweep",
     "bench": "pcmelgan_jax.bench_report",
 }
@@ -40,7 +41,12 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     if argv is None:  # the console script: glibc malloc's huge pages (see host_memory)
         reexec_with_hugepages()
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)
+    if extra and not hasattr(args, "overrides"):  # only some subcommands take --config.x=y
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    if extra:
+        args.overrides = list(args.overrides) + extra
     return int(args.func(args) or 0)
 
 

@@ -172,14 +172,14 @@ def format_summary(summary: dict) -> str:
     for name in ("spec_digit", "spec_gender", "audio_digit", "audio_gender"):
         if f"{name}/best_accuracy" in cls:
             acc = cls[f"{name}/best_accuracy"]
-            lines.append(f"  classifier {name:<13} test accuracy {acc:.3f}")
+            lines.append(f"  classifier {name:<13} validation accuracy {acc:.3f}")
     voc = summary.get("vocoder", {})
     if "best_mel_l1" in voc:
-        lines.append(f"  vocoder best test mel L1 {voc['best_mel_l1']:.3f}")
+        lines.append(f"  vocoder best validation mel L1 {voc['best_mel_l1']:.3f}")
     pcm = summary.get("pcmelgan", {})
     for key in sorted(pcm):
         if key.endswith("_acc") or key.endswith("distortion"):
-            lines.append(f"  pcmelgan {key:<32} {pcm[key]:.3f}")
+            lines.append(f"  pcmelgan validation {key:<32} {pcm[key]:.3f}")
     for warning in summary.get("eval", {}).get("warnings", []):
         lines.append(f"  WARNING: {warning}")
     return "\n".join(lines)

@@ -16,6 +16,9 @@ from pcmelgan_jax.data.prepare import format_report, prepare
 from pcmelgan_jax.data.synth import MARKER, SynthError, synthesize_corpus
 
 SPEAKERS, REPS = 6, 2  # 3 F (02, 04, 06) + 3 M (01, 03, 05), 120 files
+# per gender 1 train, 1 validation, 1 test speaker: 40 utterances per split
+SPLITS = ("train", "validation", "test")
+VERSION = "2.0.0"  # AudioMnist.VERSION: the version that added the validation split
 
 
 def _snapshot(root) -> dict[str, tuple[str, int]]:
@@ -137,17 +140,21 @@ def test_synth_paper_numbering():
 def test_counts_and_split(built):
     data_dir, report = built
     s = report["splits"]
-    assert report["skipped"] == []
-    assert s["train"]["female"] == {"speakers": 2, "utterances": 40}
-    assert s["train"]["male"] == {"speakers": 2, "utterances": 40}
-    assert s["test"]["female"] == {"speakers": 1, "utterances": 20}
-    assert s["test"]["male"] == {"speakers": 1, "utterances": 20}
-    assert s["train"]["num_examples"] == 80 and s["test"]["num_examples"] == 40
+    assert report["skipped"] == [] and report["version"] == VERSION
+    assert list(s) == list(SPLITS)
+    for name in SPLITS:
+        assert s[name]["female"] == {"speakers": 1, "utterances": 20}, name
+        assert s[name]["male"] == {"speakers": 1, "utterances": 20}, name
+        assert s[name]["num_examples"] == 40, name
     split = report["split"]["splits"]
-    assert not set(split["train"]["speakers"]) & set(split["test"]["speakers"])
-    assert set(split["train"]["speakers"]) | set(split["test"]["speakers"]) == set(range(1, 7))
+    ids = [set(split[name]["speakers"]) for name in SPLITS]
+    assert sum(len(x) for x in ids) == len(set().union(*ids)) == SPEAKERS  # disjoint, all used
+    assert split["test"]["speakers"] == [3, 4]  # as before the validation split existed
     text = format_report(report)
-    assert "files skipped: 0" in text and "test   female" in text
+    assert "files skipped: 0" in text
+    for line in ("train      female", "validation female", "test       female"):
+        assert line in text, text
+    assert "validation" in report["split"]["policy"]
 
 
 def test_labels_match_files_and_metadata(built, synth_dir):
@@ -155,7 +162,7 @@ def test_labels_match_files_and_metadata(built, synth_dir):
 
     data_dir, report = built
     meta = json.loads((synth_dir / "audioMNIST_meta.txt").read_text())
-    for split in ("train", "test"):
+    for split in SPLITS:
         records = _records(data_dir, split)
         speakers = {int(r["speaker"]) for r in records}
         assert speakers == set(report["split"]["splits"][split]["speakers"])
@@ -174,7 +181,7 @@ def test_split_recorded_and_identical_on_rebuild(built, synth_dir, tmp_path):
     import tensorflow_datasets as tfds
 
     data_dir, report = built
-    stored = json.loads((built[0] / "audio_mnist/all/1.0.0/split.json").read_text())
+    stored = json.loads((built[0] / f"audio_mnist/all/{VERSION}/split.json").read_text())
     assert stored == report["split"]
     builder = tfds.builder("audio_mnist/all", data_dir=os.fspath(data_dir))
     assert dict(builder.info.metadata["split"]) == stored
@@ -186,16 +193,92 @@ def test_split_recorded_and_identical_on_rebuild(built, synth_dir, tmp_path):
     assert rebuilt["split"] == stored and not rebuilt["reused"]
 
 
+REAL_GENDERS = {s: (0 if s in corpus_lib.REAL_FEMALE_SPEAKERS else 1) for s in range(1, 61)}
+# The test speakers of the two-split rule (train / test) that came before the validation
+# split, computed with that rule: the validation split must not change them.
+OLD_TEST_SPEAKERS = {
+    "synth24": [3, 4, 21, 22],  # synth.speaker_genders(24): odd ids male, even ids female
+    "real60": [10, 18, 19, 22, 26, 29, 38, 39, 45, 59],  # the real AudioMNIST genders
+}
+
+
 def test_split_policy_on_real_audiomnist_genders():
-    genders = {s: (0 if s in corpus_lib.REAL_FEMALE_SPEAKERS else 1) for s in range(1, 61)}
+    split = corpus_lib.split_speakers(REAL_GENDERS, "all")
+    for name in ("test", "validation"):
+        female = [s for s in split[name] if REAL_GENDERS[s] == 0]
+        male = [s for s in split[name] if REAL_GENDERS[s] == 1]
+        assert len(female) == 12 // 6 and len(male) == 48 // 6, name
+    assert split == corpus_lib.split_speakers(dict(reversed(REAL_GENDERS.items())), "all")
+    assert len(split["train"]) == 40
+    assert split["test"] == OLD_TEST_SPEAKERS["real60"]
+    paper = corpus_lib.split_speakers(REAL_GENDERS, "paper")
+    assert paper["test"] == [36, 39, 45, 58] and len(paper["train"]) == 16
+
+
+def _check_split(split, genders):
+    """Speaker-disjoint, covers every speaker, per gender test = validation = max(n // 6, 1)."""
+    assert list(split) == list(SPLITS)
+    parts = [set(split[name]) for name in SPLITS]
+    assert sum(len(p) for p in parts) == len(set().union(*parts)) == len(genders)
+    assert set().union(*parts) == set(genders)
+    for gender in (0, 1):
+        n = sum(1 for g in genders.values() if g == gender)
+        for name in ("test", "validation"):
+            got = sum(1 for s in split[name] if genders[s] == gender)
+            assert got == max(n // 6, 1), (name, gender, n, split)
+        assert sum(1 for s in split["train"] if genders[s] == gender) >= 1
+
+
+def test_all_split_is_speaker_disjoint_and_keeps_the_test_speakers():
+    from pcmelgan_jax.data.synth import speaker_genders
+
+    for n in (6, 7, 11, 12, 13, 24, 35, 36, 59, 60, 61):
+        genders = speaker_genders(n)
+        _check_split(corpus_lib.split_speakers(genders, "all"), genders)
+    _check_split(corpus_lib.split_speakers(REAL_GENDERS, "all"), REAL_GENDERS)
+    # 3 per gender is enough (one speaker per split); unbalanced genders are fine too
+    genders = {1: 0, 2: 0, 3: 0, **{s: 1 for s in range(4, 20)}}
+    _check_split(corpus_lib.split_speakers(genders, "all"), genders)
+    assert corpus_lib.split_speakers(speaker_genders(24), "all")["test"] == (
+        OLD_TEST_SPEAKERS["synth24"]
+    )
+    assert corpus_lib.split_speakers(REAL_GENDERS, "all")["test"] == OLD_TEST_SPEAKERS["real60"]
+    # validation: the next n // 6 of the same per-gender permutation
+    genders = speaker_genders(24)
     split = corpus_lib.split_speakers(genders, "all")
-    test_f = [s for s in split["test"] if genders[s] == 0]
-    test_m = [s for s in split["test"] if genders[s] == 1]
-    assert len(test_f) == 12 // 6 and len(test_m) == 48 // 6
-    assert split == corpus_lib.split_speakers(dict(reversed(genders.items())), "all")
-    assert len(split["train"]) == 50 and not set(split["train"]) & set(split["test"])
-    paper = corpus_lib.split_speakers(genders, "paper")
-    assert paper["test"] == [36, 39, 45, 58] and len(paper["train"]) == 20
+    for gender in (0, 1):
+        ids = sorted(s for s, g in genders.items() if g == gender)
+        order = np.random.default_rng(corpus_lib.SPLIT_SEED).permutation(len(ids))
+        test = [s for s in split["test"] if genders[s] == gender]
+        assert sorted(ids[i] for i in order[:2]) == test
+        assert [s for s in split["validation"] if genders[s] == gender] == sorted(
+            ids[i] for i in order[2:4]
+        )
+
+
+def test_too_few_speakers_per_gender_is_refused():
+    for genders, counts in (
+        ({1: 1, 2: 0, 3: 1, 4: 0}, "2 female and 2 male"),  # the old tests' 4 speakers
+        ({1: 0, 2: 0, **{s: 1 for s in range(3, 13)}}, "2 female and 10 male"),
+        ({s: 1 for s in range(1, 13)}, "0 female and 12 male"),
+    ):
+        with pytest.raises(CorpusError, match=f"{counts}; need >= 3 per gender") as e:
+            corpus_lib.split_speakers(genders, "all")
+        assert "\n" not in str(e.value) and "validation" in str(e.value)
+
+
+def test_paper_validation_speakers_come_from_the_papers_train_speakers():
+    paper = corpus_lib.split_speakers(REAL_GENDERS, "paper")
+    _check_split(paper, {s: REAL_GENDERS[s] for ids in paper.values() for s in ids})
+    train = {s for ids in corpus_lib.PAPER_SPLIT["train"].values() for s in ids}
+    assert set(paper["validation"]) <= train
+    assert set(paper["train"]) | set(paper["validation"]) == train
+    assert paper["validation"] == [41, 46, 52, 57]  # F 52, 57; M 41, 46 (seeded, fixed)
+    for gender, ids in corpus_lib.paper_validation_speakers().items():
+        assert len(ids) == 12 // 6 and set(ids) <= set(corpus_lib.PAPER_SPLIT["train"][gender])
+    record = corpus_lib.split_record("paper", paper, REAL_GENDERS)
+    assert record["splits"]["validation"]["female"] == [52, 57]
+    assert "validation" in record["policy"] and record["seed"] == corpus_lib.SPLIT_SEED
 
 
 def test_metadata_normalisation_of_real_values():
@@ -253,9 +336,9 @@ def test_bad_input_is_reported_and_skipped(synth_dir, tmp_path):
     assert ("08", "speaker folder 08 has no .wav files") in notes
     assert any("'1234'" in p and "unknown" in p for _, p in notes)
     assert any("'vr-romm'" in p for _, p in notes)
-    total = sum(report["splits"][s]["utterances"] for s in ("train", "test"))
+    total = sum(report["splits"][s]["utterances"] for s in SPLITS)
     assert total == SPEAKERS * 10 * REPS - 1
-    records = _records(tmp_path / "tfds", "train") + _records(tmp_path / "tfds", "test")
+    records = [r for s in SPLITS for r in _records(tmp_path / "tfds", s)]
     by_speaker = {int(r["speaker"]): r for r in records}
     assert by_speaker[1]["gender"] == 1 and by_speaker[1]["age"] == 30
     assert by_speaker[2]["age"] == -1 and by_speaker[2]["recording_room"] == b"vr-room"
@@ -271,7 +354,7 @@ def test_mostly_bad_corpus_fails(synth_dir, tmp_path):
     with pytest.raises(CorpusError, match=r"20 of 120 .wav files are unusable") as e:
         prepare(src, tmp_path / "tfds", "all")
     assert "0_01_0.wav: cannot read audio" in str(e.value)
-    assert not (tmp_path / "tfds" / "audio_mnist" / "all" / "1.0.0").exists()
+    assert not (tmp_path / "tfds" / "audio_mnist" / "all" / VERSION).exists()
 
 
 def test_missing_or_empty_manual_dir(tmp_path):
@@ -312,14 +395,68 @@ def test_paper_config_builds(synth_dir, tmp_path):
     report = prepare(fake, tmp_path / "tfds", "paper")
     split = report["split"]["splits"]
     assert split["test"]["female"] == [36, 58] and split["test"]["male"] == [39, 45]
-    assert split["train"]["speakers"] == sorted(
-        corpus_lib.PAPER_SPLIT["train"][0] + corpus_lib.PAPER_SPLIT["train"][1]
-    )
-    assert report["splits"]["train"]["utterances"] == 200
+    assert split["validation"]["female"] == [52, 57] and split["validation"]["male"] == [41, 46]
+    paper_train = set(corpus_lib.PAPER_SPLIT["train"][0] + corpus_lib.PAPER_SPLIT["train"][1])
+    assert split["train"]["speakers"] == sorted(paper_train - {41, 46, 52, 57})
+    assert report["splits"]["train"]["utterances"] == 160
+    assert report["splits"]["validation"]["utterances"] == 40
     assert report["splits"]["test"]["utterances"] == 40
     assert {int(r["speaker"]) for r in _records(tmp_path / "tfds", "test", "paper")} == {
         36, 39, 45, 58,
     }  # fmt: skip
+    assert {int(r["speaker"]) for r in _records(tmp_path / "tfds", "validation", "paper")} == {
+        41, 46, 52, 57,
+    }  # fmt: skip
+
+
+def _fake_old_version(data_dir, old_dir, old_version="1.0.0"):
+    """``old_dir`` holding ``audio_mnist/all`` as an older version would have left it: the
+    current dataset copied to an ``old_version`` folder, its info saying that version, and
+    without the validation split."""
+    src = data_dir / "audio_mnist" / "all" / VERSION
+    dst = old_dir / "audio_mnist" / "all" / old_version
+    shutil.copytree(src, dst)
+    for f in dst.glob("*-validation.*"):
+        f.unlink()
+    info = json.loads((dst / "dataset_info.json").read_text())
+    info["version"] = old_version
+    info["splits"] = [s for s in info["splits"] if s["name"] != "validation"]
+    (dst / "dataset_info.json").write_text(json.dumps(info))
+    return dst
+
+
+def test_dataset_of_an_older_version_is_refused_then_rebuilt(built, synth_dir, tmp_path):
+    from pcmelgan_jax.data import audio_mnist
+    from pcmelgan_jax.data.pipeline import load_source, make_dataset
+
+    assert str(audio_mnist.AudioMnist.VERSION) == VERSION
+    assert "validation" in audio_mnist.AudioMnist.RELEASE_NOTES[VERSION]
+    old = tmp_path / "old"
+    _fake_old_version(built[0], old)
+    (old / "audio_mnist" / "all" / "0.9.0").mkdir()  # a folder without dataset_info.json
+    assert audio_mnist.older_versions(old, "all") == ["1.0.0"]
+    for read in (
+        lambda: load_source(old, "audio_mnist/all", "train"),
+        lambda: make_dataset(old, "audio_mnist/all", "validation", train=False),
+        lambda: audio_mnist.read_split(old, "all"),
+    ):
+        with pytest.raises(audio_mnist.OutdatedDatasetError) as e:
+            read()
+        message = str(e.value)
+        assert isinstance(e.value, FileNotFoundError) and "\n" not in message
+        assert f"in {old} was prepared by an older version (1.0.0) without a validation " in message
+        assert f"re-run `pcmelgan-jax prepare --manual-dir ... --data-dir {old}`" in message
+    # a data dir without any version keeps the plain "not prepared" message
+    with pytest.raises(FileNotFoundError, match="is not prepared in") as e:
+        load_source(tmp_path / "empty", "audio_mnist/all", "train")
+    assert not isinstance(e.value, audio_mnist.OutdatedDatasetError)
+    # prepare builds the current version next to the old one, then reuses it
+    report = prepare(synth_dir, old, "all")
+    assert report["version"] == VERSION and not report["reused"]
+    assert report["split"] == built[1]["split"]
+    assert (old / "audio_mnist" / "all" / "1.0.0").is_dir()
+    assert len(load_source(old, "audio_mnist/all", "validation")) == 40
+    assert prepare(synth_dir, old, "all")["reused"]
 
 
 # ---------------------------------------------------------------- pipeline
@@ -341,10 +478,10 @@ def test_batches_shapes_and_determinism(built):
 
     data_dir, _ = built
     it = make_dataset(data_dir, split="train", batch_size=8, seed=0)
-    assert it.steps_per_epoch == 10
-    a = _take(it, 20)
-    b = _take(make_dataset(data_dir, split="train", batch_size=8, seed=0), 20)
-    c = _take(make_dataset(data_dir, split="train", batch_size=8, seed=1), 20)
+    assert it.steps_per_epoch == 5
+    a = _take(it, 10)
+    b = _take(make_dataset(data_dir, split="train", batch_size=8, seed=0), 10)
+    c = _take(make_dataset(data_dir, split="train", batch_size=8, seed=1), 10)
     first = a[0]
     assert first["audio"].shape == (8, 8192) and first["audio"].dtype == np.float32
     for k in ("digit", "gender", "speaker"):
@@ -352,13 +489,13 @@ def test_batches_shapes_and_determinism(built):
     assert np.allclose(np.abs(first["audio"]).max(axis=1), 0.95, atol=1e-5)  # peak-normalised
     assert _same(a, b) and not _same(a, c)
 
-    # each epoch is a permutation of the 80 training examples, in a new order
+    # each epoch is a permutation of the 40 training examples, in a new order
     def keys(batches):
         return [
             (int(s), int(d)) for x in batches for s, d in zip(x["speaker"], x["digit"], strict=True)
         ]
 
-    epoch1, epoch2 = keys(a[:10]), keys(a[10:])
+    epoch1, epoch2 = keys(a[:5]), keys(a[5:])
     expected = sorted((int(r["speaker"]), int(r["digit"])) for r in _records(data_dir, "train"))
     assert sorted(epoch1) == expected and sorted(epoch2) == expected and epoch1 != epoch2
 
@@ -370,9 +507,9 @@ def test_resume_mid_epoch(built):
     for threads in (0, 2):
         kwargs = dict(split="train", batch_size=8, seed=5, worker_threads=threads)
         it = make_dataset(data_dir, **kwargs)
-        _take(it, 7)
+        _take(it, 3)
         state = json.loads(json.dumps(it.get_state()))  # as stored in a checkpoint
-        rest = _take(it, 8)  # crosses the epoch boundary at 10
+        rest = _take(it, 8)  # crosses the epoch boundaries at 5 and 10
         fresh = make_dataset(data_dir, **kwargs)
         fresh.set_state(state)
         assert _same(rest, _take(fresh, 8))
@@ -412,7 +549,7 @@ def test_per_process_sharding(built):
 
     def examples(index, train):
         it = make_dataset(
-            data_dir, split="train", batch_size=8, seed=0, train=train, num_epochs=1,
+            data_dir, split="train", batch_size=4, seed=0, train=train, num_epochs=1,
             shard_options=grain.sharding.ShardOptions(index, 2, drop_remainder=train),
         )  # fmt: skip
         out = []
@@ -425,11 +562,11 @@ def test_per_process_sharding(built):
 
     # evaluation order: exact records, disjoint halves that cover the split
     e0, e1 = examples(0, False), examples(1, False)
-    assert len(e0) == len(e1) == 40
-    assert len(set(e0) | set(e1)) == 80 and not set(e0) & set(e1)
+    assert len(e0) == len(e1) == 20
+    assert len(set(e0) | set(e1)) == 40 and not set(e0) & set(e1)
     # training (shuffled, random offsets): equal halves, together every example once
     t0, t1 = examples(0, True), examples(1, True)
-    assert len(t0) == len(t1) == 40
+    assert len(t0) == len(t1) == 20
     expected = sorted((int(r["speaker"]), int(r["digit"])) for r in _records(data_dir, "train"))
     assert sorted((s, d) for s, d, _ in t0 + t1) == expected
     assert sorted((s, d) for s, d, _ in e0 + e1) == expected

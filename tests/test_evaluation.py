@@ -16,10 +16,11 @@ import pytest
 
 from pcmelgan_jax import evaluation, metrics
 from pcmelgan_jax.checkpointing import read_model_info, save_model
+from pcmelgan_jax.evaluation.attackers import Scores
 from pcmelgan_jax.models.registry import numpy_random_variables
 
 ROOT = Path(__file__).resolve().parents[1]
-SPEAKERS, REPS = 4, 2  # train: 1 F + 1 M speaker, test: 1 F + 1 M; 40 utterances each
+SPEAKERS, REPS = 6, 2  # 1 F + 1 M speaker in each of train, validation, test: 40 utterances
 BATCH = 16  # 40 test utterances -> 3 batches, the last one padded (mask 0)
 
 
@@ -88,6 +89,11 @@ def eval_config(**overrides):
     config.num_examples_to_save = 2
     config.speaker.steps = 3
     config.speaker.batch_size = 8
+    config.speaker.width = 0.25
+    config.informed.update(spec_width=0.25, audio_width=0.25, spec_steps=3, audio_steps=3,
+                           batch_size=8, eval_every=2)
+    config.linear.max_iter = 10
+    config.bootstrap.num_resamples = 200
     for k, v in overrides.items():
         config[k] = v
     return config
@@ -164,48 +170,49 @@ def test_heldout_repetitions():
     assert evaluation.heldout_repetitions(range(50), 0.2) == list(range(40, 50))
 
 
-def _run_entry(fd, fg, pd=None, pg=None, ps=None, fid_f=10.0, fid_p=None):
-    run = {
-        "spectrogram": {"real": {"digit_acc": 0.9, "gender_acc": 1.0, "speaker_acc": 0.8},
-                        "vocoded_real": {"digit_acc": 0.8, "gender_acc": 0.9},
-                        "filter": {"digit_acc": fd, "gender_acc": fg, "speaker_acc": 0.3}},
-        "audio": {"real": {"digit_acc": 0.9, "gender_acc": 1.0},
-                  "vocoded_real": {"digit_acc": 0.7, "gender_acc": 0.9},
-                  "filter": {"digit_acc": fd, "gender_acc": fg}},
-        "fid": {"filter": fid_f, "vocoded_real": 2.0},
-    }
-    if pd is not None:
-        run["spectrogram"]["pcmelgan"] = {"digit_acc": pd, "gender_acc": pg,
-                                          "sampled_gender_acc": ps, "speaker_acc": 0.1}
-        run["audio"]["pcmelgan"] = {"digit_acc": pd, "gender_acc": pg, "sampled_gender_acc": ps}
-        run["fid"]["pcmelgan"] = fid_p
-    return run
+def _scores(correct, speakers=(1, 1, 2, 2), genders=(0, 0, 1, 1)):
+    return Scores(np.asarray(correct, np.int8), np.asarray(speakers), np.asarray(genders))
 
 
-def test_aggregate_group_and_tables():
-    runs = [_run_entry(0.6, 0.5, 0.4, 0.45, 0.9, 10.0, 20.0),
-            _run_entry(0.8, 0.7, 0.6, 0.55, 1.0, 14.0, 30.0),
-            _run_entry(0.7, 0.6)]  # a filter-only run: Filter numbers only
-    g = evaluation.aggregate_group(runs)
-    f = g["spectrogram"]["filter"]["digit_acc"]
-    assert f["mean"] == pytest.approx(0.7) and f["std"] == pytest.approx(0.1)
-    assert f["runs"] == [0.6, 0.8, 0.7]
-    p = g["audio"]["pcmelgan"]["gender_acc"]
-    assert p["mean"] == pytest.approx(0.5) and p["std"] == pytest.approx(math.sqrt(0.005))
-    assert g["spectrogram"]["pcmelgan"]["sampled_gender_acc"]["mean"] == pytest.approx(0.95)
-    assert g["fid"]["filter"]["mean"] == pytest.approx(34 / 3)
-    assert g["fid"]["pcmelgan"]["runs"] == [20.0, 30.0]
-    real = g["spectrogram"]["real"]["speaker_acc"]
-    assert real["mean"] == pytest.approx(0.8) and real["std"] == pytest.approx(0.0, abs=1e-12)
-    assert real["runs"] == [0.8, 0.8, 0.8]
-    results = {"groups": [{"eps": 0.05, "eps_label": "0.05", "num_runs": 3, **g}],
-               "speaker": {"num_speakers": 4}}
-    md = evaluation.markdown_tables(results)
-    # gender Filter, gender PCMelGAN, digit Filter, digit PCMelGAN, in %, mean ± std
-    assert "| 0.05 | 60.0 ± 10.0 | 50.0 ± 7.1 | 70.0 ± 10.0 | 50.0 ± 14.1 |" in md
-    assert "| 0.05 | 11.33 ± 2.31 | 25.00 ± 7.07 |" in md  # FID
-    assert "| untransformed | 100.0 ± 0.0 | 90.0 ± 0.0 |" in md
-    assert "Chance: 25.0 %" in md
+def _tree(fd, fg):
+    """One condition's attacks on 4 test utterances: fixed digit/gender hits, EER 0.3."""
+    return {"fixed": {"spectrogram": {"digit_acc": _scores(fd), "gender_acc": _scores(fg)},
+                      "audio": {"digit_acc": _scores(fd), "gender_acc": _scores(fg)}},
+            "speaker": {"spectrogram": {"eer_ignorant": 0.3}}}
+
+
+def test_summaries_over_runs_and_tables():
+    """Mean and sample std over runs, the bootstrap interval over runs and speakers, EER
+    without an interval, and the rows of tables.md."""
+    runs = [_tree((1, 1, 0, 0), (1, 0, 1, 0)), _tree((1, 1, 1, 1), (1, 1, 1, 0))]
+    boot = {"num_resamples": 300, "level": 0.95, "seed": 0}
+    s = evaluation.summarize_trees(runs, boot)
+    d = s["fixed"]["spectrogram"]["digit_acc"]
+    assert d["mean"] == pytest.approx(0.75) and d["std"] == pytest.approx(math.sqrt(0.125))
+    assert d["runs"] == [0.5, 1.0]
+    assert 0.0 <= d["low"] <= 0.75 <= d["high"] <= 1.0
+    eer = s["speaker"]["spectrogram"]["eer_ignorant"]
+    assert eer["mean"] == pytest.approx(0.3) and eer["low"] is None
+    single = evaluation.summarize_trees(runs[:1], boot)["fixed"]["spectrogram"]["gender_acc"]
+    assert single["runs"] == [0.5] and single["std"] == 0.0 and single["low"] < 0.5
+    entry = {k: {"digit_acc": s["fixed"]["spectrogram"]["digit_acc"],
+                 "gender_acc": s["fixed"]["spectrogram"]["gender_acc"],
+                 "sampled_gender_acc": s["fixed"]["spectrogram"]["gender_acc"],
+                 "speaker_acc": s["fixed"]["spectrogram"]["digit_acc"]}
+             for k in ("real", "vocoded_real", "filter", "pcmelgan")}
+    group = {"eps": 0.05, "eps_label": "0.05", "num_runs": 2, "spectrogram": entry,
+             "audio": entry, "fid": {k: metrics.summarize([1.0, 2.0]) for k in
+                                     ("filter", "pcmelgan", "vocoded_real")},
+             "attacks": {"pcmelgan": s}}
+    md = evaluation.markdown_tables({"groups": [group], "baselines": {"real": s},
+                                     "speaker": {"num_speakers": 4}})
+    g = s["fixed"]["spectrogram"]["gender_acc"]
+    cell = (f"62.5 ± {100 * g['std']:.1f} [{100 * g['low']:.1f}, {100 * g['high']:.1f}]")
+    assert f"| 0.05 | {cell} | {cell} |" in md  # gender Filter, gender PCMelGAN
+    assert "## Fixed classifiers" in md and "## Informed attacker" in md
+    assert f"| PCMelGAN, eps 0.05 | {cell} | {cell} |" in md
+    assert "| untransformed | - | - | 30.0 ± 0.0 | - |" in md  # the speaker table's EER
+    assert "| 0.05 | 1.500 ± 0.707 | 1.500 ± 0.707 |" in md  # FID
 
 
 def test_reference_warnings_name_classifiers_at_chance_and_constant_features():
@@ -229,11 +236,9 @@ def test_reference_warnings_name_classifiers_at_chance_and_constant_features():
     assert "spectrogram gender classifier (AlexNet)" in warnings[0] and "54.9 %" in warnings[0]
     assert "audio digit classifier (AudioNet)" in warnings[1] and "10.0 %" in warnings[1]
     assert "every FID is 0" in warnings[2]
-    g = evaluation.aggregate_group([_run_entry(0.6, 0.5, 0.4, 0.45, 0.9, 10.0, 20.0)])
-    results = {"groups": [{"eps": 0.05, "eps_label": "0.05", "num_runs": 1, **g}],
-               "speaker": {}, "warnings": warnings}
+    results = {"groups": [], "speaker": {}, "warnings": warnings}
     md = evaluation.markdown_tables(results)
-    assert md.index("**Warning:** the audio digit") < md.index("## Spectrogram-domain")
+    assert md.index("**Warning:** the audio digit") < md.index("## Fixed classifiers")
     del results["warnings"]
     assert "Warning" not in evaluation.markdown_tables(results)
 
@@ -270,10 +275,32 @@ REQUIRED = {
 }
 
 
-def _check_value(v, n_runs):
-    assert set(v) == {"mean", "std", "runs"}
+def _check_value(v, n_runs, interval=True):
+    assert set(v) == {"mean", "std", "runs", "low", "high"}
     assert len(v["runs"]) == n_runs
     assert v["mean"] == pytest.approx(np.mean(v["runs"]))
+    if interval:
+        assert 0.0 <= v["low"] <= v["mean"] <= v["high"] <= 1.0
+
+
+ATTACKS = {"fixed": {"spectrogram": {"digit_acc", "gender_acc"},
+                     "audio": {"digit_acc", "gender_acc"}},
+           "informed": {"spectrogram": {"digit_acc", "gender_acc"},
+                        "audio": {"digit_acc", "gender_acc"}},
+           "linear": {"spectrogram": {"digit_acc", "gender_acc"},
+                      "audio": {"digit_acc", "gender_acc"}},
+           "features": {"audio": {"digit_acc", "gender_acc"}},
+           "speaker": {"spectrogram": {"reid_ignorant_acc", "reid_informed_acc",
+                                       "eer_ignorant", "eer_informed"}}}
+
+
+def _check_attacks(attacks, n_runs):
+    for attacker, domains in ATTACKS.items():
+        for domain, keys in domains.items():
+            assert keys <= set(attacks[attacker][domain]), (attacker, domain)
+            for key in keys:
+                _check_value(attacks[attacker][domain][key], n_runs,
+                             interval=not key.startswith("eer"))
 
 
 def test_quickstart_results_json(quickstart, quick_results):
@@ -288,24 +315,37 @@ def test_quickstart_results_json(quickstart, quick_results):
                 assert 0.0 <= on_disk[domain][entry][key]["mean"] <= 1.0
     assert set(on_disk["fid"]) == {"filter", "pcmelgan", "vocoded_real"}
     for v in on_disk["fid"].values():
-        _check_value(v, 1)
-        assert v["mean"] >= 0.0
+        assert len(v["runs"]) == 1 and v["mean"] >= 0.0
+    # every attacker with intervals, for the runs' conditions and the baselines
+    assert set(on_disk["attacks"]) == {"filter", "pcmelgan"}
+    for attacks in on_disk["attacks"].values():
+        _check_attacks(attacks, 1)
+    assert set(on_disk["baselines"]) == {"real", "vocoded_real", "mcadams", "pitch_shift"}
+    for attacks in on_disk["baselines"].values():
+        _check_attacks(attacks, 1)
+    assert on_disk["attacks"]["pcmelgan"]["fixed"]["audio"]["sampled_gender_acc"]["low"] >= 0
+    assert on_disk["test"]["num_utterances"] == 40
+    assert on_disk["groups"][0]["filter_source"] == "pcmelgan runs' own F"
     assert on_disk["eps"] == 0.05 and len(on_disk["groups"]) == 1
     assert isinstance(on_disk["warnings"], list)
     run = on_disk["runs"][0]["run"]
     assert run["path"] == str(quickstart / "pcmelgan")
     assert run["vocoder_workdir"] == str(quickstart / "vocoder")
-    assert on_disk["speaker"]["num_speakers"] == 2 and on_disk["speaker"]["num_heldout"] == 20
+    assert on_disk["speaker"]["num_speakers"] == 2  # the training speakers
+    reid = on_disk["baselines"]["real"]["speaker"]["spectrogram"]["reid_ignorant_acc"]
+    assert on_disk["spectrogram"]["real"]["speaker_acc"] == reid
     # the imported (PyTorch round-trip) checkpoints were the ones evaluated
     assert read_model_info(quickstart / "pcmelgan" / "models" / "filter")["converted_from"]
     # outputs beside results.json
     md = (out / "tables.md").read_text()
     g = on_disk["spectrogram"]
-    row = (f"| 0.05 | {100 * g['filter']['gender_acc']['mean']:.1f} "
-           f"| {100 * g['pcmelgan']['gender_acc']['mean']:.1f} "
-           f"| {100 * g['filter']['digit_acc']['mean']:.1f} "
-           f"| {100 * g['pcmelgan']['digit_acc']['mean']:.1f} |")
+    row = "| 0.05 | " + " | ".join(evaluation.report.fmt(g[entry][key]) for key in (
+        "gender_acc", "digit_acc") for entry in ("filter", "pcmelgan")) + " |"
     assert row in md
+    for title in ("Fixed classifiers", "Informed attacker", "Linear attacker",
+                  "Feature attacker", "Speakers"):
+        assert f"## {title}" in md
+    assert "| McAdams (0.8) |" in md and "| PCMelGAN, eps 0.05 |" in md
     assert (out / "privacy_utility.png").stat().st_size > 10_000
     assert (out / "speaker_classifier" / "model.json").is_file()
     ex = out / "examples" / "00_pcmelgan"
@@ -355,7 +395,11 @@ def test_eval_py_sweep_groups_by_eps(quickstart, quick_results, monkeypatch):
         "eval.py", f"--config={ROOT / 'configs' / 'eval.py'}", f"--workdir={quickstart}",
         "--config.runs=pcmelgan,sweep/*", f"--config.batch_size={BATCH}",
         "--config.num_examples_to_save=0", "--config.speaker.steps=3",
-        "--config.speaker.batch_size=8",
+        "--config.speaker.batch_size=8", "--config.speaker.width=0.25",
+        "--config.informed.spec_steps=3",
+        "--config.informed.audio_steps=3", "--config.informed.spec_width=0.25",
+        "--config.informed.audio_width=0.25", "--config.informed.batch_size=8",
+        "--config.linear.max_iter=10", "--config.bootstrap.num_resamples=200",
     ]
     monkeypatch.setattr(sys, "argv", argv)  # config_flags reads its overrides from sys.argv
     script.FLAGS(argv)
@@ -368,10 +412,21 @@ def test_eval_py_sweep_groups_by_eps(quickstart, quick_results, monkeypatch):
     assert [g["eps"] for g in res["groups"]] == [0.05, 0.1]
     g05, g10 = res["groups"]
     assert g05["num_runs"] == 2 and g10["num_runs"] == 1
+    # eps 0.05: the Filter column is the PCMelGAN run's own F; the filter-only run of the
+    # same eps is reported on its own, not pooled into it
+    assert g05["filter_source"] == "pcmelgan runs' own F"
     for domain, entries in REQUIRED.items():
         for entry, keys in entries.items():
-            for key in keys:  # the filter-only run of eps 0.05 adds Filter numbers only
-                _check_value(g05[domain][entry][key], 2 if entry != "pcmelgan" else 1)
+            for key in keys:
+                _check_value(g05[domain][entry][key], 1)
+    assert set(g05["attacks"]) == {"filter", "pcmelgan", "filter_only"}
+    for attacks in g05["attacks"].values():
+        _check_attacks(attacks, 1)
+    sweep_run = next(r for r in res["runs"] if r["run"]["name"] == "eps0.05_seed1")
+    assert g05["attacks"]["filter_only"]["fixed"]["spectrogram"]["digit_acc"]["mean"] == (
+        pytest.approx(sweep_run["spectrogram"]["filter"]["digit_acc"]))
+    # eps 0.1 has only a filter-only run: it is the Filter column
+    assert g10["filter_source"] == "filter-only runs" and set(g10["attacks"]) == {"filter"}
     assert g10["spectrogram"]["pcmelgan"]["digit_acc"]["mean"] is None
     assert g10["fid"]["pcmelgan"]["runs"] == []
     _check_value(g10["spectrogram"]["filter"]["gender_acc"], 1)
@@ -380,10 +435,9 @@ def test_eval_py_sweep_groups_by_eps(quickstart, quick_results, monkeypatch):
     assert first["spectrogram"]["pcmelgan"]["digit_acc"] == pytest.approx(
         quick_results["spectrogram"]["pcmelgan"]["digit_acc"]["mean"])
     assert first["fid"]["filter"] == pytest.approx(quick_results["fid"]["filter"]["mean"])
-    s = g05["spectrogram"]["filter"]["digit_acc"]
-    assert s["std"] == pytest.approx(float(np.std(s["runs"], ddof=1)))
     md = (quickstart / "eval" / "tables.md").read_text()
-    assert md.count("\n| 0.1 |") == 4  # both accuracy tables, speakers, FID
+    assert md.count("\n| 0.1 |") == 3  # both accuracy tables and FID
+    assert "| Filter (filter-only runs), eps 0.05 |" in md
 
 
 def test_find_runs_one_and_two_levels_down(tmp_path):

@@ -73,7 +73,7 @@ def data_dir(tmp_path_factory) -> str:
     from pcmelgan_jax.data.synth import synthesize_corpus
 
     root = tmp_path_factory.mktemp("multihost_data")
-    synthesize_corpus(root / "corpus", speakers=4, reps=2, seed=0)
+    synthesize_corpus(root / "corpus", speakers=6, reps=2, seed=0)  # 1 F + 1 M per split
     prepare(root / "corpus", root / "data", "all")
     return str(root / "data")
 

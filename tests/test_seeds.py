@@ -23,7 +23,7 @@ from pcmelgan_jax.models.registry import numpy_random_variables
 from pcmelgan_jax.training import configs, loop, pcmelgan
 from pcmelgan_jax.training import state as st
 
-SPEAKERS, REPS = 4, 2  # 2 train / 2 test speakers, 40 utterances each
+SPEAKERS, REPS = 6, 2  # per gender 1 train / 1 validation / 1 test speaker; 40 utterances each
 SEED = 3  # the vmapped run trains seeds 3 and 4
 STEPS = 2
 NETWORKS = ("filter", "filter_discriminator", "generator", "generator_discriminator")

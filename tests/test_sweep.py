@@ -305,7 +305,7 @@ def test_quickstart_summary_repeats_the_evaluation_warnings():
                "classifiers": {"audio_digit/best_accuracy": 0.1},
                "eval": {"warnings": ["W1: the audio digit classifier is at chance"]}}
     text = quickstart.format_summary(summary)
-    assert "classifier audio_digit   test accuracy 0.100" in text
+    assert "classifier audio_digit   validation accuracy 0.100" in text
     assert text.endswith("  WARNING: W1: the audio digit classifier is at chance")
     del summary["eval"]
     assert "WARNING" not in quickstart.format_summary(summary)

@@ -23,7 +23,7 @@ from pcmelgan_jax.training import classifiers as classifiers_stage
 from pcmelgan_jax.training import configs, loop, pcmelgan, steps
 from pcmelgan_jax.training import state as st
 
-SPEAKERS, REPS = 4, 2  # 2 train / 2 test speakers, 40 utterances each
+SPEAKERS, REPS = 6, 2  # per gender 1 train / 1 validation / 1 test speaker; 40 utterances each
 SGD_LR = 1e-4  # small: the step stays well-conditioned, so rounding differences stay small
 
 
@@ -559,6 +559,43 @@ def test_classifiers_early_stopping_and_best_export(tiny_data, tmp_path):
     module, variables = load_model(os.path.join(w, "models", "spec_gender"))
     assert isinstance(module, AlexNet) and module.num_classes == 2 and module.width == 0.25
     assert variables["params"]["conv1"]["kernel"].shape[-1] == 16  # 64 x 0.25
+
+
+def test_training_selects_on_the_validation_split(cls_stage, tiny_data, monkeypatch):
+    """Every stage evaluates (early stopping, best export, final metrics) on validation, never
+    test: the classifiers stage's evaluation reads exactly the validation examples."""
+    from pcmelgan_jax.data import pipeline
+    from pcmelgan_jax.data.audio_mnist import read_split
+
+    for make in (configs.classifiers, configs.vocoder, configs.pcmelgan):
+        for small in (False, True):
+            assert make(small=small).eval_split == "validation", make.__name__
+    config, mesh, stage, _ = cls_stage
+    real, seen = pipeline.make_dataset, []
+
+    def spy(data_dir, dataset, split, *args, **kwargs):
+        it = real(data_dir, dataset, split, *args, **kwargs)
+        seen.append([split, kwargs.get("train"), []])
+
+        class Recorded:  # the batches as the stage sees them, speakers of real examples kept
+            def __iter__(self):
+                for batch in it:
+                    seen[-1][2] += batch["speaker"][batch["mask"] > 0].tolist()
+                    yield batch
+
+            def close(self):
+                it.close()
+
+        return Recorded()
+
+    monkeypatch.setattr(pipeline, "make_dataset", spy)
+    metrics = stage.evaluate(stage.state, 0)
+    assert set(metrics) == {"spec_gender/loss", "spec_gender/accuracy"}
+    assert [(split, train) for split, train, _ in seen] == [("validation", False)]
+    speakers = seen[0][2]
+    validation = read_split(tiny_data)["splits"]["validation"]["speakers"]
+    assert len(speakers) == len(pipeline.load_source(tiny_data, split="validation")) == 40
+    assert sorted(set(speakers)) == validation
 
 
 def test_vocoder_keeps_best_generator_by_mel_l1():

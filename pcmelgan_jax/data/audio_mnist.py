@@ -1,8 +1,14 @@
 """TFDS builder ``audio_mnist`` (manual download), TensorFlow-free.
 
 Configs: ``all`` (every speaker, speaker split stratified by gender with a fixed seed) and
-``paper`` (SPEC section 7's 24-speaker subset). Splits ``train`` / ``test``. Files are
-``array_record`` (``file_format="array_record"``), read with ``tfds.data_source``.
+``paper`` (SPEC section 7's 24-speaker subset). Splits ``train`` / ``validation`` / ``test``
+(speaker-disjoint; see ``corpus``). Files are ``array_record`` (``file_format="array_record"``),
+read with ``tfds.data_source``.
+
+Version 2.0.0 added the ``validation`` split. A data dir that holds only a dataset prepared by
+an older version (``audio_mnist/<config>/1.0.0``, no validation split) is refused where the
+dataset is read (``require_prepared``: ``OutdatedDatasetError``); ``pcmelgan-jax prepare``
+builds the current version next to it (TFDS keeps each version in its own folder).
 
 Why no ``tfds.features.Audio``: it imports TensorFlow. The audio is a
 ``tfds.features.Tensor(shape=(None,), dtype=int16)``: 16-bit PCM at 8 kHz, the full
@@ -29,6 +35,7 @@ from __future__ import annotations
 import inspect
 import json
 import os
+import re
 
 import numpy as np
 import tensorflow_datasets as tfds
@@ -77,17 +84,26 @@ def to_pcm16(audio: np.ndarray) -> np.ndarray:
 class AudioMnist(tfds.core.GeneratorBasedBuilder):
     """AudioMNIST spoken digits (60 speakers, 48 kHz -> stored at 8 kHz), speaker split."""
 
-    VERSION = tfds.core.Version("1.0.0")
-    RELEASE_NOTES = {"1.0.0": "Initial release: int16 8 kHz audio, fixed speaker splits."}
+    VERSION = tfds.core.Version("2.0.0")
+    RELEASE_NOTES = {
+        "1.0.0": "Initial release: int16 8 kHz audio, fixed speaker splits.",
+        "2.0.0": "Added the speaker-disjoint validation split (test speakers unchanged).",
+    }
     MANUAL_DOWNLOAD_INSTRUCTIONS = MANUAL_DOWNLOAD_INSTRUCTIONS
     BUILDER_CONFIGS = [
         AudioMnistConfig(
             name="all",
-            description="All speakers; per gender n // 6 speakers (seeded) in test.",
+            description=(
+                "All speakers; per gender n // 6 speakers (seeded) in test, the next n // 6 "
+                "in validation."
+            ),
         ),
         AudioMnistConfig(
             name="paper",
-            description="SPEC's 24-speaker gender-balanced subset; test 36, 58 (F), 39, 45 (M).",
+            description=(
+                "SPEC's 24-speaker gender-balanced subset; test 36, 58 (F), 39, 45 (M); "
+                "validation 2 F + 2 M of the paper's training speakers (seeded)."
+            ),
         ),
     ]
     DEFAULT_CONFIG_NAME = "all"
@@ -235,11 +251,49 @@ def _write_json(path: str, obj) -> None:
     os.replace(tmp, path)
 
 
+class OutdatedDatasetError(FileNotFoundError):
+    """The data dir holds the dataset only as prepared by an older version of this builder."""
+
+
+def older_versions(data_dir: str | os.PathLike, config: str) -> list[str]:
+    """Versions older than ``AudioMnist.VERSION`` of ``audio_mnist/<config>`` that are fully
+    prepared in ``data_dir`` (a version folder with ``dataset_info.json``), oldest first."""
+    folder = os.path.join(os.fspath(data_dir), AudioMnist.name, config)
+    try:
+        names = os.listdir(folder)
+    except OSError:
+        return []
+    found = [
+        tfds.core.Version(n)
+        for n in names
+        if re.fullmatch(r"\d+\.\d+\.\d+", n)
+        and os.path.isfile(os.path.join(folder, n, "dataset_info.json"))
+    ]
+    return [str(v) for v in sorted(v for v in found if v < AudioMnist.VERSION)]
+
+
+def require_prepared(builder, data_dir: str | os.PathLike, dataset: str) -> None:
+    """Raises a one-line ``FileNotFoundError`` unless ``builder`` (``audio_mnist/<config>`` in
+    ``data_dir``) is prepared: ``OutdatedDatasetError`` when only an older version is there."""
+    if builder.is_prepared():
+        return
+    config = builder.builder_config.name
+    prepare_cmd = (
+        f"pcmelgan-jax prepare --manual-dir ... --data-dir {data_dir}"
+        + ("" if config == AudioMnist.DEFAULT_CONFIG_NAME else f" --config {config}")
+    )
+    old = older_versions(data_dir, config)
+    if old:
+        raise OutdatedDatasetError(
+            f"{dataset} in {data_dir} was prepared by an older version ({', '.join(old)}) "
+            f"without a validation split; this version needs {AudioMnist.VERSION}: re-run "
+            f"`{prepare_cmd}`"
+        )
+    raise FileNotFoundError(f"{dataset} is not prepared in {data_dir}; run `{prepare_cmd}` first")
+
+
 def read_split(data_dir: str | os.PathLike, config: str = "all") -> dict:
     """The split record of a built dataset (``info.metadata["split"]``)."""
     builder = tfds.builder(f"audio_mnist/{config}", data_dir=os.fspath(data_dir))
-    if not builder.is_prepared():
-        raise FileNotFoundError(
-            f"audio_mnist/{config} is not prepared in {data_dir}; run `pcmelgan-jax prepare`"
-        )
+    require_prepared(builder, data_dir, f"audio_mnist/{config}")
     return dict(builder.info.metadata["split"])

@@ -11,13 +11,19 @@ Layout (SPEC section 7)::
 A clone of github.com/soerenab/AudioMNIST may be given as ``manual_dir`` too: its ``data/``
 sub-folder is used.
 
-Split policy (the same one for every stage of the project):
+Split policy (the same one for every stage of the project): three speaker-disjoint splits,
+``train``, ``validation`` (model selection during training: early stopping, best checkpoints,
+periodic and final training metrics) and ``test`` (the evaluation only).
 
 * ``all``: per gender, the sorted speaker ids are permuted with
-  ``numpy.random.default_rng(SPLIT_SEED)`` and the first ``n // 6`` go to ``test``
-  (at least one when the gender has two or more speakers, so that small corpora still get a
-  test split; for n >= 6 this is exactly ``n // 6``). On the real corpus: 2 F + 8 M test.
-* ``paper``: the fixed gender-balanced 24-speaker subset of SPEC section 7.
+  ``numpy.random.default_rng(SPLIT_SEED)``; the first ``n // 6`` go to ``test``, the next
+  ``n // 6`` of the same permutation to ``validation``, the rest to ``train`` (each at least
+  one, so that small corpora still get all three splits; for n >= 6 this is exactly
+  ``n // 6``). Every gender needs at least 3 speakers. The test speakers are the same as in
+  the earlier two-split rule. On the real corpus: test 2 F + 8 M, validation 2 F + 8 M.
+* ``paper``: the fixed gender-balanced 24-speaker subset of SPEC section 7, whose test
+  speakers are fixed; per gender ``12 // 6 = 2`` of the paper's 10 training speakers
+  (a ``default_rng(SPLIT_SEED)`` permutation of the sorted ids) go to ``validation``.
 
 Bad input is never silently dropped: every file that is left out is listed with the reason,
 and a corpus where more than ``BAD_FRACTION_LIMIT`` (10%) of the .wav files are bad fails.
@@ -33,9 +39,12 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
-SPLIT_SEED = 2006  # fixed seed of the "all" split (arXiv 2006.09114); never change it
+SPLIT_SEED = 2006  # seed of the "all" split and the "paper" validation (arXiv 2006.09114); fixed
 BAD_FRACTION_LIMIT = 0.10  # more bad .wav files than this fraction -> the corpus is refused
-TEST_FRACTION_DIVISOR = 6  # per gender, n // 6 speakers go to test
+TEST_FRACTION_DIVISOR = 6  # per gender, n // 6 speakers go to test ...
+VALIDATION_FRACTION_DIVISOR = 6  # ... and n // 6 to validation
+SPLITS = ("train", "validation", "test")
+MIN_SPEAKERS_PER_GENDER = len(SPLITS)  # one per split
 
 FEMALE, MALE = 0, 1
 GENDER_NAMES = ("female", "male")
@@ -371,28 +380,51 @@ def scan_corpus(manual_dir: str | os.PathLike, check_headers: bool = True) -> Co
     return CorpusScan(root, metadata_path, speakers, utterances, skipped, notes, num_wav)
 
 
+def split_count(n: int, divisor: int) -> int:
+    """Speakers of a gender with ``n`` speakers that go to a held-out split: ``n // divisor``,
+    at least one when ``n >= 2``."""
+    count = n // divisor
+    return 1 if count == 0 and n >= 2 else count
+
+
+def paper_validation_speakers() -> dict[int, tuple[int, ...]]:
+    """Per gender, the ``paper`` config's validation speakers: ``split_count(12, 6) = 2`` of
+    the paper's training speakers, the first of a ``default_rng(SPLIT_SEED)`` permutation of
+    their sorted ids (sorted)."""
+    out = {}
+    for gender, train_ids in PAPER_SPLIT["train"].items():
+        ids = sorted(train_ids)
+        total = len(ids) + len(PAPER_SPLIT["test"][gender])  # 12 per gender
+        n_val = split_count(total, VALIDATION_FRACTION_DIVISOR)
+        order = np.random.default_rng(SPLIT_SEED).permutation(len(ids))
+        out[gender] = tuple(sorted(ids[i] for i in order[:n_val]))
+    return out
+
+
 def split_speakers(genders: Mapping[int, int], config: str) -> dict[str, list[int]]:
     """Deterministic speaker split. ``genders``: speaker id -> 0/1 of the speakers present.
 
-    Returns ``{"train": [...], "test": [...]}`` (sorted ids). ``paper`` raises ``CorpusError``
-    naming the missing speakers, or speakers whose gender disagrees with the SPEC.
+    Returns ``{"train": [...], "validation": [...], "test": [...]}`` (sorted ids, disjoint;
+    see the module docstring for the rule). ``all`` raises ``CorpusError`` when a gender has
+    fewer than 3 speakers; ``paper`` raises ``CorpusError`` naming the missing speakers, or
+    speakers whose gender disagrees with the SPEC.
     """
     if config == "all":
-        split: dict[str, list[int]] = {"train": [], "test": []}
-        for gender in (FEMALE, MALE):
-            ids = sorted(s for s, g in genders.items() if g == gender)
-            n_test = len(ids) // TEST_FRACTION_DIVISOR
-            if n_test == 0 and len(ids) >= 2:
-                n_test = 1
-            order = np.random.default_rng(SPLIT_SEED).permutation(len(ids))
-            chosen = {ids[i] for i in order[:n_test]}
-            split["test"] += [s for s in ids if s in chosen]
-            split["train"] += [s for s in ids if s not in chosen]
-        if not split["test"] or not split["train"]:
+        by_gender = {g: sorted(s for s, v in genders.items() if v == g) for g in (FEMALE, MALE)}
+        if min(len(ids) for ids in by_gender.values()) < MIN_SPEAKERS_PER_GENDER:
             raise CorpusError(
-                f"too few speakers for a speaker-disjoint split: {len(genders)} "
-                f"({sum(1 for g in genders.values() if g == FEMALE)} F); need >= 2 per gender"
+                f"too few speakers for speaker-disjoint train/validation/test splits: "
+                f"{len(by_gender[FEMALE])} female and {len(by_gender[MALE])} male; need >= "
+                f"{MIN_SPEAKERS_PER_GENDER} per gender (one per split)"
             )
+        split: dict[str, list[int]] = {name: [] for name in SPLITS}
+        for ids in by_gender.values():
+            n_test = split_count(len(ids), TEST_FRACTION_DIVISOR)
+            n_val = split_count(len(ids), VALIDATION_FRACTION_DIVISOR)
+            order = np.random.default_rng(SPLIT_SEED).permutation(len(ids))
+            split["test"] += [ids[i] for i in order[:n_test]]
+            split["validation"] += [ids[i] for i in order[n_test : n_test + n_val]]
+            split["train"] += [ids[i] for i in order[n_test + n_val :]]
         return {k: sorted(v) for k, v in split.items()}
     if config == "paper":
         missing, wrong = [], []
@@ -410,23 +442,39 @@ def split_speakers(genders: Mapping[int, int], config: str) -> dict[str, list[in
             if wrong:
                 msg += f"; gender differs from the paper's: {', '.join(wrong)}"
             raise CorpusError(msg)
+        validation = {s for ids in paper_validation_speakers().values() for s in ids}
+        train = {s for ids in PAPER_SPLIT["train"].values() for s in ids}
         return {
-            k: sorted(s for ids in part.values() for s in ids) for k, part in PAPER_SPLIT.items()
+            "train": sorted(train - validation),
+            "validation": sorted(validation),
+            "test": sorted(s for ids in PAPER_SPLIT["test"].values() for s in ids),
         }
     raise ValueError(f"unknown config {config!r}; expected one of {CONFIGS}")
+
+
+def split_policy(config: str) -> str:
+    """The split rule of ``config`` in words (``split_record``'s "policy")."""
+    if config == "all":
+        return (
+            f"per gender, sorted ids permuted with numpy default_rng({SPLIT_SEED}); the first "
+            f"max(n // {TEST_FRACTION_DIVISOR}, 1) to test, the next "
+            f"max(n // {VALIDATION_FRACTION_DIVISOR}, 1) to validation, the rest to train "
+            f"(>= {MIN_SPEAKERS_PER_GENDER} speakers per gender)"
+        )
+    return (
+        "fixed 24-speaker subset of SPEC section 7 (test fixed); per gender "
+        f"12 // {VALIDATION_FRACTION_DIVISOR} of the paper's training speakers (sorted ids "
+        f"permuted with numpy default_rng({SPLIT_SEED}), the first) to validation, the rest "
+        "to train"
+    )
 
 
 def split_record(config: str, split: Mapping[str, list[int]], genders: Mapping[int, int]) -> dict:
     """The JSON-serialisable split record stored with the dataset (``split.json``)."""
     return {
         "config": config,
-        "policy": (
-            f"per gender, sorted ids permuted with numpy default_rng({SPLIT_SEED}); first "
-            f"max(n // {TEST_FRACTION_DIVISOR}, 1 if n >= 2) to test"
-            if config == "all"
-            else "fixed 24-speaker subset of SPEC section 7"
-        ),
-        "seed": SPLIT_SEED if config == "all" else None,
+        "policy": split_policy(config),
+        "seed": SPLIT_SEED,
         "splits": {
             name: {
                 "speakers": list(ids),

@@ -98,12 +98,20 @@ class PrepareExample:
 
 
 def load_source(data_dir: str | os.PathLike, dataset: str = DEFAULT_DATASET, split: str = "train"):
-    """The TFDS random-access data source of a prepared dataset (no TensorFlow needed)."""
+    """The TFDS random-access data source of a prepared dataset (no TensorFlow needed).
+
+    Raises ``FileNotFoundError`` (one line) for a dataset that is not prepared in ``data_dir``;
+    for ``audio_mnist`` prepared only by an older version (no validation split), its subclass
+    ``audio_mnist.OutdatedDatasetError``."""
     import tensorflow_datasets as tfds
 
     if dataset.split("/")[0] == "audio_mnist":
-        from pcmelgan_jax.data import audio_mnist  # noqa: F401  (registers the builder)
-    builder = tfds.builder(dataset, data_dir=os.fspath(data_dir))
+        from pcmelgan_jax.data import audio_mnist  # registers the builder
+
+        builder = tfds.builder(dataset, data_dir=os.fspath(data_dir))
+        audio_mnist.require_prepared(builder, data_dir, dataset)
+    else:
+        builder = tfds.builder(dataset, data_dir=os.fspath(data_dir))
     if not builder.is_prepared():
         raise FileNotFoundError(
             f"{dataset} is not prepared in {data_dir}; run `pcmelgan-jax prepare "
@@ -206,7 +214,7 @@ def make_dataset(
     Args:
       data_dir: TFDS data dir given to ``pcmelgan-jax prepare``.
       dataset: ``"audio_mnist/all"`` or ``"audio_mnist/paper"``.
-      split: ``"train"`` or ``"test"``.
+      split: ``"train"``, ``"validation"`` (model selection in training) or ``"test"``.
       batch_size: examples per batch (per process).
       seed: shuffling and random padding offsets; the stream is a function of the seed.
       train: shuffle, random pad offsets, drop the last incomplete batch; else ordered,

@@ -2,9 +2,12 @@
 
     pcmelgan-jax prepare --manual-dir AudioMNIST/data --data-dir DATA [--config all|paper]
 
-The report lists speakers and utterances per split and gender, and every file that was left
-out with the reason. ``prepare()`` is the same as a Python function for later stages; an
-already-built dataset is reused (its stored report is returned) unless ``overwrite``.
+The report lists speakers and utterances per split (train, validation, test) and gender, and
+every file that was left out with the reason. ``prepare()`` is the same as a Python function for
+later stages; an already-built dataset of the current version is reused (its stored report is
+returned) unless ``overwrite``. A dataset of an older version in the same data dir (e.g.
+``audio_mnist/all/1.0.0``, without a validation split) is left as it is and the current
+version is built next to it.
 """
 
 from __future__ import annotations
@@ -31,9 +34,18 @@ def _counts_summary(counts: dict) -> dict:
     return out
 
 
+def _split_order(names) -> list[str]:
+    """train, validation, test first (in that order), then any others sorted."""
+    from pcmelgan_jax.data.corpus import SPLITS
+
+    return [n for n in SPLITS if n in names] + sorted(n for n in names if n not in SPLITS)
+
+
 def _report(builder, reused: bool, seconds: float) -> dict:
     meta = builder.info.metadata
-    splits = {name: _counts_summary(dict(meta["counts"][name])) for name in sorted(meta["counts"])}
+    splits = {
+        name: _counts_summary(dict(meta["counts"][name])) for name in _split_order(meta["counts"])
+    }
     for name, summary in splits.items():
         summary["num_examples"] = int(builder.info.splits[name].num_examples)
     return {
@@ -60,8 +72,9 @@ def prepare(
     """Builds ``audio_mnist/<config>`` from ``manual_dir`` into ``data_dir``; returns a report.
 
     Report keys: ``dataset``, ``data_dir`` (the dataset's own folder, holding ``split.json``),
-    ``split`` (the recorded speaker split), ``splits`` (per split: ``speakers``,
-    ``utterances``, and the same per ``female`` / ``male``), ``skipped`` and ``notes``
+    ``split`` (the recorded speaker split), ``splits`` (per split, train / validation / test:
+    ``speakers``, ``utterances``, ``num_examples``, and the same per ``female`` / ``male``),
+    ``skipped`` and ``notes``
     (``[{"path", "problem"}]``), ``reused``, ``seconds``. Raises ``CorpusError`` for an unusable
     corpus. The source folder is only read.
     """
@@ -98,16 +111,16 @@ def format_report(report: dict, max_listed: int = 20) -> str:
     lines = [
         f"{report['dataset']} {report['version']} in {report['data_dir']}"
         + (" (already prepared; reused)" if report["reused"] else f" ({report['seconds']} s)"),
-        f"{'split':<6} {'gender':<7} {'speakers':>8} {'utterances':>10}  speaker ids",
+        f"{'split':<10} {'gender':<7} {'speakers':>8} {'utterances':>10}  speaker ids",
     ]
     for name, s in report["splits"].items():
         ids = report["split"]["splits"][name]
         for g in ("female", "male"):
             listed = " ".join(f"{i:02d}" for i in ids[g])
             lines.append(
-                f"{name:<6} {g:<7} {s[g]['speakers']:>8} {s[g]['utterances']:>10}  {listed}"
+                f"{name:<10} {g:<7} {s[g]['speakers']:>8} {s[g]['utterances']:>10}  {listed}"
             )
-        lines.append(f"{name:<6} {'total':<7} {s['speakers']:>8} {s['utterances']:>10}")
+        lines.append(f"{name:<10} {'total':<7} {s['speakers']:>8} {s['utterances']:>10}")
     lines.append(f"split policy: {report['split']['policy']}")
     skipped = report["skipped"]
     lines.append(f"files skipped: {len(skipped)}")

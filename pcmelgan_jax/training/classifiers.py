@@ -2,9 +2,9 @@
 
 All of ``config.classifiers`` (default spec_digit, spec_gender, audio_digit, audio_gender)
 train together, each with its own Adam, on real training data only. After every evaluation
-on ``config.eval_split`` each network whose validation loss improved is exported to
-``WORKDIR/models/<name>`` (the best checkpoint); training stops early once no network has
-improved for ``config.patience`` evaluations.
+on ``config.eval_split`` (the validation split) each network whose validation loss improved
+is exported to ``WORKDIR/models/<name>`` (the best checkpoint); training stops early once no
+network has improved for ``config.patience`` evaluations.
 """
 
 from __future__ import annotations

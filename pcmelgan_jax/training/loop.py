@@ -250,7 +250,8 @@ def make_train_iterator(config: Any, seed: int | None = None):
 
 
 def eval_batches(config: Any, mesh, split: str | None = None):
-    """Global, sharded evaluation batches of ``config.eval_split`` (padded, with ``mask``)."""
+    """Global, sharded evaluation batches of ``split`` (default ``config.eval_split``, the
+    validation split in every stage's config), padded, with ``mask``."""
     from pcmelgan_jax.data.pipeline import make_dataset
 
     per_process = config.eval_batch_size // jax.process_count()

@@ -468,7 +468,8 @@ def build_stage(
 
 
 def train(config: Any, workdir: str, mesh=None) -> dict:
-    """Trains PCMelGAN (or the Filter baseline) in ``workdir``; returns the final test metrics."""
+    """Trains PCMelGAN (or the Filter baseline) in ``workdir``; returns the final metrics on
+    ``config.eval_split`` (the validation split)."""
     sharding.maybe_initialize_distributed(config)
     mesh = mesh if mesh is not None else sharding.make_mesh()
     stage = build_stage(config, os.path.abspath(workdir), mesh)

@@ -5,8 +5,8 @@ mel-reconstruction loss (``config.mel_loss_weight``, 0 = off as in the original)
 ``config.discriminator_start_step`` = N > 0 the first N steps are a warm-up that trains the
 generator on the mel-reconstruction loss alone (``steps.vocoder_warmup_step``). Every
 evaluation measures the mel L1 between the input log-mel and the log-mel re-analysed from
-the generated audio on ``config.eval_split``; the best generator by it is exported to
-``WORKDIR/models/generator`` (its discriminator of the same step to
+the generated audio on ``config.eval_split`` (the validation split); the best generator by it
+is exported to ``WORKDIR/models/generator`` (its discriminator of the same step to
 ``WORKDIR/models/discriminator``).
 """
 

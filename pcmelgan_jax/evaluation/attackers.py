@@ -1,0 +1,142 @@
+"""The gender and digit attackers, each scored per test utterance.
+
+- ``fixed``: the classifiers trained on real speech (the original protocol's ignorant
+  attacker): AlexNet on the spectrogram, AudioNet on the audio.
+- ``informed``: the same architectures trained from scratch on the anonymiser's output for
+  the training speakers with their true labels, selected on the validation speakers.
+- ``linear``: a logistic regression on the normalised log-mel grid (80 x 32), trained the
+  same way: cheap, and a floor for ``informed``.
+- ``features``: a logistic regression on hand-made features (median F0, MFCC statistics),
+  audio domain only.
+
+Every attacker returns ``{domain: {metric: Scores}}``: which test utterances it got right.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+
+from pcmelgan_jax import audio as audio_lib
+from pcmelgan_jax.evaluation.classifier import TrainSettings, predict, train_classifier
+from pcmelgan_jax.evaluation.conditions import Outputs
+from pcmelgan_jax.evaluation.data import SplitData, pad_rows, padded_batches
+
+TASKS = {"digit": 10, "gender": 2}  # task -> number of classes
+ATTACKERS = ("fixed", "informed", "linear", "features")
+
+
+@dataclasses.dataclass(frozen=True)
+class Scores:
+    """Per-utterance correctness (N,) with the speakers and strata a bootstrap resamples."""
+
+    correct: np.ndarray
+    speakers: np.ndarray
+    strata: np.ndarray
+
+    @property
+    def accuracy(self) -> float:
+        return float(np.mean(self.correct)) if len(self.correct) else float("nan")
+
+
+def scores(pred: np.ndarray, labels: np.ndarray, split: SplitData) -> Scores:
+    """Scores of predictions on ``split``'s utterances (strata: the speakers' gender)."""
+    return Scores((np.asarray(pred) == np.asarray(labels)).astype(np.int8), split.speaker,
+                  split.gender)
+
+
+def fixed(models: Any, out: Outputs, test: SplitData, batch_size: int) -> dict:
+    """The fixed classifiers on the test output; also the digit AudioNet's features (FID).
+
+    Gender is scored against the original gender and, for PCMelGAN, against s'."""
+    from pcmelgan_jax.evaluation.inference import audio_predict
+
+    preds = {
+        "spectrogram": {t: predict("alexnet", *getattr(models, f"spec_{t}"), out.spec,
+                                   batch_size) for t in TASKS},
+        "audio": {t: predict("audionet", *getattr(models, f"audio_{t}"), out.audio,
+                             batch_size) for t in TASKS},
+    }
+    result: dict[str, dict[str, Scores]] = {}
+    for domain, by_task in preds.items():
+        result[domain] = {f"{t}_acc": scores(by_task[t], getattr(test, t), test) for t in TASKS}
+        if out.sampled_gender is not None:
+            result[domain]["sampled_gender_acc"] = scores(by_task["gender"],
+                                                          out.sampled_gender, test)
+    features = []
+    for _, rows, n in padded_batches(len(test), batch_size):
+        _, f = audio_predict(*models.audio_digit, pad_rows(out.audio[rows], batch_size))
+        features.append(np.asarray(f)[:n])
+    return {"scores": result, "features": np.concatenate(features)}
+
+
+def _settings(cfg: Mapping[str, Any], domain: str, task: str) -> TrainSettings:
+    prefix = "spec" if domain == "spectrogram" else "audio"
+    return TrainSettings(
+        steps=int(cfg[f"{prefix}_steps"]), batch_size=int(cfg["batch_size"]),
+        learning_rate=float(cfg["learning_rate"]),
+        warmup_steps=int(cfg[f"{prefix}_warmup_steps"]), eval_every=int(cfg["eval_every"]),
+        seed=int(cfg["seed"]) + (0 if task == "digit" else 1),
+    )
+
+
+def informed(outs: Mapping[str, Outputs], splits: Mapping[str, SplitData],
+             cfg: Mapping[str, Any], batch_size: int) -> tuple[dict, dict]:
+    """AlexNet / AudioNet trained from scratch on the anonymised training split, selected on
+    the anonymised validation split, scored on the anonymised test split."""
+    result: dict[str, dict[str, Scores]] = {"spectrogram": {}, "audio": {}}
+    logs: dict[str, Any] = {}
+    for domain, network, field, width in (("spectrogram", "alexnet", "spec", cfg["spec_width"]),
+                                          ("audio", "audionet", "audio", cfg["audio_width"])):
+        for task, classes in TASKS.items():
+            data = {s: (getattr(outs[s], field), getattr(splits[s], task)) for s in outs}
+            model, variables, log = train_classifier(
+                network, classes, float(width), data["train"], _settings(cfg, domain, task),
+                validation=data["validation"], eval_batch_size=batch_size)
+            pred = predict(network, model, variables, data["test"][0], batch_size)
+            result[domain][f"{task}_acc"] = scores(pred, getattr(splits["test"], task),
+                                                   splits["test"])
+            logs[f"{domain}/{task}"] = {k: log[k] for k in ("best_step", "validation_accuracy")}
+    return result, logs
+
+
+def _flat(x: np.ndarray) -> np.ndarray:
+    return np.asarray(x, np.float32).reshape(len(x), -1)
+
+
+def _logistic(features: Mapping[str, np.ndarray], splits: Mapping[str, SplitData],
+              cfg: Mapping[str, Any]) -> dict[str, Scores]:
+    from pcmelgan_jax.evaluation.linear import fit_logistic_regression
+
+    out = {}
+    for task, classes in TASKS.items():
+        model = fit_logistic_regression(
+            features["train"], getattr(splits["train"], task),
+            features["validation"], getattr(splits["validation"], task), classes,
+            l2_grid=tuple(cfg["l2_grid"]), max_iter=int(cfg["max_iter"]))
+        out[f"{task}_acc"] = scores(model.predict(features["test"]),
+                                    getattr(splits["test"], task), splits["test"])
+    return out
+
+
+def linear(outs: Mapping[str, Outputs], splits: Mapping[str, SplitData],
+           cfg: Mapping[str, Any]) -> dict:
+    """Logistic regression on the log-mel grid: the spectrogram output, and the log-mel of
+    the audio output (the same grid for waveform anonymisers, fitted once)."""
+    spec = _logistic({s: _flat(o.spec) for s, o in outs.items()}, splits, cfg)
+    same = all(o.audio_x is o.spec for o in outs.values())
+    audio = spec if same else _logistic({s: _flat(o.audio_x) for s, o in outs.items()},
+                                        splits, cfg)
+    return {"spectrogram": spec, "audio": audio}
+
+
+def features(outs: Mapping[str, Outputs], splits: Mapping[str, SplitData],
+             cfg: Mapping[str, Any]) -> dict:
+    """Logistic regression on median F0 and MFCC statistics of the audio output."""
+    from pcmelgan_jax.evaluation.acoustic import acoustic_features
+
+    feats = {s: acoustic_features(o.audio, audio_lib.SAMPLE_RATE) for s, o in outs.items()}
+    return {"audio": _logistic(feats, splits, cfg)}

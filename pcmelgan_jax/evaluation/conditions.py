@@ -1,0 +1,109 @@
+"""The anonymisers under attack, each applied to every split: what a spectrogram-domain and
+an audio-domain attacker gets to see.
+
+A condition's output for a split is ``Outputs``: ``spec`` (N, 80, 32) the normalised
+log-mel the spectrogram-domain attackers see, ``audio`` (N, 8192) the waveform the
+audio-domain attackers hear, ``audio_x`` its log-mel (the linear attacker's audio-domain
+input). PCMelGAN's F and G output spectrograms, vocoded for the audio domain; waveform
+anonymisers (the baselines) output audio, whose log-mel is the spectrogram.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+
+import jax.numpy as jnp
+import numpy as np
+
+from pcmelgan_jax.evaluation.data import SplitData, log_mels, pad_rows, padded_batches
+from pcmelgan_jax.evaluation.inference import batch_noise, unet_apply, vocode
+
+# Batch-index offsets of the F/G noise per split: the test split keeps batch i's noise
+# fold_in(key(seed), i), so every run of a group sees the same z and s'.
+NOISE_OFFSETS = {"test": 0, "train": 1_000_000, "validation": 2_000_000}
+
+WaveformTransform = Callable[[SplitData], np.ndarray]  # a split -> its anonymised audio
+
+
+@dataclasses.dataclass(frozen=True)
+class Outputs:
+    """One anonymiser's output for one split (see the module docstring)."""
+
+    spec: np.ndarray
+    audio: np.ndarray
+    audio_x: np.ndarray
+    sampled_gender: np.ndarray | None = None  # G's condition s' (PCMelGAN only)
+
+    def subset(self, index: np.ndarray) -> Outputs:
+        sampled = None if self.sampled_gender is None else self.sampled_gender[index]
+        return Outputs(self.spec[index], self.audio[index], self.audio_x[index], sampled)
+
+
+def real(split: SplitData) -> Outputs:
+    """The untransformed utterances."""
+    return Outputs(split.x, split.clips, split.x)
+
+
+def from_waveform(audio: np.ndarray, batch_size: int) -> Outputs:
+    """Outputs of an anonymiser that produces audio: the spectrogram is its log-mel."""
+    audio = np.asarray(audio, np.float32)
+    x = log_mels(audio, batch_size)[0]
+    return Outputs(x, audio, x)
+
+
+def waveform_condition(transform: WaveformTransform, batch_size: int):
+    """A split -> Outputs function from a transform of the split to audio (N, 8192)."""
+
+    def apply(split: SplitData) -> Outputs:
+        return from_waveform(transform(split), batch_size)
+
+    return apply
+
+
+def vocode_all(vocoder: tuple, x: np.ndarray, mean: np.ndarray, std: np.ndarray,
+               batch_size: int) -> np.ndarray:
+    """MelGAN audio (N, 8192) of normalised log-mels de-normalised with mean/std (N,)."""
+    out = [np.zeros((0, 8192), np.float32)]
+    for _, rows, n in padded_batches(len(x), batch_size):
+        audio = vocode(*vocoder, *(jnp.asarray(pad_rows(a[rows], batch_size))
+                                   for a in (x, mean, std)))
+        out.append(np.asarray(audio)[:n])
+    return np.concatenate(out)
+
+
+def vocoded(vocoder: tuple, batch_size: int):
+    """The vocoded original (identity through the vocoder): the vocoder's own leak."""
+
+    def apply(split: SplitData) -> Outputs:
+        return from_waveform(vocode_all(vocoder, split.x, split.mean, split.std, batch_size),
+                             batch_size)
+
+    return apply
+
+
+def filter_and_generator(
+    filt: tuple, gen: tuple | None, vocoder: tuple, seed: int, batch_size: int,
+    split: SplitData,
+) -> tuple[Outputs, Outputs | None]:
+    """F's output x1 = F(x, z1) and G's x2 = G(x1, z2, s') (None for a filter-only run) for
+    one split, with the noise of ``batch_noise(seed, offset + i)`` for batch i."""
+    noise_dim = filt[0].noise_dim
+    x1s, x2s, sampled = [], [], []
+    for i, rows, n in padded_batches(len(split), batch_size):
+        z1, z2, s_new = batch_noise(seed, NOISE_OFFSETS[split.name] + i, batch_size, noise_dim)
+        x = jnp.asarray(pad_rows(split.x[rows], batch_size))
+        x1 = unet_apply(filt[0], filt[1], x, jnp.asarray(z1), None)
+        x1s.append(np.asarray(x1)[:n])
+        if gen is not None:
+            x2 = unet_apply(gen[0], gen[1], x1, jnp.asarray(z2), jnp.asarray(s_new))
+            x2s.append(np.asarray(x2)[:n])
+            sampled.append(s_new[:n])
+
+    def outputs(x: np.ndarray, s: np.ndarray | None) -> Outputs:
+        audio = vocode_all(vocoder, x, split.mean, split.std, batch_size)
+        return Outputs(x, audio, log_mels(audio, batch_size)[0], s)
+
+    first = outputs(np.concatenate(x1s), None)
+    second = outputs(np.concatenate(x2s), np.concatenate(sampled)) if gen is not None else None
+    return first, second

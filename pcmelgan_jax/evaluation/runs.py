@@ -1,0 +1,200 @@
+"""Which runs to evaluate and where their models, classifiers, vocoder and data are."""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import glob
+import json
+import os
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+
+DEFAULT_DATASET = "audio_mnist/all"
+
+
+class EvaluationError(ValueError):
+    """A run, workdir or model that cannot be evaluated; the message says what is missing."""
+
+
+# --------------------------------------------------------------------------- runs and paths
+
+
+@dataclasses.dataclass(frozen=True)
+class RunInfo:
+    """One trained run: where its models are and what it was trained with."""
+
+    path: str
+    name: str
+    eps: float | None
+    seed: int | None
+    filter_only: bool
+    classifiers_workdir: str
+    vocoder_workdir: str
+    data_dir: str
+    dataset: str
+
+
+def is_run_dir(path: str | os.PathLike) -> bool:
+    """True for a PCMelGAN / Filter-only workdir (it holds ``models/filter``)."""
+    return os.path.isfile(os.path.join(os.fspath(path), "models", "filter", "model.json"))
+
+
+def _split_runs(runs: str | Sequence[str] | None) -> list[str]:
+    if runs is None:
+        return []
+    if isinstance(runs, str):
+        return [r.strip() for r in runs.split(",") if r.strip()]
+    return [os.fspath(r) for r in runs if os.fspath(r).strip()]
+
+
+def _runs_below(folder: str) -> list[str]:
+    """The runs one level below ``folder``, and two levels below through sub-folders that
+    are not runs (a sweep's ``RUN/seed_<S>/`` exports of ``num_seeds`` runs)."""
+    if not os.path.isdir(folder):
+        return []
+    found = []
+    for d in sorted(os.listdir(folder)):
+        sub = os.path.join(folder, d)
+        if is_run_dir(sub):
+            found.append(sub)
+        elif os.path.isdir(sub):
+            found += [os.path.join(sub, e) for e in sorted(os.listdir(sub))
+                      if is_run_dir(os.path.join(sub, e))]
+    return found
+
+
+def find_runs(runs: str | Sequence[str] | None, workdir: str | os.PathLike) -> list[str]:
+    """Run workdirs from ``runs`` (paths or globs, a list or a comma string; relative to the
+    current directory, else to ``workdir``). A folder that is not a run but holds runs one
+    level down (or two: a sweep of ``num_seeds`` runs) stands for them. Empty ``runs``:
+    ``WORKDIR/pcmelgan`` if it exists (a quickstart workdir), else ``WORKDIR``. Returns
+    sorted absolute paths without duplicates.
+    """
+    workdir = os.path.abspath(os.fspath(workdir))
+    patterns = _split_runs(runs)
+    if not patterns:
+        quick = os.path.join(workdir, "pcmelgan")
+        patterns = [quick if os.path.isdir(quick) else workdir]
+    found: list[str] = []
+    for pattern in patterns:
+        matches = sorted(glob.glob(os.path.expanduser(pattern)))
+        if not matches and not os.path.isabs(pattern):
+            matches = sorted(glob.glob(os.path.join(workdir, pattern)))
+        if not matches:
+            raise EvaluationError(f"runs: {pattern!r} matches nothing")
+        for match in matches:
+            if is_run_dir(match):
+                found.append(os.path.abspath(match))
+                continue
+            inner = _runs_below(match)
+            if not inner:
+                raise EvaluationError(
+                    f"{match}: not a PCMelGAN run (no models/filter) and holds no runs"
+                )
+            found += [os.path.abspath(p) for p in inner]
+    return sorted(dict.fromkeys(found))
+
+
+def read_json(path: str | os.PathLike) -> dict[str, Any]:
+    """A JSON file as a dict ({} when it does not exist)."""
+    if not os.path.isfile(path):
+        return {}
+    with open(path, encoding="utf-8") as f:
+        return json.load(f)
+
+
+def existing_path(candidates: Iterable[str | None], base: str) -> str | None:
+    """The first candidate that exists (relative ones tried as given, then below ``base``)."""
+    for c in candidates:
+        if not c:
+            continue
+        c = os.path.expanduser(os.fspath(c))
+        for p in (c, os.path.join(base, c)):
+            if os.path.exists(p):
+                return os.path.abspath(p)
+    return None
+
+
+def resolve_run(
+    path: str, workdir: str, config: Mapping[str, Any] | None = None
+) -> RunInfo:
+    """Reads a run's ``config.json`` and resolves its classifiers, vocoder and data.
+
+    Precedence: a non-empty field of the evaluation ``config`` > the run's ``config.json`` >
+    ``WORKDIR/classifiers`` / ``WORKDIR/vocoder`` / ``WORKDIR/data`` > siblings of the run.
+    A run without ``config.json`` (e.g. imported PyTorch checkpoints) takes ``eps`` from the
+    evaluation config (None if unset).
+    """
+    config = dict(config or {})
+    run_cfg = read_json(os.path.join(path, "config.json"))
+    workdir = os.path.abspath(workdir)
+    parent = os.path.dirname(path)
+
+    def pick(field: str, fallbacks: Sequence[str]) -> str | None:
+        return existing_path([config.get(field), run_cfg.get(field), *fallbacks], path)
+
+    classifiers = pick(
+        "classifiers_workdir",
+        [os.path.join(workdir, "classifiers"), os.path.join(parent, "classifiers")],
+    )
+    vocoder = pick(
+        "vocoder_workdir", [os.path.join(workdir, "vocoder"), os.path.join(parent, "vocoder")]
+    )
+    data_dir = pick("data_dir", [os.path.join(workdir, "data"), os.path.join(parent, "data")])
+    if classifiers is None:
+        raise EvaluationError(f"{path}: no classifiers workdir found (set classifiers_workdir)")
+    if vocoder is None:
+        raise EvaluationError(f"{path}: no vocoder workdir found (set vocoder_workdir)")
+    if data_dir is None:
+        raise EvaluationError(f"{path}: no TFDS data_dir found (set data_dir)")
+    eps = run_cfg.get("eps", config.get("eps"))
+    has_generator = os.path.isfile(os.path.join(path, "models", "generator", "model.json"))
+    return RunInfo(
+        path=path,
+        name=os.path.basename(path.rstrip(os.sep)),
+        eps=None if eps is None else float(eps),
+        seed=run_cfg.get("seed"),
+        filter_only=bool(run_cfg.get("filter_only", False)) or not has_generator,
+        classifiers_workdir=classifiers,
+        vocoder_workdir=vocoder,
+        data_dir=data_dir,
+        dataset=config.get("dataset") or run_cfg.get("dataset") or DEFAULT_DATASET,
+    )
+
+
+def model_dir(workdir: str, name: str) -> str:
+    """``WORKDIR/models/NAME`` (the stage workdir convention)."""
+    return os.path.join(workdir, "models", name)
+
+
+@functools.lru_cache(maxsize=32)
+def _load_model_cached(directory: str, stamp: int):
+    del stamp  # part of the cache key: a re-saved checkpoint is loaded again
+    from pcmelgan_jax.checkpointing import load_model, read_model_info
+
+    if not os.path.isdir(directory):
+        raise EvaluationError(f"{directory}: missing model checkpoint")
+    info = read_model_info(directory)
+    module, variables = load_model(directory)
+    return info, module, jax.tree.map(jnp.asarray, variables)
+
+
+def load_checked(directory: str, network: str | Sequence[str]) -> tuple[Any, dict]:
+    """(module, variables) of a model checkpoint, checking that it holds ``network``."""
+    directory = os.path.abspath(directory)
+    try:
+        stamp = os.stat(os.path.join(directory, "model.json")).st_mtime_ns
+    except OSError:
+        stamp = 0
+    info, module, variables = _load_model_cached(directory, stamp)
+    allowed = (network,) if isinstance(network, str) else tuple(network)
+    if info["network"] not in allowed:
+        raise EvaluationError(
+            f"{directory}: holds a {info['network']}, expected {' or '.join(allowed)}"
+        )
+    return module, variables
+
