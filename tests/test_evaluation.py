@@ -63,10 +63,11 @@ def quickstart(tmp_path_factory) -> Path:
     synthesize_corpus(root / "corpus", speakers=SPEAKERS, reps=REPS, seed=0)
     prepare(root / "corpus", root / "data", "all")
     models = root / "classifiers" / "models"
-    save_random(models / "spec_digit", "alexnet", 1, num_classes=10)
-    save_random(models / "spec_gender", "alexnet", 2, num_classes=2)
-    save_random(models / "audio_digit", "audionet", 3, num_classes=10)
-    save_random(models / "audio_gender", "audionet", 4, num_classes=2)
+    # narrow classifiers (width 0.25, as the small configs' AlexNets) keep every pass cheap
+    save_random(models / "spec_digit", "alexnet", 1, num_classes=10, width=0.25)
+    save_random(models / "spec_gender", "alexnet", 2, num_classes=2, width=0.25)
+    save_random(models / "audio_digit", "audionet", 3, num_classes=10, width=0.25)
+    save_random(models / "audio_gender", "audionet", 4, num_classes=2, width=0.25)
     # a narrow vocoder (ngf 8 instead of 32) keeps the audio domain cheap on CPU
     save_random(root / "vocoder" / "models" / "generator", "melgan_generator", 5, via_torch=True,
                 ngf=8)
@@ -294,8 +295,9 @@ ATTACKS = {"fixed": {"spectrogram": {"digit_acc", "gender_acc"},
                                        "eer_ignorant", "eer_informed"}}}
 
 
-def _check_attacks(attacks, n_runs):
-    for attacker, domains in ATTACKS.items():
+def _check_attacks(attacks, n_runs, attackers=tuple(ATTACKS)):
+    for attacker in attackers:
+        domains = ATTACKS[attacker]
         for domain, keys in domains.items():
             assert keys <= set(attacks[attacker][domain]), (attacker, domain)
             for key in keys:
@@ -400,6 +402,7 @@ def test_eval_py_sweep_groups_by_eps(quickstart, quick_results, monkeypatch):
         "--config.informed.audio_steps=3", "--config.informed.spec_width=0.25",
         "--config.informed.audio_width=0.25", "--config.informed.batch_size=8",
         "--config.linear.max_iter=10", "--config.bootstrap.num_resamples=200",
+        "--config.attackers=('fixed','linear','speaker')", "--config.baselines=()",
     ]
     monkeypatch.setattr(sys, "argv", argv)  # config_flags reads its overrides from sys.argv
     script.FLAGS(argv)
@@ -421,7 +424,9 @@ def test_eval_py_sweep_groups_by_eps(quickstart, quick_results, monkeypatch):
                 _check_value(g05[domain][entry][key], 1)
     assert set(g05["attacks"]) == {"filter", "pcmelgan", "filter_only"}
     for attacks in g05["attacks"].values():
-        _check_attacks(attacks, 1)
+        _check_attacks(attacks, 1, ("fixed", "linear", "speaker"))
+        assert set(attacks) == {"fixed", "linear", "speaker", "strongest"}
+    assert set(res["baselines"]) == {"real", "vocoded_real"}
     sweep_run = next(r for r in res["runs"] if r["run"]["name"] == "eps0.05_seed1")
     assert g05["attacks"]["filter_only"]["fixed"]["spectrogram"]["digit_acc"]["mean"] == (
         pytest.approx(sweep_run["spectrogram"]["filter"]["digit_acc"]))
@@ -470,3 +475,28 @@ def test_find_runs_errors(tmp_path):
     os.makedirs(tmp_path / "classifiers")
     with pytest.raises(evaluation.EvaluationError, match="no vocoder workdir"):
         evaluation.resolve_run(str(tmp_path / "r"), str(tmp_path))
+
+
+def test_baselines_command_attacks_the_training_free_anonymisers(quickstart, capsys):
+    """``pcmelgan-jax baselines`` on a quickstart workdir: the untransformed speech and the
+    three baselines through every attacker, no run needed; a bad field is one line."""
+    from pcmelgan_jax import cli
+
+    small = ["--config.speaker.steps=3", "--config.speaker.batch_size=8",
+             "--config.speaker.width=0.25", "--config.informed.spec_steps=3",
+             "--config.informed.audio_steps=3", "--config.informed.batch_size=8",
+             f"--config.batch_size={BATCH}", "--config.linear.max_iter=10",
+             "--config.bootstrap.num_resamples=100", "--config.num_examples_to_save=0",
+             "--config.attackers=('fixed','features')"]
+    assert cli.main(["baselines", "--workdir", str(quickstart), "--small", *small]) == 0
+    res = json.loads((quickstart / "baselines" / "results.json").read_text())
+    assert res["groups"] == [] and res["eps"] is None
+    assert set(res["baselines"]) == {"real", "vocoded_real", "mcadams", "pitch_shift"}
+    for attacks in res["baselines"].values():
+        _check_attacks(attacks, 1, ("fixed", "features"))
+    md = (quickstart / "baselines" / "tables.md").read_text()
+    assert "none (baselines only)" in md and "| pitch shift (gender flip) |" in md
+    assert cli.main(["baselines", "--workdir", str(quickstart), "--config.bogus=1"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1] == ("pcmelgan-jax baselines: error: --config.bogus=1: the evaluation "
+                       "config has no field 'bogus'")

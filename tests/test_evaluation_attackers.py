@@ -173,3 +173,19 @@ def test_subset_keeps_every_field():
     for f in dataclasses.fields(split):
         if f.name != "name":
             assert len(getattr(half, f.name)) == len(half)
+
+
+def test_strongest_is_chosen_on_validation_not_test():
+    from pcmelgan_jax.evaluation.attackers import Scores, strongest
+
+    def s(correct, validation):
+        return Scores(np.asarray(correct, np.int8), np.arange(4), np.zeros(4), validation)
+
+    tree = {"informed": {"audio": {"gender_acc": s((1, 1, 1, 1), 0.6)}},
+            "linear": {"audio": {"gender_acc": s((0, 0, 1, 1), 0.8)}},
+            "features": {"audio": {"gender_acc": s((1, 1, 1, 0), 0.8)}},
+            "fixed": {"audio": {"gender_acc": s((1, 1, 1, 1), None)}}}
+    best, names = strongest(tree)
+    # the linear attacker validated best (ties go to the earlier one), whatever the test says
+    assert names == {"audio": {"gender_acc": "linear"}}
+    assert best["audio"]["gender_acc"].accuracy == 0.5

@@ -8,6 +8,8 @@
   same way: cheap, and a floor for ``informed``.
 - ``features``: a logistic regression on hand-made features (median F0, MFCC statistics),
   audio domain only.
+- ``strongest``: per domain and task, whichever learned attacker (informed, linear,
+  features) did best on the validation speakers: the leak a careful attacker would report.
 
 Every attacker returns ``{domain: {metric: Scores}}``: which test utterances it got right.
 """
@@ -36,16 +38,18 @@ class Scores:
     correct: np.ndarray
     speakers: np.ndarray
     strata: np.ndarray
+    validation: float | None = None  # a learned attacker's validation accuracy
 
     @property
     def accuracy(self) -> float:
         return float(np.mean(self.correct)) if len(self.correct) else float("nan")
 
 
-def scores(pred: np.ndarray, labels: np.ndarray, split: SplitData) -> Scores:
+def scores(pred: np.ndarray, labels: np.ndarray, split: SplitData,
+           validation: float | None = None) -> Scores:
     """Scores of predictions on ``split``'s utterances (strata: the speakers' gender)."""
     return Scores((np.asarray(pred) == np.asarray(labels)).astype(np.int8), split.speaker,
-                  split.gender)
+                  split.gender, validation)
 
 
 def fixed(models: Any, out: Outputs, test: SplitData, batch_size: int) -> dict:
@@ -98,7 +102,7 @@ def informed(outs: Mapping[str, Outputs], splits: Mapping[str, SplitData],
                 validation=data["validation"], eval_batch_size=batch_size)
             pred = predict(network, model, variables, data["test"][0], batch_size)
             result[domain][f"{task}_acc"] = scores(pred, getattr(splits["test"], task),
-                                                   splits["test"])
+                                                   splits["test"], log["validation_accuracy"])
             logs[f"{domain}/{task}"] = {k: log[k] for k in ("best_step", "validation_accuracy")}
     return result, logs
 
@@ -118,7 +122,8 @@ def _logistic(features: Mapping[str, np.ndarray], splits: Mapping[str, SplitData
             features["validation"], getattr(splits["validation"], task), classes,
             l2_grid=tuple(cfg["l2_grid"]), max_iter=int(cfg["max_iter"]))
         out[f"{task}_acc"] = scores(model.predict(features["test"]),
-                                    getattr(splits["test"], task), splits["test"])
+                                    getattr(splits["test"], task), splits["test"],
+                                    model.val_accuracy)
     return out
 
 
@@ -140,3 +145,18 @@ def features(outs: Mapping[str, Outputs], splits: Mapping[str, SplitData],
 
     feats = {s: acoustic_features(o.audio, audio_lib.SAMPLE_RATE) for s, o in outs.items()}
     return {"audio": _logistic(feats, splits, cfg)}
+
+
+def strongest(tree: Mapping[str, Any]) -> tuple[dict, dict]:
+    """Per domain and task, the learned attacker with the best validation accuracy (the
+    first of equals in informed, linear, features order): (its scores, its names)."""
+    best: dict[str, dict[str, Scores]] = {}
+    names: dict[str, dict[str, str]] = {}
+    for attacker in ("informed", "linear", "features"):
+        for domain, values in tree.get(attacker, {}).items():
+            for metric, s in values.items():
+                held = best.get(domain, {}).get(metric)
+                if s.validation is not None and (held is None or s.validation > held.validation):
+                    best.setdefault(domain, {})[metric] = s
+                    names.setdefault(domain, {})[metric] = attacker
+    return best, names

@@ -164,11 +164,16 @@ def mcadams(
 ) -> np.ndarray:
     """McAdams-coefficient anonymisation (VoicePrivacy B2) of one (L,) clip; see the module
     docstring. Same shape and dtype out, peak matched to the input's."""
+    return _one_clip(audio)(mcadams_batch, sample_rate, coefficient, window_seconds,
+                            hop_seconds, lp_order)
+
+
+def _one_clip(audio: np.ndarray):
+    """``call(batch_fn, *args)``: ``batch_fn`` applied to the (L,) clip as a batch of one."""
     x = np.asarray(audio)
     if x.ndim != 1:
         raise ValueError(f"audio must be (L,), got shape {x.shape}")
-    out = mcadams_batch(x[None], sample_rate, coefficient, window_seconds, hop_seconds, lp_order)
-    return out[0]
+    return lambda batch_fn, *args: batch_fn(x[None], *args)[0]
 
 
 def _shift(x: np.ndarray, steps: float, sample_rate: int) -> np.ndarray:
@@ -187,10 +192,7 @@ def pitch_shift_flip(
 ) -> np.ndarray:
     """Gender-flipping pitch shift of one (L,) clip: male (1) up by ``semitones``, female (0)
     down (librosa phase vocoder + resampling). Same length and dtype out."""
-    x = np.asarray(audio)
-    if x.ndim != 1:
-        raise ValueError(f"audio must be (L,), got shape {x.shape}")
-    return pitch_shift_flip_batch(x[None], [gender], sample_rate, semitones)[0]
+    return _one_clip(audio)(pitch_shift_flip_batch, [gender], sample_rate, semitones)
 
 
 def pitch_shift_flip_batch(

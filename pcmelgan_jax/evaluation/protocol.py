@@ -10,7 +10,8 @@ run, the Filter's output x1 = F(x, z1) and PCMelGAN's x2 = G(x1, z2, s'), s' uni
 training speakers and select on the validation speakers. Runs are grouped by ``eps``.
 
 Outputs in ``OUT`` (default ``WORKDIR/eval``): ``results.json`` (schema in the README),
-``tables.md``, ``privacy_utility.png`` (informed attacker) and ``examples/<run>/``.
+``tables.md``, ``privacy_utility.png`` (informed and strongest attacker) and
+``examples/<run>/``.
 Deterministic for a seed: the noise of test batch i comes from ``fold_in(key(seed), i)``.
 """
 
@@ -77,6 +78,7 @@ class Context:
     ignorant_speaker: tuple
     speaker_info: dict
     baselines: dict[str, dict] = dataclasses.field(default_factory=dict)
+    baseline_logs: dict[str, dict] = dataclasses.field(default_factory=dict)
     features: dict[str, np.ndarray] = dataclasses.field(default_factory=dict)
     examples: dict[str, np.ndarray] = dataclasses.field(default_factory=dict)
 
@@ -129,6 +131,8 @@ def attack(outs: Mapping[str, conditions.Outputs], ctx: Context, cfg: Mapping[st
         tree["speaker"] = {"spectrogram": timed("speaker", lambda: speaker.speaker_attack(
             ctx.splits["train"], ctx.splits["test"], outs["train"].spec, outs["test"].spec,
             ctx.ignorant_speaker, cfg["speaker"], batch_size))}
+    if any(a in tree for a in ("informed", "linear", "features")):
+        tree["strongest"], logs["strongest"] = attackers.strongest(tree)
     print(f"[eval]   {name}: " + ", ".join(f"{k} {v} s" for k, v in seconds.items()),
           flush=True)
     return tree, fixed["features"], logs
@@ -172,7 +176,8 @@ def build_context(classifiers: str, vocoder: str, data_dir: str, dataset: str,
         named[name] = conditions.waveform_condition(transform, batch_size)
     for name, condition in named.items():
         outs = _apply(condition, splits)
-        ctx.baselines[name], ctx.features[name], _ = attack(outs, ctx, cfg, name)
+        ctx.baselines[name], ctx.features[name], ctx.baseline_logs[name] = attack(
+            outs, ctx, cfg, name)
         if name == "vocoded_real":
             ctx.examples["vocoded"] = outs["test"].audio
     return ctx
@@ -333,19 +338,20 @@ def assemble(cfg: Mapping[str, Any], runs: Sequence[RunInfo], per_run: Sequence[
     warnings += report.attacker_warnings({a: {d: {k: v["mean"] for k, v in vals.items()}
                                               for d, vals in baselines["real"].get(a, {}).items()}
                                           for a in ("informed", "features")})
-    for w in warnings:
-        print(f"[eval] WARNING: {w}", flush=True)
     groups = []
     for eps in sorted({r.eps for r in runs}, key=lambda e: (e is None, e or 0.0)):
         members = [m for m in per_run if m["run"].eps == eps]
         groups.append(group_results(eps, members, members[0]["ctx"], boot))
+    warnings += report.floor_warnings({"baselines": baselines, "groups": groups})
+    for w in warnings:
+        print(f"[eval] WARNING: {w}", flush=True)
     head = groups[0] if groups else {}
     spk = first.speaker_info
     test = first.splits["test"]
     return {
         "eps": head.get("eps"), "spectrogram": head.get("spectrogram"),
         "audio": head.get("audio"), "fid": head.get("fid"), "attacks": head.get("attacks"),
-        "groups": groups, "baselines": baselines,
+        "groups": groups, "baselines": baselines, "baseline_logs": first.baseline_logs,
         "runs": [run_entry(m) for m in per_run],
         "speaker": {"num_speakers": len(spk.get("speakers", [])), **spk},
         "test": {"num_utterances": len(test), "speakers": sorted(set(test.speaker.tolist()))},
