@@ -14,8 +14,8 @@ Implementation (our own, vectorised over all frames of a batch): sqrt-Hann analy
 synthesis windows normalised by their overlap-added square (exact reconstruction at
 ``coefficient=1``); LPC by the autocorrelation method (Levinson-Durbin, so the filters are
 minimum phase and stay stable after the warp, which keeps magnitudes); poles as eigenvalues of
-stacked companion matrices (LAPACK, ~80 us per frame: most of the run time, so frames 100 dB
-below the clip's loudest are passed through unwarped); the all-pole synthesis as one recursion
+stacked companion matrices (LAPACK: most of the run time, so frames 100 dB below the clip's
+loudest are passed through unwarped); the all-pole synthesis as one recursion
 over the frame's samples, for all frames at once.
 """
 
@@ -31,7 +31,7 @@ CHUNK = 256  # clips per vectorised block
 # Frames more than 100 dB below the clip's loudest frame (zero padding, digital silence) are
 # passed through unwarped; this skips their pole computation, the costly step.
 SILENT_FRAME_RATIO = 1e-10
-PITCH_N_FFT = 512  # 64 ms at 8 kHz (librosa's 2048 default is 256 ms here: too smeared)
+PITCH_N_FFT = 512  # a speech-length frame at 8 kHz (librosa's 2048 default smears pitch)
 PITCH_HOP = 128
 
 

@@ -17,7 +17,7 @@ import sys
 
 def eval_config(small: bool, overrides: list[str]):
     """The evaluation config with ``runs = "none"`` and ``--config.x=y`` overrides applied."""
-    from pcmelgan_jax.sweep import parse_field_value
+    from pcmelgan_jax.sweep import parse_field_value, set_field
     from pcmelgan_jax.training.configs import evaluation
 
     config = evaluation(small=small)
@@ -28,14 +28,9 @@ def eval_config(small: bool, overrides: list[str]):
             raise ValueError(f"unexpected argument {item!r}; overrides are --config.FIELD=VALUE")
         field = key.removeprefix("--config.")
         try:
-            parsed = parse_field_value(config, field, value)
+            set_field(config, field, parse_field_value(config, field, value))
         except (KeyError, AttributeError):
             raise ValueError(f"{item}: the evaluation config has no field {field!r}") from None
-        target = config
-        *parents, leaf = field.split(".")
-        for p in parents:
-            target = target[p]
-        target[leaf] = parsed
     return config
 
 

@@ -59,8 +59,8 @@ def _flat_value_and_grad(theta, x, y, l2):
 
 
 def _single_threaded_blas() -> contextlib.AbstractContextManager:
-    """L-BFGS-B's vector updates run in OpenBLAS, whose threads spin-wait: on 2 busy cores
-    one update of 25,600 parameters took 120 ms instead of 2 ms. The objective runs in XLA."""
+    """L-BFGS-B's small vector updates run in OpenBLAS, whose threads spin-wait on busy cores
+    (docs/measurements.md); one thread is enough. The objective runs in XLA."""
     if threadpool_limits is None:
         return contextlib.nullcontext()
     return threadpool_limits(limits=1, user_api="blas")

@@ -220,18 +220,18 @@ def _examples(ctx: Context, run_result: Mapping[str, Any], n: int) -> dict[str, 
 
 
 def group_results(eps: float | None, members: Sequence[dict], ctx: Context,
-                  boot: Mapping[str, Any]) -> dict[str, Any]:
+                  baselines: Mapping[str, dict], boot: Mapping[str, Any]) -> dict[str, Any]:
     """One eps group: the Filter column from the full runs' own F (a filter-only run of the
     same group is reported separately as ``filter_only``, not pooled), or from the
-    filter-only runs when the group has no full run."""
+    filter-only runs when the group has no full run. ``baselines``: the summarised
+    baselines of ``ctx``, whose untransformed and vocoded rows fill the reference entries."""
     full = [m for m in members if not m["run"].filter_only]
     only = [m for m in members if m["run"].filter_only]
     sources = {"filter": full or only, "pcmelgan": full, "filter_only": only if full else []}
     attacks = {name: report.summarize_trees(
                    [m["attacks"]["filter" if name == "filter_only" else name] for m in ms], boot)
                for name, ms in sources.items() if ms}
-    ref = {n: report.compat_entry(report.summarize_trees([ctx.baselines[n]], boot))
-           for n in ("real", "vocoded_real")}
+    ref = {n: report.compat_entry(baselines[n]) for n in ("real", "vocoded_real")}
     out: dict[str, Any] = {
         "eps": eps, "eps_label": "unknown" if eps is None else f"{eps:g}",
         "num_runs": len(members), "runs": [m["run"].path for m in members],
@@ -328,7 +328,16 @@ def run_evaluation(config: Any, workdir: str | os.PathLike,
 def assemble(cfg: Mapping[str, Any], runs: Sequence[RunInfo], per_run: Sequence[dict],
              first: Context, out_dir: str, boot: Mapping[str, Any]) -> dict[str, Any]:
     """The content of ``results.json`` (without ``seconds``)."""
-    baselines = {n: report.summarize_trees([t], boot) for n, t in first.baselines.items()}
+    summaries: dict[tuple, dict] = {}
+
+    def summarized(ctx: Context) -> dict[str, dict]:
+        """The summarised baselines of a context, bootstrapped once."""
+        if ctx.paths not in summaries:
+            summaries[ctx.paths] = {n: report.summarize_trees([t], boot)
+                                    for n, t in ctx.baselines.items()}
+        return summaries[ctx.paths]
+
+    baselines = summarized(first)
     reference = {domain: {n: {k: v["mean"] for k, v in baselines[n]["fixed"][domain].items()}
                           for n in ("real", "vocoded_real")} for domain in ("spectrogram",
                                                                              "audio")}
@@ -341,7 +350,8 @@ def assemble(cfg: Mapping[str, Any], runs: Sequence[RunInfo], per_run: Sequence[
     groups = []
     for eps in sorted({r.eps for r in runs}, key=lambda e: (e is None, e or 0.0)):
         members = [m for m in per_run if m["run"].eps == eps]
-        groups.append(group_results(eps, members, members[0]["ctx"], boot))
+        ctx = members[0]["ctx"]
+        groups.append(group_results(eps, members, ctx, summarized(ctx), boot))
     warnings += report.floor_warnings({"baselines": baselines, "groups": groups})
     for w in warnings:
         print(f"[eval] WARNING: {w}", flush=True)
