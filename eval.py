@@ -11,7 +11,7 @@ import os
 from absl import app, flags
 from ml_collections import config_flags
 
-from pcmelgan_jax.host_memory import reexec_with_hugepages
+from pcmelgan_jax.runtime.host_memory import reexec_with_hugepages
 
 _DEFAULT_CONFIG = os.path.join(os.path.dirname(os.path.abspath(__file__)), "configs", "eval.py")
 

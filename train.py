@@ -7,7 +7,7 @@ from the latest checkpoint in ``DIR/checkpoints``.
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from pcmelgan_jax.host_memory import reexec_with_hugepages
+from pcmelgan_jax.runtime.host_memory import reexec_with_hugepages
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file("config", None, "Stage configuration file.", lock_config=True)

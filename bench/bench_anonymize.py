@@ -72,7 +72,7 @@ class TorchAnonymizer(Anonymizer):
 
     def __init__(self, source: Anonymizer, copy_synthesis: bool = False, device: str = "cpu"):
         from bench import torch_reference as tr
-        from pcmelgan_jax.torch_import import export_state_dict
+        from pcmelgan_jax.interop.torch_import import export_state_dict
 
         # vocoder_thread off: PyTorch's OpenMP pool per calling thread would oversubscribe
         super().__init__(source.filter, source.generator, source.vocoder, "", "",
@@ -374,7 +374,7 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    from pcmelgan_jax.host_memory import reexec_with_hugepages
+    from pcmelgan_jax.runtime.host_memory import reexec_with_hugepages
 
     reexec_with_hugepages()  # glibc malloc's huge pages, as the entry points do
     main()

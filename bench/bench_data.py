@@ -109,7 +109,7 @@ def main(argv: list[str] | None = None) -> int:
         "step_source": source,
         "results": results,
     }
-    from pcmelgan_jax.files import write_text_atomic
+    from pcmelgan_jax.workdir import write_text_atomic
 
     write_text_atomic(args.out, json.dumps(out, indent=1))
     print(f"training consumes {consumer:.2f} examples/s ({source})")
@@ -126,7 +126,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    from pcmelgan_jax.host_memory import reexec_with_hugepages
+    from pcmelgan_jax.runtime.host_memory import reexec_with_hugepages
 
     reexec_with_hugepages()  # glibc malloc's huge pages, as the entry points do
     sys.exit(main())

@@ -1,4 +1,4 @@
-"""Train-step time with and without glibc malloc's huge pages (``pcmelgan_jax.host_memory``).
+"""Train-step time with and without glibc malloc's huge pages (``runtime.host_memory``).
 
 Each measurement is a fresh process (glibc reads the setting at start-up) that builds one
 network's JAX train step exactly as ``bench_models`` does (batch 16, Adam, the package's
@@ -133,7 +133,7 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    from pcmelgan_jax.host_memory import reexec_with_hugepages
+    from pcmelgan_jax.runtime.host_memory import reexec_with_hugepages
 
     reexec_with_hugepages()  # a worker with PCMELGAN_HUGEPAGES=0 stays plain
     main()

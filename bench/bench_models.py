@@ -8,7 +8,7 @@ MelGAN discriminator with 3 scales), at one batch size:
 - train step: forward in training mode + loss + backward + Adam(1e-4, betas 0.5/0.9); JAX
   one jitted function with the state donated, PyTorch ``torch.optim.Adam``.
   The JAX forward and train step are compiled with the package's options for forward passes
-  and train steps (``pcmelgan_jax.compilation``).
+  and train steps (``pcmelgan_jax.runtime.compilation``).
 
 Losses (the same on both sides): mean squared error to a random target for the U-Nets and the
 MelGAN generator, cross-entropy for the classifiers, the hinge loss on real audio summed over
@@ -65,7 +65,7 @@ import numpy as np
 import optax
 
 from bench.common import environment, parse_subset, time_interleaved, write_json
-from pcmelgan_jax.compilation import compiler_options
+from pcmelgan_jax.runtime.compilation import compiler_options
 
 try:
     import torch
@@ -856,7 +856,7 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    from pcmelgan_jax.host_memory import reexec_with_hugepages
+    from pcmelgan_jax.runtime.host_memory import reexec_with_hugepages
 
     reexec_with_hugepages()  # glibc malloc's huge pages, as the entry points do
     main()

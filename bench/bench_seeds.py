@@ -80,7 +80,7 @@ def setup(num_seeds: int, width: float, filter_only: bool) -> dict:
 def time_seeds(s: dict, b: int, repeats: int, strategy: str = "vmap") -> dict:
     """One step over the N seeds in one program (``strategy`` "vmap" or "map"): batch
     (N, B, ...), keys (N,)."""
-    from pcmelgan_jax import sharding
+    from pcmelgan_jax.runtime import sharding
     from pcmelgan_jax.training import loop, steps
     from pcmelgan_jax.training.state import stack_seeds
 
@@ -191,7 +191,7 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    from pcmelgan_jax.host_memory import reexec_with_hugepages
+    from pcmelgan_jax.runtime.host_memory import reexec_with_hugepages
 
     reexec_with_hugepages()  # glibc malloc's huge pages, as the entry points do
     main()

@@ -214,7 +214,7 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    from pcmelgan_jax.host_memory import reexec_with_hugepages
+    from pcmelgan_jax.runtime.host_memory import reexec_with_hugepages
 
     reexec_with_hugepages()  # glibc malloc's huge pages, as the entry points do
     main()

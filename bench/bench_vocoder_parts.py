@@ -72,7 +72,7 @@ def _variant(part: str, prefix: str) -> str:
 def jax_part(part: str, batch: dict[str, jax.Array]) -> tuple[Callable[[], Any], Any]:
     """(call, compiled program) of a JAX part on ``batch``; each call waits for its result."""
     from pcmelgan_jax.audio import log_mel
-    from pcmelgan_jax.compilation import compiler_options
+    from pcmelgan_jax.runtime.compilation import compiler_options
     from pcmelgan_jax.training import state as st
     from pcmelgan_jax.training import steps
 

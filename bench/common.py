@@ -82,7 +82,7 @@ def parse_subset(parser: argparse.ArgumentParser, text: str, choices: tuple[str,
 def write_json(path: str | os.PathLike, data: Any, indent: int = 2) -> Path:
     """Writes a benchmark's results as JSON atomically (a reader never sees a partial file);
     returns the path."""
-    from pcmelgan_jax.files import write_text_atomic
+    from pcmelgan_jax.workdir import write_text_atomic
 
     write_text_atomic(path, json.dumps(data, indent=indent))
     return Path(path)
@@ -105,7 +105,7 @@ def environment() -> dict[str, Any]:
     import numpy as np
     import optax
 
-    from pcmelgan_jax.compilation import compiler_options
+    from pcmelgan_jax.runtime.compilation import compiler_options
 
     device = jax.devices()[0]
     env: dict[str, Any] = {

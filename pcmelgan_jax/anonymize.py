@@ -59,7 +59,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from pcmelgan_jax import audio as audio_lib
-from pcmelgan_jax import compilation
+from pcmelgan_jax.runtime import compilation
 
 WINDOW = audio_lib.SEGMENT_LENGTH
 HOP = WINDOW // 2

@@ -30,7 +30,7 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from pcmelgan_jax.files import write_text_atomic
+from pcmelgan_jax.workdir import write_text_atomic
 
 NA = "n/a"
 STDERR_TAIL_LINES = 25
@@ -284,7 +284,7 @@ def host_memory_table(d: Mapping[str, Any]) -> Table:
         for name, e in d["networks"].items()
     ]
     notes = ["JAX train-step time in ms, lower is better: 'huge pages' sets "
-             "glibc.malloc.hugetlb=1 (pcmelgan_jax.host_memory), 'plain' is glibc's default; "
+             "glibc.malloc.hugetlb=1 (runtime.host_memory), 'plain' is glibc's default; "
              "ratio < 1: huge pages are faster. Page faults per step (plain / huge pages): "
              + ", ".join(f"{NETWORK_LABELS.get(n, n)} "
                          f"{fmt_number(_get(e, 'plain', 'faults_per_step'))} / "

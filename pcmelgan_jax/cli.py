@@ -12,12 +12,12 @@ import argparse
 import importlib
 import sys
 
-from pcmelgan_jax.host_memory import reexec_with_hugepages
+from pcmelgan_jax.runtime.host_memory import reexec_with_hugepages
 
 # subcommand -> module providing add_parser(subparsers)
 SUBCOMMANDS: dict[str, str] = {
-    "import-torch": "pcmelgan_jax.torch_import",
-    "parity": "pcmelgan_jax.parity",
+    "import-torch": "pcmelgan_jax.interop.torch_import",
+    "parity": "pcmelgan_jax.interop.parity",
     "synth-data": "pcmelgan_jax.data.synth",
     "prepare": "pcmelgan_jax.data.prepare",
     "quickstart": "pcmelgan_jax.quickstart",

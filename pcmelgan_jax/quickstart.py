@@ -20,7 +20,7 @@ import os
 import sys
 import time
 
-from pcmelgan_jax.files import write_text_atomic
+from pcmelgan_jax.workdir import write_text_atomic
 
 STAGES = ("classifiers", "vocoder", "pcmelgan")
 

@@ -27,7 +27,7 @@ random_variables = numpy_random_variables
 
 def save_converted(directory, network: str, seed: int, **arch) -> None:
     """Random variables through the PyTorch state-dict round trip, as import-torch saves them."""
-    from pcmelgan_jax.torch_import import convert_state_dict, export_state_dict
+    from pcmelgan_jax.interop.torch_import import convert_state_dict, export_state_dict
 
     sd = export_state_dict(network, random_variables(network, seed, **arch), **arch)
     save_model(directory, network, convert_state_dict(network, sd, **arch), arch=arch,

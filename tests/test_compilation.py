@@ -14,7 +14,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from pcmelgan_jax import compilation
+from pcmelgan_jax.runtime import compilation
 
 
 @pytest.fixture
@@ -144,7 +144,7 @@ import jax, json
 jax.config.update("jax_enable_x64", True)
 import jax.numpy as jnp
 import tests.test_compilation as t
-from pcmelgan_jax import compilation
+from pcmelgan_jax.runtime import compilation
 f32 = lambda tree: jax.tree.map(
     lambda a: a.astype(jnp.float32) if jnp.issubdtype(a.dtype, jnp.floating) else a, tree)
 f64 = lambda tree: jax.tree.map(

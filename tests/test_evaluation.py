@@ -36,7 +36,7 @@ def save_random(directory, network: str, seed: int, via_torch: bool = False, **a
     variables = random_variables(network, seed, **arch)
     extra = {}
     if via_torch:
-        from pcmelgan_jax.torch_import import convert_state_dict, export_state_dict
+        from pcmelgan_jax.interop.torch_import import convert_state_dict, export_state_dict
 
         variables = convert_state_dict(network, export_state_dict(network, variables, **arch),
                                        **arch)

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from pcmelgan_jax import host_memory
-from pcmelgan_jax.host_memory import SETTING, hugepage_environment
+from pcmelgan_jax.runtime import host_memory
+from pcmelgan_jax.runtime.host_memory import SETTING, hugepage_environment
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -80,7 +80,7 @@ def _run(code: str, **extra: str) -> subprocess.CompletedProcess:
 
 
 REEXEC = (
-    "from pcmelgan_jax.host_memory import reexec_with_hugepages\n"
+    "from pcmelgan_jax.runtime.host_memory import reexec_with_hugepages\n"
     "print('started', flush=True)\n"
     "reexec_with_hugepages()\n"
     "import os; print(os.getpid(), os.environ.get('GLIBC_TUNABLES'))\n"
@@ -105,7 +105,7 @@ def test_reexecutes_once_in_the_same_process():
 
 FAULTS = """
 import resource
-from pcmelgan_jax.host_memory import reexec_with_hugepages
+from pcmelgan_jax.runtime.host_memory import reexec_with_hugepages
 reexec_with_hugepages()
 import jax, jax.numpy as jnp
 x = jnp.ones((64, 1024, 256), jnp.float32)  # 64 MiB: above glibc's largest mmap threshold

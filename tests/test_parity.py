@@ -4,7 +4,7 @@ import os
 
 import pytest
 
-from pcmelgan_jax import parity
+from pcmelgan_jax.interop import parity
 
 FILES = parity.parity_files()
 

@@ -17,9 +17,10 @@ import numpy as np
 import optax
 import pytest
 
-from pcmelgan_jax import evaluation, sharding
+from pcmelgan_jax import evaluation
 from pcmelgan_jax.checkpointing import load_model, read_model_info, save_model
 from pcmelgan_jax.models.registry import numpy_random_variables
+from pcmelgan_jax.runtime import sharding
 from pcmelgan_jax.training import configs, loop, pcmelgan
 from pcmelgan_jax.training import state as st
 

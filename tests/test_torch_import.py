@@ -6,7 +6,8 @@ import jax
 import numpy as np
 import pytest
 
-from pcmelgan_jax import checkpointing, parity, torch_import
+from pcmelgan_jax import checkpointing
+from pcmelgan_jax.interop import parity, torch_import
 
 GOLDEN = {os.path.basename(f)[:-4]: f for f in parity.parity_files()}
 

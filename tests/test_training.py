@@ -15,10 +15,10 @@ import optax
 import pytest
 
 from bench.bench_train import make_batch as _batch  # the synthetic batch the benchmarks use
-from pcmelgan_jax import sharding
 from pcmelgan_jax.checkpointing import load_model, read_model_info
 from pcmelgan_jax.models import AlexNet, BatchNorm
 from pcmelgan_jax.models.classifiers import softmax_cross_entropy
+from pcmelgan_jax.runtime import sharding
 from pcmelgan_jax.training import classifiers as classifiers_stage
 from pcmelgan_jax.training import configs, loop, pcmelgan, steps
 from pcmelgan_jax.training import state as st

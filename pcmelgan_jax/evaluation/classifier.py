@@ -12,8 +12,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from pcmelgan_jax import compilation
 from pcmelgan_jax.evaluation.data import pad_rows, padded_batches
+from pcmelgan_jax.runtime import compilation
 
 
 @dataclasses.dataclass(frozen=True)

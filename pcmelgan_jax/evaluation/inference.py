@@ -9,7 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from pcmelgan_jax import audio as audio_lib
-from pcmelgan_jax import compilation
+from pcmelgan_jax.runtime import compilation
 
 _mel_features_jit = compilation.jit(audio_lib.mel_features, "inference")
 

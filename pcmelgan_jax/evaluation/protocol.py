@@ -39,7 +39,7 @@ from pcmelgan_jax.evaluation.runs import (
     model_dir,
     resolve_run,
 )
-from pcmelgan_jax.files import write_text_atomic
+from pcmelgan_jax.workdir import write_text_atomic
 
 BASELINES = ("mcadams", "pitch_shift")  # training-free anonymisers beside the vocoded original
 EMPTY = {"mean": None, "std": None, "runs": [], "low": None, "high": None}

@@ -24,10 +24,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from pcmelgan_jax import compilation
 from pcmelgan_jax.evaluation.attackers import Scores, scores
 from pcmelgan_jax.evaluation.classifier import TrainSettings, predict, train_classifier
 from pcmelgan_jax.evaluation.data import SplitData, heldout_mask, pad_rows, padded_batches
+from pcmelgan_jax.runtime import compilation
 
 
 def _settings(cfg: Mapping[str, Any]) -> TrainSettings:

@@ -35,7 +35,7 @@ class AlexNet(nn.Module):
         c1, c2, c3, c4, c5, hidden = (scaled(c, self.width) for c in widths)
         dt = self.dtype
         # XLA's convolution gradients: with the train steps' compiler options (XLA's own
-        # convolution kernels, ``pcmelgan_jax.compilation``) they are 12-25 % faster than
+        # convolution kernels, ``pcmelgan_jax.runtime.compilation``) they are 12-25 % faster than
         # Conv(grads_as_matmul=True), which was the faster form with YNNPACK's kernels
         conv = partial(Conv, weight_norm=False, dtype=dt)
         x = x.astype(dt)

@@ -90,7 +90,7 @@ class Conv(nn.Module):
     ``grads_as_matmul``: compute an ungrouped convolution with ``conv_matmul_grads`` (the
     same function; on CPU its input and kernel gradients are one matmul per kernel tap:
     faster than YNNPACK's convolution gradients, slower than XLA's own kernels that the
-    train steps use, see ``pcmelgan_jax.compilation``).
+    train steps use, see ``pcmelgan_jax.runtime.compilation``).
     ``patches_matmul``: compute an ungrouped convolution with ``conv_patches_matmul`` (the
     same function; on CPU one matmul of the input's patches: for few output positions and
     many channels).

@@ -16,8 +16,8 @@ from typing import Any
 import jax
 import optax
 
-from pcmelgan_jax import compilation, sharding
 from pcmelgan_jax.checkpointing import save_model
+from pcmelgan_jax.runtime import compilation, sharding
 from pcmelgan_jax.training import loop
 from pcmelgan_jax.training.state import adam, init_variables, network_state, new_train_state
 from pcmelgan_jax.training.steps import (

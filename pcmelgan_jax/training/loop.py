@@ -36,8 +36,8 @@ from typing import Any
 import jax
 import numpy as np
 
-from pcmelgan_jax import sharding
 from pcmelgan_jax.logging_utils import MetricWriter, progress_bar, progress_postfix
+from pcmelgan_jax.runtime import sharding
 from pcmelgan_jax.training.state import TrainState
 
 

@@ -33,11 +33,11 @@ import jax
 import numpy as np
 import optax
 
-from pcmelgan_jax import compilation, sharding
 from pcmelgan_jax.audio import denormalize, mel_features, write_audio
 from pcmelgan_jax.checkpointing import load_model, save_model
 from pcmelgan_jax.logging_utils import spectrogram_panel
 from pcmelgan_jax.models import AlexNet, MelGANGenerator
+from pcmelgan_jax.runtime import compilation, sharding
 from pcmelgan_jax.training import loop
 from pcmelgan_jax.training.state import (
     TrainState,

@@ -20,7 +20,6 @@ import jax.numpy as jnp
 import optax
 
 from pcmelgan_jax.audio import log_mel, mel_features
-from pcmelgan_jax.compilation import compiler_options
 from pcmelgan_jax.models import (
     AlexNet,
     AudioNet,
@@ -30,6 +29,7 @@ from pcmelgan_jax.models import (
     UNet,
 )
 from pcmelgan_jax.models.classifiers import softmax_cross_entropy
+from pcmelgan_jax.runtime.compilation import compiler_options
 from pcmelgan_jax.training.state import NetworkState, TrainState, apply_gradients
 
 Array = jax.Array

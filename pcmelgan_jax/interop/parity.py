@@ -20,12 +20,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from pcmelgan_jax import compilation
+from pcmelgan_jax.runtime import compilation
 
 ABS_TOLERANCE = 1e-4
 REL_TOLERANCE = 1e-3
 
-DEFAULT_PARITY_DIR = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "parity")
+DEFAULT_PARITY_DIR = os.path.join(os.path.dirname(__file__), "..", "..", "..", "shared", "parity")
 
 
 @dataclasses.dataclass
@@ -73,9 +73,9 @@ def check_parity_file(path: str) -> list[Comparison]:
     Raises ``ValueError`` for a file name it does not recognise.
     """
     from pcmelgan_jax import audio
+    from pcmelgan_jax.interop.torch_import import convert_state_dict
     from pcmelgan_jax.models.melgan import generate, prepare_generator
     from pcmelgan_jax.models.registry import build_model
-    from pcmelgan_jax.torch_import import convert_state_dict
 
     name = os.path.basename(path)[: -len(".npz")]
     data = np.load(path)

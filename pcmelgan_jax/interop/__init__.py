@@ -1,0 +1,1 @@
+"""The original PyTorch code: weight import/export and the parity check."""

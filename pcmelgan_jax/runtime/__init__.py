@@ -1,0 +1,1 @@
+"""Where programs run: XLA compiler options, the host allocator, the device mesh."""
