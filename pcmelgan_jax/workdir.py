@@ -1,22 +1,105 @@
-"""Writing output files so that a reader never sees a partial one."""
+"""The run folder's layout and the one way outputs are written (atomically).
+
+A run folder (a stage's ``--workdir``, or one seed of a multi-seed run) holds::
+
+    config.json           the resolved config (written first; marks the folder as a run)
+    checkpoints/          Orbax checkpoints of the training state (resume)
+    models/<network>/     exported networks (``checkpointing.save_model``)
+    samples/              spectrogram panels and wavs written during training
+    metrics.jsonl         training and evaluation scalars (also in tensorboard/)
+    final_metrics.json    written last: its presence marks the run as complete
+    seed_<S>/             with ``num_seeds`` > 1: seed S as a run folder of its own
+
+Every file another program may read while this one runs (markers, configs, reports, wavs)
+goes through ``atomic_path``: it is written under a temporary name next to its destination
+and renamed into place, so a reader sees the old file or the new one, never a partial one.
+"""
 
 from __future__ import annotations
 
+import contextlib
+import json
 import os
 import tempfile
-from pathlib import Path
+from collections.abc import Iterator
+from typing import Any
+
+CONFIG_JSON = "config.json"
+FINAL_METRICS_JSON = "final_metrics.json"
+CHECKPOINTS = "checkpoints"
+MODELS = "models"
+SAMPLES = "samples"
+METRICS_JSONL = "metrics.jsonl"
+
+
+def models_dir(run: str | os.PathLike) -> str:
+    """``RUN/models``: the exported networks."""
+    return os.path.join(os.fspath(run), MODELS)
+
+
+def model_dir(run: str | os.PathLike, network: str) -> str:
+    """``RUN/models/<network>``."""
+    return os.path.join(models_dir(run), network)
+
+
+def seed_dir(workdir: str | os.PathLike, seed: int) -> str:
+    """``WORKDIR/seed_<S>``: seed ``S`` of a multi-seed run, a run folder of its own."""
+    return os.path.join(os.fspath(workdir), f"seed_{seed}")
+
+
+def config_path(run: str | os.PathLike) -> str:
+    return os.path.join(os.fspath(run), CONFIG_JSON)
+
+
+def final_metrics_path(run: str | os.PathLike) -> str:
+    return os.path.join(os.fspath(run), FINAL_METRICS_JSON)
+
+
+def is_complete(run: str | os.PathLike) -> bool:
+    """Whether the run finished (its ``final_metrics.json`` exists)."""
+    return os.path.isfile(final_metrics_path(run))
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | os.PathLike) -> Iterator[str]:
+    """Yields a temporary file name next to ``path``; on success it replaces ``path``.
+
+    On an error the temporary file is removed and ``path`` is left as it was. The parent
+    folder is created. The temporary name starts with a dot and ends in ``.tmp``.
+    """
+    path = os.path.abspath(os.fspath(path))
+    folder, name = os.path.split(path)
+    os.makedirs(folder, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{name}.", suffix=".tmp", dir=folder)
+    os.close(fd)
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
 
 
 def write_text_atomic(path: str | os.PathLike, text: str) -> None:
-    """Writes ``text`` to a temporary file next to ``path`` and ``os.replace``s it."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    """Writes ``text`` (UTF-8) to ``path`` atomically, flushed to disk before the rename."""
+    with atomic_path(path) as tmp, open(tmp, "w", encoding="utf-8") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def write_json_atomic(path: str | os.PathLike, obj: Any, indent: int = 2) -> None:
+    """Writes ``obj`` as JSON (sorted keys; ``repr`` for what JSON cannot hold) atomically."""
+    write_text_atomic(path, json.dumps(obj, indent=indent, sort_keys=True, default=repr) + "\n")
+
+
+def read_json(path: str | os.PathLike) -> dict[str, Any]:
+    """A JSON file as a dict ({} when it does not exist); a broken one is a one-line error."""
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        return {}
+    with open(path, encoding="utf-8") as f:
+        try:
+            return json.load(f)
+        except json.JSONDecodeError as e:
+            raise ValueError(f"{path}: not valid JSON ({e})") from None
