@@ -43,10 +43,11 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from bench.common import configure_torch, environment, torch_device, write_json  # noqa: E402
-from pcmelgan_jax import anonymize  # noqa: E402
+from bench.common import configure_torch, environment, torch_device  # noqa: E402
+from pcmelgan_jax import anonymize, streaming  # noqa: E402
 from pcmelgan_jax.anonymize import Anonymizer  # noqa: E402
 from pcmelgan_jax.models.registry import build_model, numpy_random_variables  # noqa: E402
+from pcmelgan_jax.workdir import write_json_atomic  # noqa: E402
 
 try:
     import torch
@@ -187,10 +188,10 @@ WORKER = " (worker thread)"
 PROFILE_STAGES = (
     ("read + resample", "audio", "load_audio"),
     ("U-Net batches (log-mel, F, G)", "Anonymizer", "transform_mels"),
-    ("log-mel crossfade", "_Job", "add_mel"),
-    ("log-mel crossfade", "_Job", "mel"),
-    ("vocoder chunking", "anonymize", "vocoder_chunks"),
-    ("vocoder chunking", "anonymize", "chunk_audio"),
+    ("log-mel crossfade", "Job", "add_mel"),
+    ("log-mel crossfade", "Job", "mel"),
+    ("vocoder chunking", "streaming", "vocoder_chunks"),
+    ("vocoder chunking", "streaming", "chunk_audio"),
     ("vocoder", "Anonymizer", "vocode"),
     ("write", "audio", "write_audio"),
 )
@@ -200,8 +201,8 @@ PROFILE_STAGES = (
 def stage_timers(spent: dict[str, float]):
     """Wraps PROFILE_STAGES' functions to add their wall time (s) to ``spent[label]``; calls
     made off the main thread (the vocoder's worker) are labelled ``label (worker thread)``."""
-    owners = {"audio": anonymize.audio_lib, "anonymize": anonymize,
-              "Anonymizer": Anonymizer, "_Job": anonymize._Job}
+    owners = {"audio": anonymize.audio_lib, "streaming": streaming,
+              "Anonymizer": Anonymizer, "Job": streaming.Job}
     saved = []
     for label, owner_name, attr in PROFILE_STAGES:
         owner = owners[owner_name]
@@ -366,11 +367,11 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     results = run(args.seconds, args.clips, args.repeats, args.batch_size,
                   args.vocoder_batch_size, not args.no_torch, args.torch_device, args.profile)
-    out = write_json(args.out, results)
+    write_json_atomic(args.out, results)
     print(markdown(results))
     if "profile" in results:
         print("\n" + profile_markdown(results))
-    print(f"\nwrote {out}")
+    print(f"\nwrote {args.out}")
 
 
 if __name__ == "__main__":

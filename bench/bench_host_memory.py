@@ -25,7 +25,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from bench.common import environment, parse_subset, write_json
+from bench.common import environment, parse_subset
+from pcmelgan_jax.workdir import write_json_atomic
 
 ROOT = Path(__file__).resolve().parents[1]
 NETWORKS = ("unet_filter", "unet_generator", "alexnet", "audionet", "melgan_generator",
@@ -39,6 +40,7 @@ def worker(name: str, steps: int, warmup: int) -> dict[str, Any]:
     import time
 
     from bench import bench_models
+    from pcmelgan_jax.runtime.host_memory import startup_tunables
 
     step = bench_models.prepare_jax(name, bench_models.make_inputs(name, 16))["train_step"]
     for _ in range(warmup):
@@ -56,7 +58,7 @@ def worker(name: str, steps: int, warmup: int) -> dict[str, Any]:
         "faults_per_step": (after.ru_minflt - before.ru_minflt) / steps,
         "user_s_per_step": (after.ru_utime - before.ru_utime) / steps,
         "system_s_per_step": (after.ru_stime - before.ru_stime) / steps,
-        "glibc_tunables": os.environ.get("GLIBC_TUNABLES", ""),
+        "glibc_tunables": startup_tunables(),
     }
 
 
@@ -127,9 +129,9 @@ def main(argv: list[str] | None = None) -> None:
         return
     only = parse_subset(parser, args.only, NETWORKS)
     results = run(only, args.rounds, args.steps, max(args.warmup, 1))
-    out = write_json(args.out, results)
+    write_json_atomic(args.out, results)
     print(markdown(results))
-    print(f"\nwritten to {out}", file=sys.stderr)
+    print(f"\nwritten to {args.out}", file=sys.stderr)
 
 
 if __name__ == "__main__":

@@ -21,12 +21,8 @@ of its forward and train step, back to back, while the other side's process wait
 sides' order alternates from round to round, so both see the background load of the whole
 run (the load average is recorded). Medians and minima are over every timed call of every
 round; the per-round medians and ratios are kept. ``--isolation shared`` times both sides in
-this process, call by call in interleaved rounds, as earlier versions did. That penalises
-JAX: on 2 Xeon cores a MelGAN generator JAX train step took ~1.56 s right after a PyTorch
-step and ~1.35 s after a JAX step, while PyTorch's step took ~1.6 s either way; in another
-run the JAX step after a PyTorch step spent twice the kernel time (0.96 against 0.46 s) on
-as many page faults of XLA's per-call buffers. With the sides in two processes but still
-called in turn, JAX's steps were about as slow (one run). Each side timed in steady state on
+this process, call by call in interleaved rounds; that penalises JAX, whose step right
+after a PyTorch step is slower (docs/measurements.md). Each side timed in steady state on
 its own, the other idle, is how the networks are used; a block's untimed calls also take the
 first, slower call after the other side's block.
 
@@ -36,7 +32,7 @@ the models' ``ConvTranspose1d(implementation="direct")`` and its polyphase form,
 PyTorch's ``ConvTranspose1d``; and the whole MelGAN generator train step with the direct form.
 A third ("grouped_conv") times the discriminator's grouped convolutions (kernel 41, stride 4,
 4 input channels per group) as XLA's strided grouped convs vs the model's form
-(``layers.grouped_conv1d``) vs PyTorch's ``Conv1d``. Both layer groups call their
+(``kernels_1d.grouped_conv1d``) vs PyTorch's ``Conv1d``. Both layer groups call their
 implementations in this process, in interleaved rounds.
 
 Usage::
@@ -64,8 +60,10 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from bench.common import environment, parse_subset, time_interleaved, write_json
+from bench.common import NETWORK_LABELS, environment, parse_subset, time_interleaved
 from pcmelgan_jax.runtime.compilation import compiler_options
+from pcmelgan_jax.runtime.host_memory import inherited_by_children
+from pcmelgan_jax.workdir import write_json_atomic
 
 try:
     import torch
@@ -81,14 +79,6 @@ NETWORKS = (
     "melgan_discriminator",
 )
 GROUPS = (*NETWORKS, "upsampling", "grouped_conv")
-LABELS = {
-    "unet_filter": "UNet filter F",
-    "unet_generator": "UNet generator G",
-    "alexnet": "AlexNet K=2",
-    "audionet": "AudioNet K=10",
-    "melgan_generator": "MelGAN generator",
-    "melgan_discriminator": "MelGAN discriminator (3 scales)",
-}
 KINDS = ("forward", "train_step")
 ISOLATIONS = ("process", "shared")
 LR = 1e-4
@@ -324,7 +314,8 @@ class SideProcess:
         self._conn, child = ctx.Pipe()
         self._process = ctx.Process(target=_serve, args=(child, name, side, batch_size),
                                     daemon=True)
-        self._process.start()
+        with inherited_by_children():  # the sides' allocator as in this process
+            self._process.start()
         child.close()
         self.info = self._receive()
 
@@ -596,13 +587,13 @@ def grouped_conv_lax(w: jax.Array, x: jax.Array, groups: int) -> jax.Array:
 
 
 def grouped_conv_model(w: jax.Array, x: jax.Array, groups: int) -> jax.Array:
-    """The same grouped conv as the discriminator computes it (``layers.grouped_conv1d``: on
+    """The same grouped conv as the discriminator computes it (``kernels_1d.grouped_conv1d``: on
     CPU batched matmuls over the groups, elsewhere a stride-1 grouped conv of the polyphase
     input).
 
     x (B, T, C_in), w (41, C_in // groups, C_out) -> (B, T / 4, C_out).
     """
-    from pcmelgan_jax.models.layers import grouped_conv1d
+    from pcmelgan_jax.models.kernels_1d import grouped_conv1d
 
     return grouped_conv1d(x, w, 4, 20, groups)
 
@@ -705,14 +696,14 @@ def markdown(results: dict[str, Any]) -> str:
             f"{j['forward']['first_ms'] / 1e3:.1f} / {j['train_step']['first_ms'] / 1e3:.1f}"
         )
         lines.append(
-            f"| {LABELS[name]} | {j['params']:,} | {_fmt(jf)} | {_fmt(tf)} | {_ratio(jf, tf)} "
-            f"| {_fmt(jt)} | {_fmt(tt)} | {_ratio(jt, tt)} | {compile_s} |"
+            f"| {NETWORK_LABELS[name]} | {j['params']:,} | {_fmt(jf)} | {_fmt(tf)} "
+            f"| {_ratio(jf, tf)} | {_fmt(jt)} | {_fmt(tt)} | {_ratio(jt, tt)} | {compile_s} |"
         )
     per_round = {name: r["ratio_train_step_rounds"] for name, r in results["networks"].items()
                  if "ratio_train_step_rounds" in r}
     if per_round:
         lines += ["", "Train-step ratio per round: " + "; ".join(
-            f"{LABELS[name]} " + ", ".join(f"{x:.2f}" for x in ratios)
+            f"{NETWORK_LABELS[name]} " + ", ".join(f"{x:.2f}" for x in ratios)
             for name, ratios in per_round.items())]
     up = results.get("upsampling")
     if up:
@@ -758,7 +749,7 @@ def markdown(results: dict[str, Any]) -> str:
         lines += [
             "",
             "MelGAN discriminator grouped convs (kernel 41, stride 4, groups C_in/4): "
-            "XLA's strided grouped conv vs the model's (layers.grouped_conv1d) vs PyTorch's "
+            "XLA's strided grouped conv vs the model's (kernels_1d.grouped_conv1d) vs PyTorch's "
             "Conv1d; forward+backward (forward), ratio = model's form / PyTorch:",
             "",
             "| layer (B, T, C_in) -> C_out | groups | XLA grouped conv | model's form | torch "
@@ -850,9 +841,9 @@ def main(argv: list[str] | None = None) -> None:
         print("torch is not installed: JAX timings only", file=sys.stderr)
     results = run(args.batch_size, args.repeats, max(args.warmup, 1), only, not args.no_torch,
                   args.isolation, args.rounds)
-    out = write_json(args.out, results)
+    write_json_atomic(args.out, results)
     print(markdown(results))
-    print(f"\nwritten to {out}", file=sys.stderr)
+    print(f"\nwritten to {args.out}", file=sys.stderr)
 
 
 if __name__ == "__main__":

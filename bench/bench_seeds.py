@@ -4,7 +4,7 @@
         [--repeats 3] [--strategies vmap,map,unroll] [--discriminator-width 1.0]
         [--filter-only] [--out bench/results/seeds.json]
 
-The one-program sides run ``steps.jit_seeds_step(pcmelgan_step, "vmap" | "map")`` (what
+The one-program sides run ``seeds.jit_step(pcmelgan_step, "vmap" | "map")`` (what
 ``--config.num_seeds=N`` trains with; ``seeds_strategy=auto`` picks map on CPU) on (N, B)
 batches; the sequential side runs the single-seed jitted
 ``pcmelgan_step`` N times, one per seed, each on its own state, batch and key. Both take Adam
@@ -24,7 +24,8 @@ from pathlib import Path
 import jax
 import numpy as np
 
-from bench.common import environment, timed, write_json
+from bench.common import environment, timed
+from pcmelgan_jax.workdir import write_json_atomic
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -45,10 +46,10 @@ def make_batch(b: int, seed: int = 0) -> dict[str, np.ndarray]:
 
 def setup(num_seeds: int, width: float, filter_only: bool) -> dict:
     """Hyper-parameters, optimisers, monitors and N freshly initialised single-seed states."""
+    from pcmelgan_jax.training import pcmelgan
     from pcmelgan_jax.training import state as st
-    from pcmelgan_jax.training import steps
 
-    hp = steps.PCMelGANHyper(discriminator_width=width, filter_only=filter_only)
+    hp = pcmelgan.PCMelGANHyper(discriminator_width=width, filter_only=filter_only)
     disc = {} if width == 1.0 else {"width": width}
     archs = {  # name: (network, arch, learning rate)
         "filter": ("unet_filter", {"noise_dim": hp.noise_dim}, 1e-4),
@@ -81,14 +82,13 @@ def time_seeds(s: dict, b: int, repeats: int, strategy: str = "vmap") -> dict:
     """One step over the N seeds in one program (``strategy`` "vmap" or "map"): batch
     (N, B, ...), keys (N,)."""
     from pcmelgan_jax.runtime import sharding
-    from pcmelgan_jax.training import loop, steps
-    from pcmelgan_jax.training.state import stack_seeds
+    from pcmelgan_jax.training import pcmelgan, seeds
 
     n = len(s["states"])
-    step = steps.jit_seeds_step(steps.pcmelgan_step, strategy, hp=s["hp"], txs=s["txs"])
-    box = {"state": jax.device_put(stack_seeds(s["states"]))}
+    step = seeds.jit_step(pcmelgan.pcmelgan_step, strategy, hp=s["hp"], txs=s["txs"])
+    box = {"state": jax.device_put(seeds.stack_seeds(s["states"]))}
     batch = jax.device_put(sharding.stack_seed_batches([make_batch(b, i) for i in range(n)]))
-    rngs = loop.seed_keys(list(range(n)))
+    rngs = seeds.seed_keys(list(range(n)))
     monitors = jax.device_put(s["monitors"])
 
     def call():
@@ -100,10 +100,11 @@ def time_seeds(s: dict, b: int, repeats: int, strategy: str = "vmap") -> dict:
 
 def time_sequential(s: dict, b: int, repeats: int) -> dict:
     """N single-seed steps one after another, each on its own state, batch and key."""
-    from pcmelgan_jax.training import steps
+    from pcmelgan_jax.training import pcmelgan
+    from pcmelgan_jax.training.seeds import jit_step
 
     n = len(s["states"])
-    step = steps.jit_step(steps.pcmelgan_step, hp=s["hp"], txs=s["txs"])
+    step = jit_step(pcmelgan.pcmelgan_step, hp=s["hp"], txs=s["txs"])
     states = [jax.device_put(x) for x in s["states"]]
     batches = [jax.device_put(make_batch(b, i)) for i in range(n)]
     rngs = [jax.random.key(i) for i in range(n)]
@@ -186,7 +187,7 @@ def main(argv: list[str] | None = None) -> None:
                 "single-seed steps, after one compile/warm-up call; ex/s = N * batch / time",
         "results": results,
     }
-    write_json(args.out, out, indent=1)
+    write_json_atomic(args.out, out, indent=1)
     print(markdown(results))
 
 

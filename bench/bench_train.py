@@ -3,9 +3,9 @@
     .venv/bin/python -m bench.bench_train [--batch-sizes 16,128] [--repeats 3] [--only pcmelgan]
 
 Stages: ``classifier`` (one spectrogram AlexNet, K=10, with the log-mel front-end),
-``vocoder`` (MelGAN D then G update), ``pcmelgan`` (the four SPEC-6 updates plus the fixed
+``vocoder`` (MelGAN D then G update), ``pcmelgan`` (the four updates F, G, FD, GD plus the fixed
 classifiers' monitoring). The JAX side runs the project's jitted steps
-(``pcmelgan_jax.training.steps``) on the default device; the PyTorch side runs
+(``pcmelgan_jax.training``) on the default device; the PyTorch side runs
 ``bench/torch_train_reference.py`` on the same kind of device (``--torch-device auto``: CUDA
 when JAX runs on a GPU, with cuDNN autotuning and TF32 like XLA's float32 default, else CPU).
 ``--dtype bfloat16`` runs the JAX pcmelgan networks in bfloat16 (float32 parameters).
@@ -33,8 +33,8 @@ from bench.common import (
     time_interleaved,
     torch_device,
     torch_wait,
-    write_json,
 )
+from pcmelgan_jax.workdir import write_json_atomic
 
 ROOT = Path(__file__).resolve().parents[1]
 STAGES = ("classifier", "vocoder", "pcmelgan")
@@ -58,9 +58,12 @@ def jax_step(stage: str, dtype: str = "float32", generator_arch: tuple = (),
     """(step, state, extra args) of a stage, freshly initialised; ``dtype``: the PCMelGAN
     networks' computation dtype (float32 parameters and optimizer state either way);
     ``generator_arch`` / ``discriminator_arch``: the vocoder's module settings, as
-    ``steps.VocoderHyper`` takes them (e.g. ``(("upsample_implementation", "direct"),)``)."""
+    ``VocoderHyper`` takes them (e.g. ``(("upsample_implementation", "direct"),)``)."""
     from pcmelgan_jax.training import state as st
-    from pcmelgan_jax.training import steps
+    from pcmelgan_jax.training.classifiers import classifier_step
+    from pcmelgan_jax.training.pcmelgan import PCMelGANHyper, pcmelgan_step
+    from pcmelgan_jax.training.seeds import jit_step
+    from pcmelgan_jax.training.vocoder import VocoderHyper, vocoder_step
 
     key = jax.random.key(0, impl="rbg")
 
@@ -70,9 +73,9 @@ def jax_step(stage: str, dtype: str = "float32", generator_arch: tuple = (),
     if stage == "classifier":
         txs = {"spec_digit": st.adam(1e-4)}
         nets = {"spec_digit": net("alexnet", {"num_classes": 10}, txs["spec_digit"], 0)}
-        return steps.jit_step(steps.classifier_step, txs=txs), st.new_train_state(nets), ()
+        return jit_step(classifier_step, txs=txs), st.new_train_state(nets), ()
     if stage == "vocoder":
-        hp = steps.VocoderHyper(generator_arch=generator_arch,
+        hp = VocoderHyper(generator_arch=generator_arch,
                                 discriminator_arch=discriminator_arch)
         txs = {"generator": st.adam(1e-4), "discriminator": st.adam(1e-4)}
         nets = {
@@ -80,8 +83,8 @@ def jax_step(stage: str, dtype: str = "float32", generator_arch: tuple = (),
             "discriminator": net("melgan_discriminator", dict(discriminator_arch),
                                  txs["discriminator"], 1),
         }
-        return steps.jit_step(steps.vocoder_step, hp=hp, txs=txs), st.new_train_state(nets), ()
-    hp = steps.PCMelGANHyper(compute_dtype=dtype)
+        return jit_step(vocoder_step, hp=hp, txs=txs), st.new_train_state(nets), ()
+    hp = PCMelGANHyper(compute_dtype=dtype)
     lr = {"filter": 1e-4, "generator": 1e-4, "filter_discriminator": 4e-4,
           "generator_discriminator": 4e-4}
     txs = {k: st.adam(v) for k, v in lr.items()}
@@ -96,7 +99,7 @@ def jax_step(stage: str, dtype: str = "float32", generator_arch: tuple = (),
         "spec_digit": st.init_variables("alexnet", {"num_classes": 10}, key)["params"],
         "spec_gender": st.init_variables("alexnet", {"num_classes": 2}, key)["params"],
     }
-    return steps.jit_step(steps.pcmelgan_step, hp=hp, txs=txs), st.new_train_state(nets), (
+    return jit_step(pcmelgan_step, hp=hp, txs=txs), st.new_train_state(nets), (
         monitors,
     )
 
@@ -209,7 +212,7 @@ def main(argv: list[str] | None = None) -> None:
                    if device == "cuda" else ""),
         "results": results,
     }
-    write_json(args.out, out, indent=1)
+    write_json_atomic(args.out, out, indent=1)
     print(markdown(results))
 
 

@@ -9,7 +9,7 @@ each one jitted program (JAX) or the original modules (PyTorch on the same kind 
 as ``bench_train``), timed in interleaved rounds (``bench.common.time_interleaved``),
 median ms:
 
-- ``step``: ``training.steps.vocoder_step`` (D update, then G update); ``step_d_strided`` with
+- ``step``: ``training.vocoder.vocoder_step`` (D update, then G update); ``step_d_strided`` with
   the discriminator's grouped convolutions as XLA's strided grouped convolution
   (``grouped_as_matmul=False``); ``step_g_direct`` with the generator's upsampling as XLA's
   transposed convolution (``upsample_implementation="direct"``).
@@ -50,8 +50,8 @@ from bench.common import (
     time_interleaved,
     torch_device,
     torch_wait,
-    write_json,
 )
+from pcmelgan_jax.workdir import write_json_atomic
 
 ROOT = Path(__file__).resolve().parents[1]
 JAX_PARTS = ("step", "step_d_strided", "step_g_direct", "generator", "generator_direct",
@@ -74,7 +74,7 @@ def jax_part(part: str, batch: dict[str, jax.Array]) -> tuple[Callable[[], Any],
     from pcmelgan_jax.audio import log_mel
     from pcmelgan_jax.runtime.compilation import compiler_options
     from pcmelgan_jax.training import state as st
-    from pcmelgan_jax.training import steps
+    from pcmelgan_jax.training.vocoder import VocoderHyper
 
     def jit(fn: Callable) -> Any:  # the train steps' compiler options (XLA:CPU reads them)
         return jax.jit(fn, compiler_options=compiler_options("train"))
@@ -98,7 +98,7 @@ def jax_part(part: str, batch: dict[str, jax.Array]) -> tuple[Callable[[], Any],
         return call, exe
     if part.startswith("generator"):
         g_arch = GENERATOR_ARCH.get(_variant(part, "generator"), ())
-        gen = steps.VocoderHyper(generator_arch=g_arch).generator()
+        gen = VocoderHyper(generator_arch=g_arch).generator()
         params = st.init_variables("melgan_generator", dict(g_arch), key)["params"]
         mel = jax.jit(log_mel)(audio)
         shape = jax.eval_shape(lambda p: gen.apply({"params": p}, mel), params).shape
@@ -108,7 +108,7 @@ def jax_part(part: str, batch: dict[str, jax.Array]) -> tuple[Callable[[], Any],
         return (lambda: jax.block_until_ready(exe(params))), exe
     if part.startswith("discriminator"):
         d_arch = DISCRIMINATOR_ARCH.get(_variant(part, "discriminator"), ())
-        disc = steps.VocoderHyper(discriminator_arch=d_arch).discriminator()
+        disc = VocoderHyper(discriminator_arch=d_arch).discriminator()
         params = st.init_variables("melgan_discriminator", dict(d_arch), key)["params"]
 
         def loss(p, a):
@@ -328,7 +328,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                           for j, t in PAIRS if j in calls and t in calls}
     if args.profile:
         results["profile"] = profile(calls, programs, args.profile_part, Path(args.profile))
-    write_json(args.out, results)
+    write_json_atomic(args.out, results)
     print(markdown(results))
     return results
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import statistics
@@ -13,6 +12,15 @@ from pathlib import Path
 from typing import Any
 
 import jax
+
+NETWORK_LABELS = {
+    "unet_filter": "UNet filter F",
+    "unet_generator": "UNet generator G",
+    "alexnet": "AlexNet K=2",
+    "audionet": "AudioNet K=10",
+    "melgan_generator": "MelGAN generator",
+    "melgan_discriminator": "MelGAN discriminator (3 scales)",
+}
 
 
 def timed(call: Callable[[], Any], repeats: int,
@@ -79,15 +87,6 @@ def parse_subset(parser: argparse.ArgumentParser, text: str, choices: tuple[str,
     return names
 
 
-def write_json(path: str | os.PathLike, data: Any, indent: int = 2) -> Path:
-    """Writes a benchmark's results as JSON atomically (a reader never sees a partial file);
-    returns the path."""
-    from pcmelgan_jax.workdir import write_text_atomic
-
-    write_text_atomic(path, json.dumps(data, indent=indent))
-    return Path(path)
-
-
 def cpu_name() -> str:
     """The CPU's model name (from /proc/cpuinfo where readable)."""
     try:
@@ -106,6 +105,7 @@ def environment() -> dict[str, Any]:
     import optax
 
     from pcmelgan_jax.runtime.compilation import compiler_options
+    from pcmelgan_jax.runtime.host_memory import startup_tunables
 
     device = jax.devices()[0]
     env: dict[str, Any] = {
@@ -121,7 +121,7 @@ def environment() -> dict[str, Any]:
         "jax_device": f"{device.device_kind} ({device.platform})",
         "jax_device_count": jax.device_count(),
         "xla_flags": os.environ.get("XLA_FLAGS", ""),
-        "glibc_tunables": os.environ.get("GLIBC_TUNABLES", ""),  # see host_memory
+        "glibc_tunables": startup_tunables(),  # what glibc read (see host_memory)
         "compiler_options": {k: compiler_options(k) for k in ("train", "inference")},
         "load_average_start": list(os.getloadavg()),
     }

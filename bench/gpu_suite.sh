@@ -14,12 +14,9 @@
 #   train_bf16     train_bf16.json: the pcmelgan stage with bfloat16 compute (JAX)
 #   anonymize      anonymize.json: anonymisation real-time factor, JAX vs PyTorch
 #   grouped_conv   grouped_conv.json: the discriminator's grouped convolutions, two forms
-# One program compiles at a time. XLA's GPU autotuner times candidate kernels on the GPU, and
-# an earlier version of this suite that compiled in 8 to 14 parallel processes first lost
-# more than it gained: on one H200 with 14 processes a vocoder step took 191 s to compile (13 s
-# to load from the cache afterwards) and none of six 4-seed programs compiled within 260 s
-# (bench/measured/nvidia-h200/2026-11-27). The persistent compilation cache stays on, so a
-# second call on the same machine loads what the first compiled.
+# One program compiles at a time: XLA's GPU autotuner times candidate kernels on the GPU, so
+# parallel compiles slow each other down (docs/measurements.md). The persistent compilation
+# cache stays on, so a second call on the same machine loads what the first compiled.
 # Each step runs within LIMIT_STEP seconds (LIMIT_TESTS for the tests) and all within DEADLINE
 # seconds of the start, so that the suite ends inside one device call; a step that would start
 # with under 20 s left is skipped and reported. PACK=FILE.tgz packs OUT_DIR after every step

@@ -1,4 +1,4 @@
-"""PyTorch reference modules of the original PCMelGAN / MelGAN networks (SPEC sections 1-5).
+"""PyTorch reference modules of the original PCMelGAN / MelGAN networks.
 
 These reproduce the original architectures with the original ``state_dict`` key names, so
 the golden vectors in ``parity/*.npz`` (and the original ``.pt`` checkpoints) load with

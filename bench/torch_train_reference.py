@@ -8,7 +8,7 @@ the device), doing, like the original code:
 - classifier: Audio2Mel + normalisation, AlexNet (K=10) forward/backward, Adam.
 - vocoder: Audio2Mel; D update (hinge) on real and detached fake; G update (hinge +
   10 x feature matching against the pre-update real features).
-- pcmelgan: the four updates of SPEC 6 (F, G on a fresh F pass, FD, GD) plus the fixed
+- pcmelgan: the four updates (F, G on a fresh F pass, FD, GD) plus the fixed
   classifiers' monitoring forwards on F's and G's outputs.
 """
 

@@ -1,7 +1,49 @@
-"""PCMelGAN, paper settings (SPEC 6): batch 128, 1000 epochs, eps 0.05, lambda 100."""
+"""PCMelGAN: filter F, generator G and their discriminators FD, GD on the fixed classifiers.
 
-from pcmelgan_jax.training import configs
+    python train.py --config configs/pcmelgan.py --workdir DIR          # the paper's settings
+    python train.py --config configs/pcmelgan.py:small --workdir DIR    # ~10 min on CPU
+    python train.py --config configs/pcmelgan.py:filter_only ...        # the Filter baseline
+
+Paper settings: eps 0.05, lambda 100, Adam lr F = G = 1e-4, FD = GD = 4e-4, batch 128.
+"""
+
+from __future__ import annotations
+
+import ml_collections
+
+from pcmelgan_jax.configs import common
 
 
-def get_config():
-    return configs.pcmelgan(small=False)
+def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
+    """Variants: ``small`` (the CPU settings), ``filter_only`` (F and FD only)."""
+    variant = common.parse_arg(arg, small=False, filter_only=False)
+    c = common.stage_config("pcmelgan")
+    c.classifiers_workdir = ""  # holds models/spec_digit, models/spec_gender (required)
+    c.vocoder_workdir = ""  # holds models/generator (optional: sample wavs)
+    c.eps = 0.05  # distortion budget: F's and G's distortion is penalised above it
+    c.lamb = 100.0  # weight of the distortion penalty
+    c.noise_dim = 10
+    c.entropy = False  # F maximises FD's entropy instead of the flipped-label cross-entropy
+    c.filter_only = variant.filter_only  # the paper's Filter baseline: F and FD only
+    c.discriminator_width = 1.0  # AlexNet width of FD and GD (1.0 = the original)
+    c.compute_dtype = "float32"  # or "bfloat16": bf16 compute, float32 params and optimizer state
+    c.num_seeds = 1  # > 1: seeds seed..seed+N-1 trained at once (vmapped), runs WORKDIR/seed_<S>
+    c.seeds_strategy = "auto"  # vmap | map (lax.map) | unroll | auto (unroll on CPU, else vmap)
+    c.learning_rate_filter = 1e-4
+    c.learning_rate_generator = 1e-4
+    c.learning_rate_filter_discriminator = 4e-4
+    c.learning_rate_generator_discriminator = 4e-4
+    c.batch_size = 128
+    c.eval_every_steps = 0
+    c.samples_every_steps = 0
+    # > 0: F's and G's BatchNorm statistics re-estimated over this many training batches at
+    # the end, weights frozen, for the exported models (0: the moving averages as trained)
+    c.bn_recalibration_batches = 0
+    if variant.small:
+        c.batch_size = 32
+        c.num_epochs = 12  # G learns the sampled gender only once GD tells genders apart
+        c.discriminator_width = 0.25  # FD and GD at a quarter width: half the time of 0.5
+        c.log_every_steps = 10
+        # F keeps the paper's 1e-4 (steadier gender hiding); G learns faster at 3e-4
+        c.learning_rate_generator = 3e-4
+    return c

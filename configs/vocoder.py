@@ -1,7 +1,46 @@
-"""MelGAN vocoder, paper settings (SPEC 5): batch 16, Adam 1e-4, hinge + feature matching."""
+"""The MelGAN vocoder (mel spectrogram -> waveform) that turns PCMelGAN's output into speech.
 
-from pcmelgan_jax.training import configs
+    python train.py --config configs/vocoder.py --workdir DIR          # the paper's settings
+    python train.py --config configs/vocoder.py:small --workdir DIR    # CPU settings
+
+Paper settings: hinge loss + 10 x feature matching, Adam 1e-4 (0.5, 0.9), batch 16.
+"""
+
+from __future__ import annotations
+
+import ml_collections
+
+from pcmelgan_jax.configs import common
 
 
-def get_config():
-    return configs.vocoder(small=False)
+def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
+    """Variant: ``small`` (half-width generator, a mel-loss warm-up, 1420 steps)."""
+    variant = common.parse_arg(arg, small=False)
+    c = common.stage_config("vocoder")
+    c.batch_size = 16
+    c.learning_rate_generator = 1e-4
+    c.learning_rate_discriminator = 1e-4
+    c.feature_matching_weight = 10.0
+    c.mel_loss_weight = 0.0  # optional mel-reconstruction L1 (off = the original's losses)
+    c.discriminator_start_step = 0  # > 0: G warms up on the mel loss alone for these steps
+    c.generator = ml_collections.ConfigDict(
+        {"ngf": 32, "n_residual_layers": 3, "ratios": (8, 8, 2, 2)}
+    )
+    c.discriminator = ml_collections.ConfigDict(
+        {"num_scales": 3, "ndf": 16, "n_layers": 4, "downsampling_factor": 4}
+    )
+    c.num_epochs = 2120  # as the PCMelGAN authors' 8 kHz MelGAN
+    if variant.small:
+        c.batch_size = 8
+        c.num_epochs = 1
+        c.generator.ngf = 16  # half the width: more steps in the same time, as fast per step
+        c.num_train_steps = 1420
+        c.discriminator_start_step = 1400  # the mel-loss warm-up does most of the work here
+        c.eval_every_steps = 350
+        c.checkpoint_every_steps = 350
+        c.eval_batch_size = 64
+        c.log_every_steps = 10
+        c.learning_rate_generator = 2e-4
+        c.learning_rate_discriminator = 2e-4
+        c.mel_loss_weight = 10.0  # speeds up early training a lot on a tiny budget
+    return c

@@ -1,6 +1,6 @@
 """Audio front-end: loading, peak normalisation, cropping and the log-mel transform.
 
-Everything follows SPEC section 1 (the original PCMelGAN / MelGAN ``Audio2Mel``):
+Everything follows the original PCMelGAN / MelGAN front-end (``Audio2Mel``):
 8 kHz audio, 8192-sample clips, a 1024-point STFT with hop 256 and 80 Slaney mel bands,
 ``log10(max(mel, 1e-5))`` and a per-utterance normalisation into [-1, 1].
 
@@ -17,6 +17,8 @@ from collections.abc import Sequence
 import jax
 import jax.numpy as jnp
 import numpy as np
+
+from pcmelgan_jax.workdir import atomic_path
 
 SAMPLE_RATE = 8000
 SEGMENT_LENGTH = 8192
@@ -181,7 +183,7 @@ def stft_magnitude(audio: jax.Array, n_fft: int = N_FFT, hop_length: int = HOP_L
 
 
 def log_mel(audio: jax.Array) -> jax.Array:
-    """Log10 mel spectrogram of SPEC section 1. (..., 8192) samples -> (..., 80, 32)."""
+    """Log10 mel spectrogram (module docstring). (..., 8192) samples -> (..., 80, 32)."""
     magnitude = stft_magnitude(audio)
     mel = jnp.einsum(
         "mf,...ft->...mt", jnp.asarray(mel_basis()), magnitude, precision=jax.lax.Precision.HIGHEST
@@ -214,20 +216,12 @@ def mel_features(audio: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
 
 
 def write_audio(path: str | os.PathLike, audio: np.ndarray, sample_rate: int = SAMPLE_RATE) -> None:
-    """Writes a mono float waveform as 16-bit PCM wav, atomically (temp file + rename)."""
+    """Writes a mono float waveform as 16-bit PCM wav, atomically (``workdir.atomic_path``)."""
     import soundfile as sf
 
-    path = os.fspath(path)
-    directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
-    tmp = os.path.join(directory, f".{os.path.basename(path)}.tmp-{os.getpid()}")
     audio = np.clip(np.asarray(audio, dtype=np.float32), -1.0, 1.0)
-    try:
+    with atomic_path(path) as tmp:
         sf.write(tmp, audio, sample_rate, subtype="PCM_16", format="WAV")
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
 
 
 def find_audio_files(root: str | os.PathLike, extensions: Sequence[str] = AUDIO_EXTENSIONS):

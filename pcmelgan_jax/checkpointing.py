@@ -14,22 +14,27 @@ all return once it is there.
 
 from __future__ import annotations
 
-import json
+import functools
 import os
 import shutil
 import uuid
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import flax.linen as nn
 import jax
+import jax.numpy as jnp
 import numpy as np
 
 from pcmelgan_jax.models.registry import build_model, variable_shapes
+from pcmelgan_jax.workdir import MODEL_JSON, read_json, write_json_atomic
 
 FORMAT_VERSION = 1
-MODEL_JSON = "model.json"
 VARIABLES_DIR = "variables"
+
+
+class CheckpointError(ValueError):
+    """A model checkpoint that is missing or holds another network than the one asked for."""
 
 
 def _checkpointer():
@@ -88,8 +93,7 @@ def save_model(
         if primary:
             meta = {"format": FORMAT_VERSION, "network": network, "arch": dict(arch or {}),
                     **dict(extra or {})}
-            with open(os.path.join(tmp, MODEL_JSON), "w") as f:
-                json.dump(meta, f, indent=2, sort_keys=True)
+            write_json_atomic(os.path.join(tmp, MODEL_JSON), meta)
             if os.path.exists(directory):
                 old = f"{tmp}.old"
                 os.replace(directory, old)
@@ -109,8 +113,7 @@ def read_model_info(directory: str | os.PathLike) -> dict[str, Any]:
     path = os.path.join(os.fspath(directory), MODEL_JSON)
     if not os.path.isfile(path):
         raise FileNotFoundError(f"{directory}: not a model checkpoint (no {MODEL_JSON})")
-    with open(path) as f:
-        info = json.load(f)
+    info = read_json(path)
     if info.get("format") != FORMAT_VERSION:
         raise ValueError(f"{path}: unsupported checkpoint format {info.get('format')!r}")
     return info
@@ -127,3 +130,30 @@ def load_model(directory: str | os.PathLike) -> tuple[nn.Module, dict[str, Any]]
     target = variable_shapes(info["network"], **arch)
     restored = _checkpointer().restore(os.path.join(directory, VARIABLES_DIR), target)
     return model, dict(restored)
+
+
+@functools.lru_cache(maxsize=32)
+def _load_cached(directory: str, stamp: int) -> tuple[dict[str, Any], nn.Module, dict]:
+    del stamp  # part of the cache key: a re-saved checkpoint is loaded again
+    if not os.path.isdir(directory):
+        raise CheckpointError(f"{directory}: missing model checkpoint")
+    module, variables = load_model(directory)
+    return read_model_info(directory), module, jax.tree.map(jnp.asarray, variables)
+
+
+def load_network(directory: str | os.PathLike, network: str | Sequence[str]
+                 ) -> tuple[nn.Module, dict[str, Any]]:
+    """(module, variables on the device) of a model checkpoint that must hold ``network``
+    (a name or several allowed ones); cached until its ``model.json`` changes."""
+    directory = os.path.abspath(os.fspath(directory))
+    try:
+        stamp = os.stat(os.path.join(directory, MODEL_JSON)).st_mtime_ns
+    except OSError:
+        stamp = 0
+    info, module, variables = _load_cached(directory, stamp)
+    allowed = (network,) if isinstance(network, str) else tuple(network)
+    if info["network"] not in allowed:
+        raise CheckpointError(
+            f"{directory}: holds a {info['network']}, expected {' or '.join(allowed)}"
+        )
+    return module, variables

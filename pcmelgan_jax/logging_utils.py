@@ -16,6 +16,8 @@ from typing import Any
 import jax
 import numpy as np
 
+from pcmelgan_jax.workdir import METRICS_JSONL, atomic_path
+
 
 def _scalar(value: Any) -> float | int:
     """A number for the logs: integers (steps, counts) stay ints, the rest become floats."""
@@ -38,7 +40,7 @@ class MetricWriter:
 
             os.makedirs(self.workdir, exist_ok=True)
             self._tb = SummaryWriter(os.path.join(self.workdir, "tensorboard"))
-            self._jsonl = open(os.path.join(self.workdir, "metrics.jsonl"), "a")  # noqa: SIM115
+            self._jsonl = open(os.path.join(self.workdir, METRICS_JSONL), "a")  # noqa: SIM115
 
     def write_scalars(self, step: int, scalars: Mapping[str, Any], split: str = "train") -> None:
         """Logs ``scalars`` (name -> number) at ``step`` under ``split/``."""
@@ -76,7 +78,7 @@ class MetricWriter:
 
 def read_metrics(workdir: str | os.PathLike, split: str | None = None) -> list[dict]:
     """The lines of ``WORKDIR/metrics.jsonl`` (optionally of one ``split``)."""
-    path = os.path.join(os.fspath(workdir), "metrics.jsonl")
+    path = os.path.join(os.fspath(workdir), METRICS_JSONL)
     if not os.path.isfile(path):
         return []
     with open(path) as f:
@@ -140,7 +142,7 @@ def spectrogram_panel(
                 ax.set_ylabel(row_labels[i], fontsize=8)
     fig.tight_layout()
     path = os.fspath(path)
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    fig.savefig(path, dpi=80)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=80, format="png")
     plt.close(fig)
     return path

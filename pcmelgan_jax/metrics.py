@@ -2,7 +2,8 @@
 
 Everything here is host-side NumPy (float64) except ``masked_correct``, which is jittable.
 
-FID (SPEC section 8) is the Frechet distance between Gaussian fits of two feature sets::
+FID (the evaluation's utility measure in the audio domain, on the digit AudioNet's
+features) is the Frechet distance between Gaussian fits of two feature sets::
 
     FID = |mu1 - mu2|^2 + tr(S1) + tr(S2) - 2 tr sqrt(S1 S2)
 

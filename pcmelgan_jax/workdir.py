@@ -4,7 +4,7 @@ A run folder (a stage's ``--workdir``, or one seed of a multi-seed run) holds::
 
     config.json           the resolved config (written first; marks the folder as a run)
     checkpoints/          Orbax checkpoints of the training state (resume)
-    models/<network>/     exported networks (``checkpointing.save_model``)
+    models/<network>/     exported networks (``checkpointing.save_model``; model.json marks one)
     samples/              spectrogram panels and wavs written during training
     metrics.jsonl         training and evaluation scalars (also in tensorboard/)
     final_metrics.json    written last: its presence marks the run as complete
@@ -20,8 +20,8 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import tempfile
-from collections.abc import Iterator
+import secrets
+from collections.abc import Iterable, Iterator
 from typing import Any
 
 CONFIG_JSON = "config.json"
@@ -30,6 +30,7 @@ CHECKPOINTS = "checkpoints"
 MODELS = "models"
 SAMPLES = "samples"
 METRICS_JSONL = "metrics.jsonl"
+MODEL_JSON = "model.json"  # inside an exported network's folder: what the network is
 
 
 def models_dir(run: str | os.PathLike) -> str:
@@ -40,6 +41,11 @@ def models_dir(run: str | os.PathLike) -> str:
 def model_dir(run: str | os.PathLike, network: str) -> str:
     """``RUN/models/<network>``."""
     return os.path.join(models_dir(run), network)
+
+
+def has_model(run: str | os.PathLike, network: str) -> bool:
+    """Whether ``RUN/models/<network>`` holds an exported network."""
+    return os.path.isfile(os.path.join(model_dir(run, network), MODEL_JSON))
 
 
 def seed_dir(workdir: str | os.PathLike, seed: int) -> str:
@@ -64,14 +70,15 @@ def is_complete(run: str | os.PathLike) -> bool:
 def atomic_path(path: str | os.PathLike) -> Iterator[str]:
     """Yields a temporary file name next to ``path``; on success it replaces ``path``.
 
-    On an error the temporary file is removed and ``path`` is left as it was. The parent
-    folder is created. The temporary name starts with a dot and ends in ``.tmp``.
+    The caller creates the file under that name (so it gets the usual permissions, not a
+    private temporary file's). On an error the temporary file is removed and ``path`` is left
+    as it was. The parent folder is created. The temporary name starts with a dot and ends in
+    ``.tmp``.
     """
     path = os.path.abspath(os.fspath(path))
     folder, name = os.path.split(path)
     os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{name}.", suffix=".tmp", dir=folder)
-    os.close(fd)
+    tmp = os.path.join(folder, f".{name}.{secrets.token_hex(8)}.tmp")
     try:
         yield tmp
         os.replace(tmp, path)
@@ -91,6 +98,19 @@ def write_text_atomic(path: str | os.PathLike, text: str) -> None:
 def write_json_atomic(path: str | os.PathLike, obj: Any, indent: int = 2) -> None:
     """Writes ``obj`` as JSON (sorted keys; ``repr`` for what JSON cannot hold) atomically."""
     write_text_atomic(path, json.dumps(obj, indent=indent, sort_keys=True, default=repr) + "\n")
+
+
+def existing_path(candidates: Iterable[str | os.PathLike | None], base: str) -> str | None:
+    """The first candidate that exists, as an absolute path (a relative one is tried as
+    given, then below ``base``); empty candidates are skipped."""
+    for candidate in candidates:
+        if not candidate:
+            continue
+        candidate = os.path.expanduser(os.fspath(candidate))
+        for path in (candidate, os.path.join(base, candidate)):
+            if os.path.exists(path):
+                return os.path.abspath(path)
+    return None
 
 
 def read_json(path: str | os.PathLike) -> dict[str, Any]:

@@ -1,5 +1,6 @@
-"""Anonymisation: windowing and crossfade, durations, stereo / 44.1 kHz / short / long inputs,
-folders, error handling and the CLI, on untrained (random) models in the workdir layout."""
+"""Anonymisation of whole files: the blend and levels, durations, stereo / 44.1 kHz / short /
+long inputs, folders, error handling and the CLI, on untrained (random) models in the workdir
+layout."""
 
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from pcmelgan_jax import anonymize
+from pcmelgan_jax import anonymize, streaming
 from pcmelgan_jax.anonymize import AnonymizeError, Anonymizer, anonymize_file, anonymize_path
 from pcmelgan_jax.checkpointing import save_model
 from pcmelgan_jax.cli import main as cli_main
@@ -100,26 +101,10 @@ class SampleHold(Anonymizer):
     def vocode(self, mels, context=0):
         self.calls["vocoder"] += 1
         # a batch of one-window files, or one chunk (context, chunk, context) of a longer file
-        chunk = (1, 80, anonymize.CHUNK_FRAMES + 2 * anonymize.CONTEXT_FRAMES)
+        chunk = (1, 80, streaming.CHUNK_FRAMES + 2 * streaming.CONTEXT_FRAMES)
         assert (mels.shape, context) in (((self.vocoder_batch_size, 80, 32), 0),
-                                         (chunk, anonymize.CONTEXT_FRAMES))
+                                         (chunk, streaming.CONTEXT_FRAMES))
         return np.repeat(mels[:, 0, context : mels.shape[2] - context], 256, axis=1)
-
-
-def test_window_starts_and_chunks():
-    assert anonymize.window_starts(100) == ([0], 8192)
-    assert anonymize.window_starts(8192) == ([0], 8192)
-    assert anonymize.window_starts(8193) == ([0, 4096], 12288)
-    starts, total = anonymize.window_starts(24000)
-    assert starts == [0, 4096, 8192, 12288, 16384] and total == 24576
-    mel = np.arange(80 * 200, dtype=np.float32).reshape(80, 200)
-    chunks = anonymize.vocoder_chunks(mel, chunk=96, context=8)
-    assert chunks.shape == (3, 80, 112)
-    np.testing.assert_array_equal(chunks[1, :, 8:104], mel[:, 96:192])
-    np.testing.assert_array_equal(chunks[0, :, :8], mel[:, 8:0:-1])  # reflected context
-    held = np.repeat(chunks[:, 0, :], 256, axis=1)  # a "vocoder" holding frame values
-    np.testing.assert_array_equal(anonymize.chunk_audio(held, 200, 8),
-                                  np.repeat(mel[0], 256))
 
 
 @pytest.mark.parametrize("seconds", [0.05, 1.024, 1.5, 3.0, 9.3])
@@ -130,7 +115,7 @@ def test_windowing_blend_and_level_with_a_sample_and_hold_model(tmp_path, second
     out = anonymize_file(src, tmp_path / "out.wav", model=fake)
     y, sr = sf.read(out, dtype="float32")
     assert sr == 8000 and y.shape == x.shape
-    starts, total = anonymize.window_starts(x.size)
+    starts, total = streaming.window_starts(x.size)
     offset = (8192 - x.size) // 2 if x.size < 8192 else 0
     padded = np.zeros(total, np.float32)
     padded[offset : offset + x.size] = x
@@ -152,15 +137,15 @@ def test_chunked_vocoding_matches_whole_file_vocoding(model):
     """A log-mel of one chunk's length (chunk + 2 context frames) vocoded in one piece vs in
     two chunks: equal away from the ends, across the chunk boundary."""
     vocoder, variables = model.vocoder
-    frames = anonymize.CHUNK_FRAMES + 2 * anonymize.CONTEXT_FRAMES
+    frames = streaming.CHUNK_FRAMES + 2 * streaming.CONTEXT_FRAMES
     mel = (np.random.default_rng(0).standard_normal((80, frames)) - 3).astype(np.float32)
     batch = np.zeros((BATCH, 80, frames), np.float32)
     batch[0] = mel
     whole = np.asarray(anonymize._vocode(vocoder, variables, batch))[0]
-    chunks = anonymize.vocoder_chunks(mel)
+    chunks = streaming.vocoder_chunks(mel)
     assert chunks.shape == (2, 80, frames)
     batch[:2] = chunks
-    got = anonymize.chunk_audio(np.asarray(anonymize._vocode(vocoder, variables, batch))[:2],
+    got = streaming.chunk_audio(np.asarray(anonymize._vocode(vocoder, variables, batch))[:2],
                                 frames)
     inner = slice(16 * 256, -16 * 256)
     np.testing.assert_allclose(got[inner], whole[inner], atol=2e-5)
@@ -175,13 +160,13 @@ def test_long_files_vocode_one_chunk_per_call(tmp_path, monkeypatch):
         write(src / f"{i}.wav", tone(seconds, 8000, seed=i), 8000)
     fake = SampleHold(vocoder_batch_size=4)
     anonymize_path(src / "0.wav", tmp_path / "one.wav", model=fake, progress=False)
-    _, total = anonymize.window_starts(sf.info(src / "0.wav").frames)
-    assert fake.calls["vocoder"] == -(-(total // 256) // anonymize.CHUNK_FRAMES)
+    _, total = streaming.window_starts(sf.info(src / "0.wav").frames)
+    assert fake.calls["vocoder"] == -(-(total // 256) // streaming.CHUNK_FRAMES)
     anonymize_path(src, tmp_path / "ahead", model=SampleHold(), progress=False)
     inline = SampleHold()
     inline.vocoder_thread = False
     anonymize_path(src, tmp_path / "inline", model=inline, progress=False)
-    monkeypatch.setattr(anonymize, "MAX_VOCODER_QUEUE", 0)
+    monkeypatch.setattr(streaming, "MAX_VOCODER_QUEUE", 0)
     anonymize_path(src, tmp_path / "waits", model=SampleHold(), progress=False)
     for i in range(4):
         assert len({digest(tmp_path / d / f"{i}.wav") for d in ("ahead", "waits", "inline")}) == 1
@@ -197,8 +182,8 @@ def test_vocode_equals_the_vocoder_module(model):
     mels = (np.random.default_rng(1).standard_normal((5, 80, 32)) - 3).astype(np.float32)
     want = np.asarray(anonymize._vocode(*model.vocoder, mels))
     np.testing.assert_allclose(model.vocode(mels), want, atol=2e-5)
-    context = anonymize.CONTEXT_FRAMES
-    frames = anonymize.CHUNK_FRAMES + 2 * context
+    context = streaming.CONTEXT_FRAMES
+    frames = streaming.CHUNK_FRAMES + 2 * context
     chunk = (np.random.default_rng(2).standard_normal((1, 80, frames)) - 3).astype(np.float32)
     want = np.asarray(anonymize._vocode(*model.vocoder, chunk))[:, context * 256 : -context * 256]
     np.testing.assert_allclose(model.vocode(chunk, context=context), want, atol=2e-5)

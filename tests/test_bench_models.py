@@ -6,7 +6,7 @@ import os
 import pytest
 
 from bench import bench_models
-from pcmelgan_jax import bench_report
+from bench.report_tables import models_table
 
 
 def _block(round_index: int, times: list[float]) -> dict:
@@ -69,7 +69,7 @@ def test_sides_alternate_over_rounds(monkeypatch):
     text = bench_models.markdown(results)
     assert "median of 1 calls x 3 rounds, each side in a worker process of its own" in text
     assert "Train-step ratio per round: AlexNet K=2 0.50, 1.50, 0.30" in text
-    note = bench_report.models_table(results).notes[0]
+    note = models_table(results).notes[0]
     assert "1 calls x 3 rounds, each side in a worker process of its own" in note
 
 

@@ -1,17 +1,13 @@
-"""``pcmelgan-jax bench``: the report from small fake results shaped like the scripts' JSON.
+"""``python -m bench.report``: the report from small fake results shaped like the scripts'
+JSON; the run mode with tiny fake scripts (the real benchmarks are never run here)."""
 
-The real benchmarks are never run; the run mode is checked with tiny fake scripts.
-"""
-
-import argparse
 import json
 import textwrap
 from pathlib import Path
 
 import pytest
 
-from pcmelgan_jax import bench_report as br
-from pcmelgan_jax import cli, repo
+from bench import report as br
 
 ENV = {
     "devices": ["NVIDIA H100 (gpu:0)"], "cpu": "Test CPU", "cores": 2, "platform": "Linux-x",
@@ -54,7 +50,7 @@ TRAIN = {
 }
 DATA = {
     "benchmark": "input pipeline, train mode", "step_examples_per_sec": 9.25,
-    "step_source": "SPEC section 10",
+    "step_source": "the paper's training speed",
     "results": [{"workers": 0, "threads": 2, "batch_size": 128, "examples_per_sec": 1541.4,
                  "ratio_to_step": 166.7, "meets_10x": True}],
 }
@@ -76,8 +72,11 @@ ANONYMIZE = {
     "vocoder_network": {"jax": _rtf(40.0), "torch": _rtf(32.0)},
 }
 SEEDS = {"results": [{"stage": "pcmelgan", "num_seeds": 4, "batch_size": 32,
-                      "vmapped": {"examples_per_s": 300.0},
-                      "sequential": {"examples_per_s": 100.0}}]}
+                      "discriminator_width": 1.0, "vmapped": {"examples_per_s": 300.0},
+                      "sequential": {"examples_per_s": 100.0}},
+                     {"stage": "pcmelgan", "num_seeds": 4, "batch_size": 8,
+                      "discriminator_width": 0.25, "unrolled": {"examples_per_s": 6.0},
+                      "sequential": {"examples_per_s": 10.0}}]}
 HOST_MEMORY = {  # bench_host_memory.py's shape, without the per-process runs
     "batch_size": 16, "rounds": 3, "steps": 5,
     "networks": {"melgan_generator": {
@@ -89,12 +88,10 @@ VOCODER_PARTS = {"batch_size": 128, "repeats": 10, "parts": {
     "torch_step": {"median_ms": 110.0}}}
 
 
-def fake_root(tmp_path: Path, scripts=("models", "data", "train", "anonymize")) -> Path:
+def fake_root(tmp_path: Path) -> Path:
     root = tmp_path / "checkout"
     (root / "bench" / "results").mkdir(parents=True)
     (root / "bench" / "__init__.py").write_text("")
-    for name in scripts:
-        (root / "bench" / f"bench_{name}.py").write_text("")
     return root
 
 
@@ -115,12 +112,10 @@ def table_rows(report: str, section: str) -> dict[str, list[str]]:
 
 
 def test_report_from_results(tmp_path):
-    root = fake_root(
-        tmp_path, scripts=("models", "data", "train", "anonymize", "seeds", "vocoder_parts",
-                           "host_memory"))
+    root = fake_root(tmp_path)
     write_results(root, models=MODELS, train=TRAIN, data=DATA, anonymize=ANONYMIZE, seeds=SEEDS,
                   vocoder_parts=VOCODER_PARTS, host_memory=HOST_MEMORY)
-    report, outcomes = br.build_report(root, run=False, env=ENV)
+    report, outcomes = br.build_report(root, run=False, env=ENV, recorded=[])
     assert [o.status for o in outcomes] == ["ok"] * 7
     assert "NVIDIA H100 (gpu:0)" in report and "Python 3.11.7" in report
     assert "torch not installed" in report and "1.00 / 0.50 / 0.25" in report
@@ -138,7 +133,6 @@ def test_report_from_results(tmp_path):
     train = table_rows(report, "train")
     assert train["classifier"] == ["16", "160", "80.0", "2.00"]
     assert train["pcmelgan"] == ["128", "32.0", "n/a", "n/a"]
-    assert "JAX / PyTorch throughput" in report
 
     data = table_rows(report, "data")
     assert data["pipeline, 0 workers, 2 reader threads"] == ["128", "1,541", "n/a", "n/a"]
@@ -149,7 +143,9 @@ def test_report_from_results(tmp_path):
     assert anon["copy synthesis (vocoder), 20 x 1 s clips"] == ["8 / 4", "42.0", "n/a", "n/a"]
     assert anon["vocoder network forward"] == ["16", "40.0", "32.0", "1.25"]
 
-    assert table_rows(report, "seeds")["pcmelgan 4 seeds"] == ["32", "300", "100", "3.00"]
+    assert table_rows(report, "seeds") == {
+        "pcmelgan 4 seeds": ["32", "300", "100", "3.00"],
+        "pcmelgan 4 seeds (FD/GD width 0.25) unrolled": ["8", "6.00", "10.0", "0.60"]}
 
     parts = table_rows(report, "vocoder_parts")
     assert parts == {"step": ["128", "176", "110", "1.60"],
@@ -160,10 +156,21 @@ def test_report_from_results(tmp_path):
     assert "MelGAN generator 232,000 / 1,200." in report
 
 
+def test_missing_or_bad_results(tmp_path):
+    root = fake_root(tmp_path)
+    write_results(root, train={"results": [{"stage": "x"}]})
+    report, outcomes = br.build_report(root, only="train,seeds", run=False, env=ENV, recorded=[])
+    assert [o.status for o in outcomes] == ["failed", "no results"]
+    assert "**FAILED**: cannot read" in report
+    assert "python -m bench.report --only seeds" in report
+    with pytest.raises(SystemExit):  # an unknown name is a usage error
+        br.main(["--only", "models,nope"])
+
+
 def test_recorded_results_get_their_own_section(tmp_path):
     """Results recorded on another machine (bench/measured/<name>/) follow the report: the
     README's first paragraph, then one table per JSON named after a benchmark."""
-    root = fake_root(tmp_path, scripts=("train",))
+    root = fake_root(tmp_path)
     write_results(root, train=TRAIN)
     gpu = root / "bench" / "measured" / "gpu-x"
     gpu.mkdir(parents=True)
@@ -180,52 +187,12 @@ def test_recorded_results_get_their_own_section(tmp_path):
     assert "One GPU X, 2026." in section and "More." not in section
     assert "PyTorch CUDA device GPU X" in section and "notes.json" not in section
     assert "| pcmelgan (bfloat16) | 16 | 100 | n/a | n/a |" in section
-    assert "### `seeds.json`" in section
     assert "| pcmelgan 4 seeds | 32 | 300 | 100 | 3.00 |" in section
-    # an explicit empty list leaves them out
-    assert "Recorded results" not in br.build_report(root, only="train", run=False, env=ENV,
-                                                     recorded=[])[0]
 
 
-def test_seed_times_give_a_speedup():
-    table = br.seeds_table({"results": [{"num_seeds": 8, "vmapped": {"seconds": 2.0},
-                                         "sequential": {"seconds": 10.0}}]})
-    assert "| 8 seeds | ? | 2.00 | 10.0 | 5.00 |" in table.markdown()
-
-
-def test_seeds_json_of_bench_seeds():
-    """The shape bench/bench_seeds.py writes (narrow discriminators named in the label)."""
-    row = {"stage": "pcmelgan", "num_seeds": 4, "batch_size": 8, "discriminator_width": 0.25,
-           "vmapped": {"examples_per_s": 6.0, "median_s": 5.3},
-           "sequential": {"examples_per_s": 10.0, "median_s": 3.2}, "speedup": 0.6}
-    table = br.seeds_table({"device": "cpu (cpu)", "results": [row]})
-    assert "| pcmelgan 4 seeds (FD/GD width 0.25) | 8 | 6.00 | 10.0 | 0.60 |" in table.markdown()
-
-
-def test_missing_script_and_results(tmp_path):
-    root = fake_root(tmp_path)  # no bench_seeds.py
-    write_results(root, models=MODELS)
-    report, outcomes = br.build_report(root, only="models,train,seeds", run=False, env=ENV)
-    status = {o.bench.name: o.status for o in outcomes}
-    assert status == {"models": "ok", "train": "no results", "seeds": "missing"}
-    assert "`bench/bench_seeds.py` does not exist (yet)" in report
-    assert "pcmelgan-jax bench --only train" in report
-    # run mode: a missing script is a line, not a failure, and nothing else is selected
-    report, outcomes = br.build_report(root, only="seeds", run=True, env=ENV)
-    assert outcomes[0].status == "missing" and "does not exist (yet): not run" in report
-    with pytest.raises(ValueError, match="unknown benchmark"):
-        br.select("models,nope")
-
-
-def test_bad_json_is_a_failure(tmp_path):
-    root = fake_root(tmp_path)
-    write_results(root, train={"results": [{"stage": "x"}]})
-    report, outcomes = br.build_report(root, only="train", run=False, env=ENV)
-    assert outcomes[0].status == "failed" and "**FAILED**: cannot read" in report
-
-
-def test_run_mode_with_fake_scripts(tmp_path):
-    """Runs scripts as ``python -m bench.bench_x``: one writes its JSON, one fails."""
+def test_run_mode_with_fake_scripts(tmp_path, monkeypatch):
+    """Runs scripts as ``python -m bench.bench_x``: one writes its JSON, one fails; the
+    command writes the report and exits 1."""
     root = fake_root(tmp_path)
     (root / "bench" / "bench_train.py").write_text(textwrap.dedent(f"""
         import json, pathlib, sys
@@ -239,63 +206,18 @@ def test_run_mode_with_fake_scripts(tmp_path):
         "import sys\nprint('loading model ...', file=sys.stderr)\n"
         "raise SystemExit('out of memory in vocoder')\n"
     )
-    report, outcomes = br.build_report(root, only="train,anonymize", run=True, quick=True,
-                                       no_torch=True, env=ENV)
-    assert [o.status for o in outcomes] == ["ok", "failed"]
+    monkeypatch.setattr(br, "ROOT", root)
+    monkeypatch.setattr(br, "environment", lambda: ENV)
+    out = tmp_path / "report.md"
+    assert br.main(["--only", "train,anonymize", "--quick", "--no-torch", "--out", str(out)]) == 1
+    report = out.read_text()
     assert table_rows(report, "train")["classifier"] == ["16", "160", "80.0", "2.00"]
     logged = (root / "bench" / "results" / "logs" / "train.stdout.txt").read_text()
     assert "'--batch-sizes', '16', '--repeats', '2', '--no-torch'" in logged
     assert "**FAILED**: exited with status 1" in report
     assert "loading model ...\nout of memory in vocoder" in report
     assert "small --quick settings" in report
-
     # a separate results folder is passed to the scripts with --out
     other = tmp_path / "other"
-    report, outcomes = br.build_report(root, only="train", run=True, results_dir=other,
-                                       env=ENV)
-    assert outcomes[0].status == "ok" and (other / "train.json").is_file()
-
-
-def test_cli_writes_report_and_exit_code(tmp_path, monkeypatch, capsys):
-    root = fake_root(tmp_path)
-    write_results(root, models=MODELS, train={"results": "garbage"})
-    monkeypatch.setattr(repo, "PACKAGE_DIR", root / "pcmelgan_jax")
-    monkeypatch.setattr(br, "environment", lambda: ENV)
-    out = tmp_path / "r" / "report.md"
-    assert cli.main(["bench", "--from-results", "--only", "models", "--out", str(out)]) == 0
-    assert "| UNet filter F, forward | 16 |" in out.read_text()
-    assert not list(out.parent.glob("*.tmp"))
-    assert cli.main(["bench", "--from-results", "--only", "train", "--out", str(out)]) == 1
-    assert cli.main(["bench", "--from-results", "--only", "nope"]) == 2
-    capsys.readouterr()
-
-
-def test_repo_root_error(tmp_path, monkeypatch, capsys):
-    assert (br.bench_root() / "bench" / "bench_models.py").is_file()  # this checkout
-    site = tmp_path / "site-packages" / "pcmelgan_jax"
-    site.mkdir(parents=True)
-    with pytest.raises(repo.RepoRootError, match="bench.*source checkout"):
-        br.bench_root(package_dir=site)
-    monkeypatch.setattr(repo, "PACKAGE_DIR", site)
-    assert cli.main(["bench", "--from-results"]) == 2
-    assert "non-editable install" in capsys.readouterr().err
-
-
-def test_bench_train_rejects_an_unknown_stage_before_any_work(capsys, monkeypatch):
-    """``--only classifiers`` (the stage is ``classifier``) is a usage error naming it, raised
-    before the backend or torch is touched; an empty ``--only`` means every stage."""
-    from bench import bench_train, common
-
-    def no_work(*args, **kwargs):
-        raise AssertionError("started work")
-
-    monkeypatch.setattr(bench_train, "torch_device", no_work)
-    monkeypatch.setattr(bench_train, "time_stage", no_work)
-    with pytest.raises(SystemExit) as e:
-        bench_train.main(["--only", "classifiers,pcmelgan"])
-    assert e.value.code == 2
-    assert "unknown names ['classifiers']" in capsys.readouterr().err
-    parser = argparse.ArgumentParser()
-    assert common.parse_subset(parser, " , ", bench_train.STAGES) == bench_train.STAGES
-    assert common.parse_subset(parser, "pcmelgan, classifier", bench_train.STAGES) == (
-        "pcmelgan", "classifier")
+    assert br.main(["--only", "train", "--results-dir", str(other), "--out", str(out)]) == 0
+    assert (other / "train.json").is_file()

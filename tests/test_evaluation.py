@@ -498,5 +498,5 @@ def test_baselines_command_attacks_the_training_free_anonymisers(quickstart, cap
     assert "none (baselines only)" in md and "| pitch shift (gender flip) |" in md
     assert cli.main(["baselines", "--workdir", str(quickstart), "--config.bogus=1"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
-    assert err[-1] == ("pcmelgan-jax baselines: error: --config.bogus=1: the evaluation "
-                       "config has no field 'bogus'")
+    assert err[-1] == ("pcmelgan-jax baselines: error: --config.bogus: 'bogus' is not a "
+                       "field of configs/eval.py")

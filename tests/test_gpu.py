@@ -15,8 +15,9 @@ import pytest
 
 from bench.bench_train import make_batch
 from pcmelgan_jax.models import registry
+from pcmelgan_jax.training import pcmelgan
 from pcmelgan_jax.training import state as st
-from pcmelgan_jax.training import steps
+from pcmelgan_jax.training.seeds import jit_step
 
 pytestmark = [
     pytest.mark.gpu,
@@ -42,9 +43,9 @@ def _run(device: jax.Device, num_steps: int) -> tuple[list[dict], dict]:
     monitors = {n: registry.numpy_random_variables("alexnet", 10 + k, num_classes=k,
                                                    width=WIDTH)["params"]
                 for n, k in (("spec_digit", 10), ("spec_gender", 2))}
-    hp = steps.PCMelGANHyper(discriminator_width=WIDTH,
+    hp = pcmelgan.PCMelGANHyper(discriminator_width=WIDTH,
                              monitor_widths=tuple((n, WIDTH) for n in sorted(monitors)))
-    step = steps.jit_step(steps.pcmelgan_step, hp=hp, txs=txs)
+    step = jit_step(pcmelgan.pcmelgan_step, hp=hp, txs=txs)
     put = lambda x: jax.device_put(jax.tree.map(jnp.asarray, x), device)
     state, batch, monitors = put(st.new_train_state(nets)), put(make_batch(8)), put(monitors)
     history = []

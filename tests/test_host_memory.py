@@ -8,16 +8,57 @@ from pathlib import Path
 import pytest
 
 from pcmelgan_jax.runtime import host_memory
-from pcmelgan_jax.runtime.host_memory import SETTING, hugepage_environment
+from pcmelgan_jax.runtime.host_memory import (
+    SETTING,
+    TUNABLES_BEFORE,
+    hugepage_environment,
+    restore_environment,
+    runs_on_cpu,
+    wants_help,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
 def test_adds_the_tunable_and_keeps_the_rest():
     env = hugepage_environment({"PATH": "/bin"}, (2, 36), "madvise")
-    assert env == {"PATH": "/bin", "GLIBC_TUNABLES": "glibc.malloc.hugetlb=1"}
+    assert env == {"PATH": "/bin", "GLIBC_TUNABLES": SETTING, TUNABLES_BEFORE: ""}
     env = hugepage_environment({"GLIBC_TUNABLES": "glibc.malloc.arena_max=2"}, (2, 35), "always")
     assert env["GLIBC_TUNABLES"] == "glibc.malloc.arena_max=2:glibc.malloc.hugetlb=1"
+    assert env[TUNABLES_BEFORE] == "glibc.malloc.arena_max=2"
+
+
+def test_restore_puts_the_tunables_back():
+    """The re-executed image leaves the environment as it was before, for its children."""
+    env = hugepage_environment({"PATH": "/bin"}, (2, 36), "madvise")
+    assert restore_environment(env) and env == {"PATH": "/bin"}
+    env = hugepage_environment({"GLIBC_TUNABLES": "glibc.malloc.arena_max=2"}, (2, 36), "always")
+    assert restore_environment(env) and env == {"GLIBC_TUNABLES": "glibc.malloc.arena_max=2"}
+    user = {"GLIBC_TUNABLES": SETTING}  # set by the user, not by a re-exec: kept
+    assert not restore_environment(user) and user == {"GLIBC_TUNABLES": SETTING}
+
+
+def test_help_flags():
+    for args in (["-h"], ["--help"], ["--helpfull"], ["train", "--help"]):
+        assert wants_help(args)
+    assert not wants_help(["--config", "configs/vocoder.py", "--workdir", "help"])
+
+
+@pytest.mark.parametrize(
+    "platforms, plugin, cpu",
+    [
+        ("", None, True),
+        ("", "jax_cuda12_plugin", False),
+        ("", "jax_cuda13_plugin", False),
+        ("", "libtpu", False),
+        ("cpu", "jax_cuda12_plugin", True),  # the user's JAX_PLATFORMS wins
+        ("cuda,cpu", None, False),
+        ("tpu", None, False),
+    ],
+)
+def test_runs_on_cpu(platforms, plugin, cpu):
+    environ = {"JAX_PLATFORMS": platforms} if platforms else {}
+    assert runs_on_cpu(environ, installed=lambda name: name == plugin) == cpu
 
 
 @pytest.mark.parametrize(
@@ -70,7 +111,8 @@ def test_thp_mode_reads_the_bracketed_mode(tmp_path):
 
 def _clean_env(**extra: str) -> dict[str, str]:
     """This environment without the huge-page settings, plus ``extra``."""
-    env = {k: v for k, v in os.environ.items() if k not in ("GLIBC_TUNABLES", "PCMELGAN_HUGEPAGES")}
+    drop = ("GLIBC_TUNABLES", "PCMELGAN_HUGEPAGES", "JAX_PLATFORMS", TUNABLES_BEFORE)
+    env = {k: v for k, v in os.environ.items() if k not in drop}
     return {**env, **extra}
 
 
@@ -79,28 +121,58 @@ def _run(code: str, **extra: str) -> subprocess.CompletedProcess:
                           capture_output=True, text=True, timeout=120, check=True)
 
 
-REEXEC = (
-    "from pcmelgan_jax.runtime.host_memory import reexec_with_hugepages\n"
-    "print('started', flush=True)\n"
-    "reexec_with_hugepages()\n"
-    "import os; print(os.getpid(), os.environ.get('GLIBC_TUNABLES'))\n"
+REEXEC = """
+import os, subprocess, sys
+from pcmelgan_jax.runtime.host_memory import (
+    inherited_by_children, reexec_with_hugepages, startup_tunables)
+print("started", flush=True)
+reexec_with_hugepages()
+reexec_with_hugepages()  # a second call changes nothing
+def child():
+    code = "import os; print(os.environ.get('GLIBC_TUNABLES'))"
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          check=True).stdout.strip()
+with inherited_by_children():
+    worker = child()
+print(os.getpid(), startup_tunables() or None, os.environ.get("GLIBC_TUNABLES"), child(), worker)
+"""
+
+needs_hugepages = pytest.mark.skipif(
+    hugepage_environment({}, host_memory.glibc_version(), host_memory.thp_mode()) is None,
+    reason="glibc >= 2.35 with transparent huge pages is needed",
 )
 
 
-def test_reexecutes_once_in_the_same_process():
-    applies = hugepage_environment({}, host_memory.glibc_version(), host_memory.thp_mode())
+@needs_hugepages
+def test_reexecutes_once_in_the_same_process_and_children_do_not_inherit():
     proc = subprocess.Popen([sys.executable, "-c", REEXEC], cwd=ROOT, text=True,
-                            stdout=subprocess.PIPE, env=_clean_env())
+                            stdout=subprocess.PIPE, env=_clean_env(JAX_PLATFORMS="cpu"))
     out, _ = proc.communicate(timeout=120)
     assert proc.returncode == 0
-    lines = out.splitlines()
-    # started twice when re-executed (once per program image), the rest once, same PID
-    assert lines[:-1] == ["started"] * (2 if applies else 1)
-    pid, tunables = lines[-1].split(" ", 1)
-    assert int(pid) == proc.pid
-    assert tunables == (SETTING if applies else "None")
-    # the opt-out
-    assert _run(REEXEC, PCMELGAN_HUGEPAGES="0").stdout.splitlines()[-1].endswith(" None")
+    # started twice (once per program image), the rest once, same PID; the setting is in
+    # effect in this process, gone from its environment and its child's, except for a
+    # worker started within inherited_by_children()
+    assert out.splitlines() == [
+        "started", "started", f"{proc.pid} {SETTING} None None {SETTING}"]
+
+
+@needs_hugepages
+@pytest.mark.parametrize(
+    "args, extra",
+    [
+        ([], {"PCMELGAN_HUGEPAGES": "0"}),  # the opt-out
+        (["--help"], {}),
+        ([], {"JAX_PLATFORMS": "cuda"}),  # another backend
+        ([], {"GLIBC_TUNABLES": "glibc.malloc.hugetlb=0"}),  # the user's choice, inherited
+    ],
+)
+def test_no_reexec(args, extra):
+    out = subprocess.run([sys.executable, "-c", REEXEC, *args], cwd=ROOT, text=True,
+                         capture_output=True, check=True, timeout=120,
+                         env=_clean_env(**{"JAX_PLATFORMS": "cpu", **extra})).stdout
+    tunables = extra.get("GLIBC_TUNABLES", "None")
+    assert out.splitlines()[0] == "started"
+    assert out.splitlines()[1].split(" ", 1)[1] == " ".join([tunables] * 4)
 
 
 FAULTS = """
@@ -118,13 +190,12 @@ print((resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before) / 4)
 """
 
 
+@needs_hugepages
 def test_huge_pages_cut_the_page_faults_of_fresh_buffers():
     """Each call's 64 MiB output is fresh memory from the kernel: 16384 faults of 4 KiB
     each without the tunable, a few dozen of 2 MiB with it."""
-    if hugepage_environment({}, host_memory.glibc_version(), host_memory.thp_mode()) is None:
-        pytest.skip("glibc >= 2.35 with transparent huge pages is needed")
-    plain = float(_run(FAULTS, PCMELGAN_HUGEPAGES="0").stdout.split()[-1])
-    huge = float(_run(FAULTS).stdout.split()[-1])
+    plain = float(_run(FAULTS, PCMELGAN_HUGEPAGES="0", JAX_PLATFORMS="cpu").stdout.split()[-1])
+    huge = float(_run(FAULTS, JAX_PLATFORMS="cpu").stdout.split()[-1])
     assert plain > 16384 * 0.9, f"{plain} faults per call without huge pages"
     assert huge < plain / 8, (
         f"{huge} faults per call with glibc.malloc.hugetlb=1 ({plain} without): the kernel "

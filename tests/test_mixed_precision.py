@@ -27,9 +27,10 @@ import pytest
 
 from bench.bench_train import make_batch as _batch  # the synthetic batch the benchmarks use
 from pcmelgan_jax.models import registry
-from pcmelgan_jax.training import pcmelgan as pcmelgan_stage
+from pcmelgan_jax.training import pcmelgan
 from pcmelgan_jax.training import state as st
-from pcmelgan_jax.training import steps
+from pcmelgan_jax.training.classifiers import spectrogram_batch
+from pcmelgan_jax.training.seeds import jit_step
 
 WIDTH = 0.25  # FD, GD and monitor AlexNets (fast)
 
@@ -56,7 +57,7 @@ def _compiled(fn, *args):
 def inputs():
     batch = _batch(4)
     audio = jnp.asarray(batch["audio"])
-    spec = steps.spectrogram_batch(audio)
+    spec = spectrogram_batch(audio)
     z = jnp.asarray(np.random.RandomState(1).randn(4, 10), jnp.float32)
     return dict(audio=audio, spec=spec, z=z, cond=jnp.array([0, 1, 0, 1]))
 
@@ -113,25 +114,25 @@ def test_bf16_forward_close_to_float32(inputs, network, kwargs):
 
 
 def test_float32_is_the_default_and_bad_dtype_is_named():
-    hp = steps.PCMelGANHyper()
+    hp = pcmelgan.PCMelGANHyper()
     assert hp.compute_dtype == "float32" and hp.filter().dtype == jnp.float32
-    hp16 = steps.PCMelGANHyper(compute_dtype="bfloat16", monitor_widths=(("spec_digit", 0.5),))
+    hp16 = pcmelgan.PCMelGANHyper(compute_dtype="bfloat16", monitor_widths=(("spec_digit", 0.5),))
     assert hp16.generator().dtype == jnp.bfloat16
     assert all(d.dtype == jnp.bfloat16 for d in hp16.discriminators())
     assert hp16.monitor("spec_digit").dtype == jnp.bfloat16
     assert hp16.monitor("spec_digit").width == 0.5
     with pytest.raises(ValueError, match="compute_dtype.*'float16'"):
-        steps.PCMelGANHyper(compute_dtype="float16")
+        pcmelgan.PCMelGANHyper(compute_dtype="float16")
 
-    from pcmelgan_jax.training import configs
+    from pcmelgan_jax.configs import pcmelgan as pcmelgan_config
 
-    config = configs.pcmelgan(small=True)
-    assert pcmelgan_stage.hyper(config).compute_dtype == "float32"
+    config = pcmelgan_config.get_config("small")
+    assert pcmelgan.hyper(config).compute_dtype == "float32"
     config.compute_dtype = "bfloat16"
-    assert pcmelgan_stage.hyper(config).dtype == jnp.bfloat16
+    assert pcmelgan.hyper(config).dtype == jnp.bfloat16
     config.compute_dtype = "bf16"
     with pytest.raises(ValueError, match="compute_dtype"):
-        pcmelgan_stage.hyper(config)
+        pcmelgan.hyper(config)
 
 
 # ----------------------------------------------------------------------------- training
@@ -162,7 +163,7 @@ def setup():
         ]
         for n, k in (("spec_digit", 10), ("spec_gender", 2))
     }
-    hp = steps.PCMelGANHyper(
+    hp = pcmelgan.PCMelGANHyper(
         discriminator_width=WIDTH, monitor_widths=tuple((n, WIDTH) for n in sorted(monitors))
     )
     return dict(
@@ -175,7 +176,7 @@ def test_bf16_step_keeps_float32_state(setup):
     """Parameters, batch statistics and Adam moments after a bfloat16 step are float32 (the
     step's output types, from tracing it: nothing is compiled)."""
     hp = dataclasses.replace(setup["hp"], compute_dtype="bfloat16")
-    step = steps.jit_step(steps.pcmelgan_step, hp=hp, txs=setup["txs"])
+    step = jit_step(pcmelgan.pcmelgan_step, hp=hp, txs=setup["txs"])
     state, metrics = jax.eval_shape(
         step, setup["init"], setup["batch"], setup["rng"], setup["monitors"]
     )
@@ -211,7 +212,7 @@ def _train(setup, compute_dtype: str, filter_only: bool, perturbations: int = 0)
     init = setup["init"]
     if filter_only:
         init = init.replace(networks={k: init.networks[k] for k in TOLERANCES["filter_only"]})
-    step = steps.jit_step(steps.pcmelgan_step, hp=hp, txs=setup["txs"])
+    step = jit_step(pcmelgan.pcmelgan_step, hp=hp, txs=setup["txs"])
     args = (setup["batch"], setup["rng"], None)
     step = step.lower(init, *args).compile(compiler_options=registry.INIT_COMPILER_OPTIONS)
     starts = [init]

@@ -19,13 +19,13 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 
 def _write_config(path: Path, stage: str, **fields) -> Path:
-    """A ``train.py`` config file: ``configs.<stage>(small=True)`` with ``fields`` set
+    """A ``train.py`` config file: ``configs/<stage>.py:small`` with ``fields`` set
     (``"a.b"`` keys for nested fields) and the settings every 2-process run here shares."""
     fields = {"eval_batch_size": 8, "worker_threads": 0, "progress_bar": False, **fields}
     lines = [f"    c.{key} = {value!r}" for key, value in fields.items()]
     path.write_text("\n".join([
-        "from pcmelgan_jax.training import configs", "", "",
-        "def get_config():", f"    c = configs.{stage}(small=True)", *lines, "    return c", "",
+        f"from pcmelgan_jax.configs import {stage}", "", "",
+        "def get_config():", f"    c = {stage}.get_config('small')", *lines, "    return c", "",
     ]))
     return path
 

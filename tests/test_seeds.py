@@ -18,17 +18,21 @@ import optax
 import pytest
 
 from pcmelgan_jax import evaluation
+from pcmelgan_jax import workdir as run_layout
 from pcmelgan_jax.checkpointing import load_model, read_model_info, save_model
+from pcmelgan_jax.configs import pcmelgan as pcmelgan_config
 from pcmelgan_jax.models.registry import numpy_random_variables
 from pcmelgan_jax.runtime import sharding
-from pcmelgan_jax.training import configs, loop, pcmelgan
+from pcmelgan_jax.training import checkpoints, loop, pcmelgan, pcmelgan_stage
+from pcmelgan_jax.training import seeds as seeds_lib
+from pcmelgan_jax.training import stage as stage_lib
 from pcmelgan_jax.training import state as st
 
 SPEAKERS, REPS = 6, 2  # per gender 1 train / 1 validation / 1 test speaker; 40 utterances each
 SEED = 3  # the vmapped run trains seeds 3 and 4
 STEPS = 2
 NETWORKS = ("filter", "filter_discriminator", "generator", "generator_discriminator")
-# Plain SGD with a small learning rate (as in test_training's 1-vs-4-device test): parameter
+# Plain SGD with a small learning rate (as in test_pcmelgan's 1-vs-4-device test): parameter
 # differences stay proportional to gradient differences, and the second step's gradients stay
 # close to the first's. Adam's first update is lr * sign(g), which flips for gradient entries
 # that are zero up to rounding (e.g. conv biases before BatchNorm): Adam would turn
@@ -60,7 +64,7 @@ def classifiers(tmp_path_factory) -> str:
 
 
 def _config(data_dir: str, classifiers_dir: str, **overrides):
-    c = configs.pcmelgan(small=True)
+    c = pcmelgan_config.get_config("small")
     c.data_dir = data_dir
     c.classifiers_workdir = classifiers_dir
     c.seed = SEED
@@ -87,7 +91,7 @@ def _config(data_dir: str, classifiers_dir: str, **overrides):
 def _train(config, workdir: str, wrap=None) -> tuple[st.TrainState, dict]:
     """Builds the stage (SGD) and runs it; returns (initial state on the host, final)."""
     mesh = sharding.make_mesh(jax.devices()[:1])
-    stage = pcmelgan.build_stage(config, workdir, mesh, txs=TXS)
+    stage = pcmelgan_stage.build_stage(config, workdir, mesh, txs=TXS)
     initial = jax.device_get(stage.state)  # before the first step donates it
     if wrap is not None:
         stage = dataclasses.replace(stage, train_step=wrap(stage.train_step))
@@ -149,7 +153,7 @@ def _check_recalibrated(run_dir: str, config) -> None:
     """The exported F's and G's ``batch_stats`` equal ``recalibrate_batch_norm`` of their
     exported parameters over the first ``bn_recalibration_batches`` batches of the seed."""
     config = ml_collections.ConfigDict(config)
-    _, widths = pcmelgan.load_monitors(config.classifiers_workdir)
+    _, widths = pcmelgan_stage.load_monitors(config.classifiers_workdir)
     hp = pcmelgan.hyper(config, widths)
     exported = {name: _variables(run_dir, name) for name in ("filter", "generator")}
     # (recalibration zeroes the running statistics: their values do not enter)
@@ -157,14 +161,14 @@ def _check_recalibrated(run_dir: str, config) -> None:
                                   batch_stats=v["batch_stats"])
             for name, v in exported.items()}
     mesh = sharding.make_mesh(jax.devices()[:1])
-    it = loop.make_train_iterator(config, config.seed)
+    it = stage_lib.make_train_iterator(config, config.seed)
     try:
         batches = [sharding.shard_batch(next(it), mesh)
                    for _ in range(config.bn_recalibration_batches)]
     finally:
         it.close()
-    key = jax.random.fold_in(jax.random.key(config.seed), pcmelgan.BN_RECALIBRATION_STREAM)
-    want = pcmelgan.recalibrate_batch_norm(nets, batches, key, hp)
+    key = jax.random.fold_in(jax.random.key(config.seed), pcmelgan_stage.BN_RECALIBRATION_STREAM)
+    want = pcmelgan_stage.recalibrate_batch_norm(nets, batches, key, hp)
     for name, v in exported.items():
         chex.assert_trees_all_close(v["batch_stats"], want[name].batch_stats, rtol=1e-5,
                                     atol=1e-6)
@@ -177,10 +181,10 @@ def test_seed_i_equals_a_single_run_of_seed_plus_i(runs):
     for i, seed in enumerate((3, 4)):
         single = runs[seed]
         # same initialisation, bit for bit
-        for a, b in zip(jax.tree.leaves(st.seed_state(multi["initial"], i)),
+        for a, b in zip(jax.tree.leaves(seeds_lib.seed_state(multi["initial"], i)),
                         jax.tree.leaves(single["initial"]), strict=True):
             np.testing.assert_array_equal(a, b)
-        run_dir = pcmelgan.seed_workdir(multi["workdir"], seed)
+        run_dir = run_layout.seed_dir(multi["workdir"], seed)
         for name in NETWORKS:
             got, want = _variables(run_dir, name), _variables(single["workdir"], name)
             _check_updates(name, seed, got, want, single["initial"].networks[name].params)
@@ -208,7 +212,7 @@ def test_seed_i_equals_a_single_run_of_seed_plus_i(runs):
     # the exported running statistics are F's and G's recalibrated on the seed's own first
     # training batches, as a single run's
     assert multi["final"]["bn_recalibration_batches"] == 2
-    for run_dir, config in ((pcmelgan.seed_workdir(multi["workdir"], 3), multi["config"]),
+    for run_dir, config in ((run_layout.seed_dir(multi["workdir"], 3), multi["config"]),
                             (runs[3]["workdir"], runs[3]["config"])):
         _check_recalibrated(run_dir, dict(config, seed=3))
     # the mean lines are the means over the seeds
@@ -246,8 +250,8 @@ def test_stop_and_resume_equals_the_uninterrupted_run(runs, tiny_data, classifie
     assert final["step"] == STEPS
     for seed in (3, 4):
         for name in NETWORKS:
-            got = _variables(pcmelgan.seed_workdir(workdir, seed), name)
-            want = _variables(pcmelgan.seed_workdir(multi["workdir"], seed), name)
+            got = _variables(run_layout.seed_dir(workdir, seed), name)
+            want = _variables(run_layout.seed_dir(multi["workdir"], seed), name)
             for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(want), strict=True):
                 np.testing.assert_array_equal(a, b, err_msg=f"seed {seed} {name}")
     for key in ("filter_gender_acc", "generator_digit_acc", "filter_distortion"):
@@ -261,7 +265,7 @@ def test_seed_runs_are_found_by_the_evaluation(runs, tmp_path):
     assert {"checkpoints", "tensorboard", "metrics.jsonl", "config.json",
             "final_metrics.json"} <= set(os.listdir(workdir))
     assert not evaluation.is_run_dir(workdir)
-    expected = [pcmelgan.seed_workdir(workdir, s) for s in (3, 4)]
+    expected = [run_layout.seed_dir(workdir, s) for s in (3, 4)]
     assert evaluation.find_runs("", workdir) == expected  # eval.py --workdir DIR
     assert evaluation.find_runs(workdir, tmp_path) == expected  # --config.runs=DIR
     vocoder = tmp_path / "vocoder"  # resolve_run needs one; this training had none
@@ -298,8 +302,8 @@ def test_shard_seed_batch_splits_the_batch_axis_over_data():
     with pytest.raises(ValueError, match="not divisible by the 4 devices"):
         sharding.shard_seed_batch({"audio": np.zeros((2, 6, 3), np.float32)}, mesh)
     # (N,) keys survive the checkpoint's JSON
-    keys = loop.seed_keys([3, 4])
-    back = loop.key_from_json(json.loads(json.dumps(loop.key_to_json(keys))))
+    keys = seeds_lib.seed_keys([3, 4])
+    back = checkpoints.key_from_json(json.loads(json.dumps(checkpoints.key_to_json(keys))))
     np.testing.assert_array_equal(jax.random.key_data(back), jax.random.key_data(keys))
     np.testing.assert_array_equal(jax.random.key_data(back[1]),
                                   jax.random.key_data(jax.random.key(4)))
@@ -307,7 +311,6 @@ def test_shard_seed_batch_splits_the_batch_axis_over_data():
 
 @pytest.mark.parametrize("strategy", ["vmap", "map", "unroll"])
 def test_seeds_step_strategies_equal_the_unbatched_step(strategy):
-    from pcmelgan_jax.training import steps
     from pcmelgan_jax.training.state import TrainState
 
     def toy_step(state, batch, rng, scale):
@@ -318,7 +321,7 @@ def test_seeds_step_strategies_equal_the_unbatched_step(strategy):
     state = TrainState(step=jnp.asarray(5), networks={"w": jnp.arange(n * 3.0).reshape(n, 3)})
     batch = jnp.arange(n * 2 * 3.0).reshape(n, 2, 3)
     rngs = jax.vmap(jax.random.key)(jnp.arange(n))
-    new, metrics = jax.jit(steps.seeds_step(toy_step, strategy))(state, batch, rngs, 2.0)
+    new, metrics = jax.jit(seeds_lib.seeds_step(toy_step, strategy))(state, batch, rngs, 2.0)
     assert int(new.step) == 6 and metrics["loss"].shape == (n,)
     for i in range(n):
         one, m = toy_step(TrainState(step=state.step, networks={"w": state.networks["w"][i]}),
@@ -328,19 +331,18 @@ def test_seeds_step_strategies_equal_the_unbatched_step(strategy):
 
 
 def test_seed_strategy_auto_and_checked(monkeypatch):
-    from pcmelgan_jax.training import steps
 
-    assert steps.resolve_seed_strategy("auto") == "unroll"  # the tests run on CPU
-    assert steps.resolve_seed_strategy("auto", 8) == "unroll"
-    assert steps.resolve_seed_strategy("vmap") == "vmap"
-    monkeypatch.setattr(steps.jax, "default_backend", lambda: "gpu")
-    assert steps.resolve_seed_strategy("auto", 16) == "vmap"
-    assert steps.resolve_seed_strategy("auto", steps.VMAP_MAX_BATCH) == "vmap"
-    assert steps.resolve_seed_strategy("auto", 128) == "unroll"
-    assert steps.resolve_seed_strategy("auto") == "vmap"
-    assert steps.resolve_seed_strategy("map", 128) == "map"
+    assert seeds_lib.resolve_seed_strategy("auto") == "unroll"  # the tests run on CPU
+    assert seeds_lib.resolve_seed_strategy("auto", 8) == "unroll"
+    assert seeds_lib.resolve_seed_strategy("vmap") == "vmap"
+    monkeypatch.setattr(seeds_lib.jax, "default_backend", lambda: "gpu")
+    assert seeds_lib.resolve_seed_strategy("auto", 16) == "vmap"
+    assert seeds_lib.resolve_seed_strategy("auto", seeds_lib.VMAP_MAX_BATCH) == "vmap"
+    assert seeds_lib.resolve_seed_strategy("auto", 128) == "unroll"
+    assert seeds_lib.resolve_seed_strategy("auto") == "vmap"
+    assert seeds_lib.resolve_seed_strategy("map", 128) == "map"
     with pytest.raises(ValueError, match="seeds_strategy"):
-        steps.resolve_seed_strategy("pmap")
+        seeds_lib.resolve_seed_strategy("pmap")
 
 
 def test_vmapped_step_has_no_grouped_convolutions(conv_groups):
@@ -348,10 +350,9 @@ def test_vmapped_step_has_no_grouped_convolutions(conv_groups):
     convolution in the program: every seed-batched convolution is ``conv_nd``'s batched
     matmuls of patches (grouped convolutions are slow on cuDNN, ``layers.conv_nd``)."""
     from pcmelgan_jax.models import registry
-    from pcmelgan_jax.training import steps
 
     n, b, width = 2, 4, 0.25
-    hp = steps.PCMelGANHyper(discriminator_width=width,
+    hp = pcmelgan.PCMelGANHyper(discriminator_width=width,
                              monitor_widths=(("spec_digit", width), ("spec_gender", width)))
     archs = {"filter": ("unet_filter", {}), "generator": ("unet_generator", {}),
              "filter_discriminator": ("alexnet", {"num_classes": 2, "width": width}),
@@ -370,8 +371,8 @@ def test_vmapped_step_has_no_grouped_convolutions(conv_groups):
                       for k in ("digit", "gender", "speaker")}})
     monitors = {name: registry.variable_shapes("alexnet", num_classes=k, width=width)["params"]
                 for name, k in (("spec_digit", 10), ("spec_gender", 2))}
-    rngs = jax.eval_shape(lambda: loop.seed_keys(list(range(n))))
-    step = steps.seeds_step(functools.partial(steps.pcmelgan_step, hp=hp, txs=TXS), "vmap")
+    rngs = jax.eval_shape(lambda: seeds_lib.seed_keys(list(range(n))))
+    step = seeds_lib.seeds_step(functools.partial(pcmelgan.pcmelgan_step, hp=hp, txs=TXS), "vmap")
     groups = conv_groups(step, state, batch, rngs, monitors)
     assert groups, "no convolution found: the walk missed the networks"
     assert set(groups) == {(1, 1)}, f"grouped convolutions in the vmapped step: {set(groups)}"

@@ -6,7 +6,6 @@ No training runs: the in-process training call is replaced by a fake.
 import json
 import os
 import shlex
-import sys
 from pathlib import Path
 
 import ml_collections
@@ -15,8 +14,9 @@ import pytest
 from pcmelgan_jax import cli, sweep
 
 ROOT = Path(__file__).resolve().parents[1]
-SMALL = str(ROOT / "configs" / "pcmelgan_small.py")
-FILTER_SMALL = str(ROOT / "configs" / "filter_only_small.py")
+PCMELGAN = str(ROOT / "configs" / "pcmelgan.py")
+SMALL = PCMELGAN + ":small"
+FILTER_SMALL = PCMELGAN + ":small,filter_only"
 
 
 def write_sweep(path: Path, body: str) -> str:
@@ -29,9 +29,9 @@ def write_sweep(path: Path, body: str) -> str:
 
 @pytest.fixture
 def tiny(tmp_path):
-    """2 eps x 2 seeds + the Filter baseline (from filter_only_small.py) = 8 runs."""
+    """2 eps x 2 seeds + the Filter baseline (pcmelgan.py:small,filter_only) = 8 runs."""
     return write_sweep(tmp_path / "tiny.py", f"""
-c.base = "configs/pcmelgan_small.py"
+c.base = "configs/pcmelgan.py:small"
 c.filter_base = {FILTER_SMALL!r}
 c.axes = {{"eps": [0.1, 0.01]}}
 c.seeds = [0, 1]
@@ -51,7 +51,7 @@ def test_expand_eps_config():
     assert runs[-1].name == "filter_eps0.1_seed2"
     run = next(r for r in runs if r.name == "filter_eps0.05_seed1")
     assert run.workdir == os.path.join("sw", "filter_eps0.05_seed1")
-    assert run.config_file == str(ROOT / "configs" / "filter_only.py")
+    assert run.config == PCMELGAN + ":filter_only"
     assert run.baseline and run.seed == 1 and run.point == {"eps": 0.05}
     assert list(run.overrides) == ["classifiers_workdir", "data_dir", "vocoder_workdir",
                                    "eps", "seed"]
@@ -81,7 +81,7 @@ def test_expand_grid_order_and_default_filter(tmp_path):
         "eps0.05_lamb1000_seed3", "filter_eps0.05_lamb1000_seed3",
     ]
     # without filter_base the baseline is the base config with filter_only=True
-    assert runs[1].config_file == SMALL and runs[1].overrides["filter_only"] is True
+    assert runs[1].config == SMALL and runs[1].overrides["filter_only"] is True
     assert "filter_only" not in runs[0].overrides
     config = sweep.build_config(runs[1])
     assert (config.eps, config.lamb, config.seed, config.filter_only) == (0.1, 10.0, 3, True)
@@ -90,39 +90,40 @@ def test_expand_grid_order_and_default_filter(tmp_path):
         config.not_a_field = 1
 
 
-def test_print_parses_back(tiny, tmp_path, capsys, monkeypatch):
+def test_print_parses_back(tiny, tmp_path, capsys):
+    """--print gives one `pcmelgan-jax train` line per run; each parses back (through the
+    train subcommand's own parsing) to the config the sweep would train in-process."""
+    from pcmelgan_jax import commands
+
     work = str(tmp_path / "sw")
-    assert cli.main(["sweep", tiny, "--workdir", work, "--print", "--python", "py",
-                     "--set", "data_dir=my data"]) == 0
+    assert cli.main(["sweep", tiny, "--workdir", work, "--print",
+                     "--config.data_dir=my data"]) == 0
     captured = capsys.readouterr()
     lines = captured.out.strip().splitlines()
-    runs = sweep.expand_sweep(tiny, work, sets=["data_dir=my data"])
+    runs = sweep.expand_sweep(tiny, work, overrides=["--config.data_dir=my data"])
     assert len(lines) == len(runs) == 8
-    scripts = sweep.find_scripts("py")
-    train = scripts.train
     for line, run in zip(lines, runs, strict=True):
-        argv = shlex.split(line)
-        assert argv == run.argv("py", train)
+        assert shlex.split(line) == run.argv()
     assert shlex.split(lines[0]) == [
-        "py", train, "--config", sweep._display(SMALL), "--workdir", f"{work}/eps0.1_seed0",
+        "pcmelgan-jax", "train", "--config", sweep._display_spec(SMALL),
+        "--workdir", f"{work}/eps0.1_seed0",
         "--config.classifiers_workdir=runs/cls", "--config.num_train_steps=2",
         "--config.data_dir=my data", "--config.eps=0.1", "--config.seed=0",
     ]
-    assert shlex.split(lines[2])[3] == sweep._display(FILTER_SMALL)
-    assert "eval.py" in captured.err and f"--config.runs={work}" in captured.err
+    assert shlex.split(lines[2])[3] == sweep._display_spec(FILTER_SMALL)
+    assert "pcmelgan-jax eval" in captured.err and f"--config.runs={work}" in captured.err
 
-    # train.py's flag parsing (ml_collections config flags) gives the in-process config
-    from absl import flags
-    from ml_collections import config_flags
+    trained = []
+    with pytest.MonkeyPatch.context() as m:
+        m.setattr(commands, "train_stage", lambda c, w: trained.append((c, w)))
+        assert cli.main(shlex.split(lines[3])[1:]) == 0
+    ((config, workdir),) = trained
+    assert workdir == runs[3].workdir
+    assert config.to_dict() == sweep.build_config(runs[3]).to_dict()
 
-    argv = shlex.split(lines[3])[1:]
-    monkeypatch.setattr(sys, "argv", argv)
-    fv = flags.FlagValues()
-    config_flags.DEFINE_config_file("config", None, flag_values=fv, lock_config=True)
-    flags.DEFINE_string("workdir", None, "", flag_values=fv)
-    fv(argv)
-    assert fv.workdir == runs[3].workdir
-    assert fv.config.to_dict() == sweep.build_config(runs[3]).to_dict()
+    assert cli.main(["sweep", tiny, "--workdir", work, "--print", "--python", "py"]) == 0
+    line = capsys.readouterr().out.splitlines()[0]
+    assert shlex.split(line)[:4] == ["py", "-m", "pcmelgan_jax.cli", "train"]
 
 
 def test_only_glob(tiny, tmp_path, capsys):
@@ -162,19 +163,41 @@ def test_bad_sweep_files(tmp_path):
     typo = write_sweep(tmp_path / "t.py", f"c.base = {SMALL!r}\nc.axes = {{}}\nc.seed = [0]")
     with pytest.raises(sweep.SweepError, match="unknown sweep field"):
         sweep.expand_sweep(typo, tmp_path)
-    with pytest.raises(sweep.SweepError, match="does not exist"):
+    with pytest.raises(sweep.SweepError, match="not found"):
         sweep.expand_sweep(tmp_path / "absent.py", tmp_path)
+    variant = write_sweep(tmp_path / "v.py", f"c.base = {PCMELGAN + ':tiny'!r}\n"
+                          "c.axes = {'eps': [0.1]}\nc.seeds = [0]")
+    with pytest.raises(sweep.SweepError, match="unknown config variant 'tiny'"):
+        sweep.expand_sweep(variant, tmp_path)
+
+
+def test_command_line_overrides(tmp_path, capsys):
+    """--config.FIELD=VALUE sets a field of every run, typed by the base config; a bad one is
+    a one-line error naming the field and the config file (exit code 2); --set is gone."""
     ok = write_sweep(tmp_path / "ok.py", f"c.base = {SMALL!r}\nc.axes = {{'eps': [0.1]}}\n"
                      "c.seeds = [0]")
-    with pytest.raises(sweep.SweepError, match="is not a field"):
-        sweep.expand_sweep(ok, tmp_path, sets=["epsilon=0.1"])
+    with pytest.raises(sweep.SweepError, match="'epsilon' is not a field of .*pcmelgan.py"):
+        sweep.expand_sweep(ok, tmp_path, overrides=["--config.epsilon=0.1"])
     with pytest.raises(sweep.SweepError, match="is an axis"):
-        sweep.expand_sweep(ok, tmp_path, sets=["eps=0.2"])
-    with pytest.raises(sweep.SweepError, match="expected key=value"):
-        sweep.expand_sweep(ok, tmp_path, sets=["eps_x"])
-    runs = sweep.expand_sweep(ok, tmp_path, sets=["config.num_epochs=7", "entropy=true"])
+        sweep.expand_sweep(ok, tmp_path, overrides=["--config.eps=0.2"])
+    with pytest.raises(sweep.SweepError, match="expected --config.FIELD=VALUE"):
+        sweep.expand_sweep(ok, tmp_path, overrides=["--config.eps_x"])
+    runs = sweep.expand_sweep(ok, tmp_path, overrides=["--config.num_epochs=7",
+                                                       "--config.entropy=true"])
     assert runs[0].overrides["num_epochs"] == 7 and runs[0].overrides["entropy"] is True
     assert [r.name for r in runs] == ["eps0.1_seed0"]
+
+    assert cli.main(["sweep", ok, "--workdir", str(tmp_path / "a"), "--print",
+                     "--config.num_epochs=many"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "num_epochs" in err and "pcmelgan.py" in err
+    assert cli.main(["sweep", ok, "--workdir", str(tmp_path / "a"), "--print",
+                     "--config.bogus=1"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "'bogus' is not a field" in err
+    with pytest.raises(SystemExit) as e:
+        cli.main(["sweep", ok, "--workdir", str(tmp_path / "a"), "--set", "eps=1"])
+    assert e.value.code == 2 and "unrecognized arguments: --set" in capsys.readouterr().err
 
 
 def _fake_train(calls, fail=()):
@@ -205,7 +228,7 @@ def test_run_resume_and_failures(tiny, tmp_path, capsys, monkeypatch):
                      "filter_eps0.01_seed1"]  # the failure did not stop the sweep
     assert "FAILED filter_eps0.1_seed0: RuntimeError: diverged" in out
     assert "6 done, 1 skipped, 1 failed" in out
-    assert f"--config.runs={work}" in out and "eval.py" in out
+    assert f"--config.runs={work}" in out and "pcmelgan-jax eval" in out
 
     doc = json.loads((work / "sweep.json").read_text())
     status = {r["name"]: r["status"] for r in doc["runs"]}
@@ -248,7 +271,7 @@ def test_only_marks_others_not_selected(tiny, tmp_path, monkeypatch):
 
 
 def test_eval_command_finds_the_runs(tiny, tmp_path):
-    """The printed eval.py --config.runs finds every run of the sweep with
+    """The printed evaluation's --config.runs finds every run of the sweep with
     ``evaluation.find_runs``, although WORKDIR also holds sweep.json and eval/."""
     from pcmelgan_jax import evaluation
 
@@ -259,9 +282,9 @@ def test_eval_command_finds_the_runs(tiny, tmp_path):
         Path(run.workdir, "models", "filter", "model.json").write_text("{}")
     (work / "sweep.json").write_text("{}")
     (work / "eval").mkdir()
-    (cmd,) = sweep.eval_commands(runs, work, sweep.find_scripts("python"))
+    (cmd,) = sweep.eval_commands(runs, work)
     argv = shlex.split(cmd)
-    assert argv[1].endswith("eval.py") and argv[argv.index("--workdir") + 1] == str(work)
+    assert argv[:2] == ["pcmelgan-jax", "eval"] and argv[argv.index("--workdir") + 1] == str(work)
     runs_arg = next(a for a in argv if a.startswith("--config.runs="))
     found = evaluation.find_runs(runs_arg.split("=", 1)[1], work)
     assert found == sorted(os.path.abspath(r.workdir) for r in runs)
@@ -270,42 +293,8 @@ def test_eval_command_finds_the_runs(tiny, tmp_path):
     cfg = ml_collections.ConfigDict({"base": SMALL, "axes": {"lamb": [10.0, 100.0]},
                                      "seeds": [0], "filter_only_baseline": True})
     lamb_runs = sweep.expand_sweep(cfg, work)
-    cmds = sweep.eval_commands(lamb_runs, work, sweep.find_scripts("python"))
+    cmds = sweep.eval_commands(lamb_runs, work)
     assert len(cmds) == 2
     first = shlex.split(cmds[0])
     assert f"--config.runs={work}/lamb10_seed0,{work}/filter_lamb10_seed0" in first
     assert f"--config.output_dir={work}/eval_lamb10" in first
-
-
-def test_quickstart_set_is_typed_like_config_flags(tmp_path):
-    """``quickstart --set STAGE.KEY=VALUE`` parses VALUE by the field's type, as the sweep's
-    ``--set`` and ``--config.KEY=VALUE`` do, and names a bad key or value."""
-    from pcmelgan_jax import quickstart
-
-    c = quickstart.stage_configs(str(tmp_path), [
-        "pcmelgan.eps=0.1", "pcmelgan.filter_only=true", "eval.speaker.width=0.5",
-        "classifiers.num_epochs=3"])
-    assert c["pcmelgan"].eps == 0.1 and c["pcmelgan"].filter_only is True
-    assert c["eval"].speaker.width == 0.5
-    assert c["classifiers"].num_epochs == 3 and isinstance(c["classifiers"].num_epochs, int)
-    with pytest.raises(ValueError, match="pcmelgan has no field 'nope'"):
-        quickstart.stage_configs(str(tmp_path), ["pcmelgan.nope=1"])
-    with pytest.raises(ValueError, match="num_epochs=abc.*invalid literal"):
-        quickstart.stage_configs(str(tmp_path), ["classifiers.num_epochs=abc"])
-    with pytest.raises(ValueError, match="STAGE.KEY=VALUE"):
-        quickstart.stage_configs(str(tmp_path), ["eps=1"])
-
-
-def test_quickstart_summary_repeats_the_evaluation_warnings():
-    """The summary printed at the end of the quickstart lists the evaluation's warnings (a
-    classifier at chance makes numbers above it meaningless)."""
-    from pcmelgan_jax import quickstart
-
-    summary = {"seconds": {"evaluate": 60.0}, "total_seconds": 60.0,
-               "classifiers": {"audio_digit/best_accuracy": 0.1},
-               "eval": {"warnings": ["W1: the audio digit classifier is at chance"]}}
-    text = quickstart.format_summary(summary)
-    assert "classifier audio_digit   validation accuracy 0.100" in text
-    assert text.endswith("  WARNING: W1: the audio digit classifier is at chance")
-    del summary["eval"]
-    assert "WARNING" not in quickstart.format_summary(summary)

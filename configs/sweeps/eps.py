@@ -3,8 +3,8 @@
     pcmelgan-jax sweep configs/sweeps/eps.py --workdir runs/sweep_eps [--print]
 
 Runs ``eps0.05_seed0`` ... (configs/pcmelgan.py) and ``filter_eps0.05_seed0`` ...
-(configs/filter_only.py) under the workdir; the classifiers, vocoder and data come from
-``overrides`` (change them with ``--set classifiers_workdir=...``).
+(configs/pcmelgan.py:filter_only) under the workdir; the classifiers, vocoder and data come from
+``overrides`` (change them with ``--config.classifiers_workdir=...``).
 """
 
 import ml_collections
@@ -12,8 +12,8 @@ import ml_collections
 
 def get_config() -> ml_collections.ConfigDict:
     c = ml_collections.ConfigDict()
-    c.base = "configs/pcmelgan.py"  # relative to this file's folder, the repo root or the cwd
-    c.filter_base = "configs/filter_only.py"
+    c.base = "configs/pcmelgan.py"  # PATH[:VARIANTS]; the current folder, else the package's
+    c.filter_base = "configs/pcmelgan.py:filter_only"
     c.axes = ml_collections.ConfigDict({"eps": [0.005, 0.01, 0.05, 0.1]})
     c.seeds = [0, 1, 2]
     # Fixed for every run, as --config.x=y (the README's stage workdirs).

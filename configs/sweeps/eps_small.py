@@ -1,9 +1,9 @@
 """A tiny eps sweep for CPU: the small configs, eps in {0.01, 0.1} x 2 seeds, with Filter.
 
     pcmelgan-jax sweep configs/sweeps/eps_small.py --workdir runs/sweep_small \
-        --set classifiers_workdir=runs/classifiers --set vocoder_workdir=runs/vocoder
+        --config.classifiers_workdir=runs/classifiers --config.vocoder_workdir=runs/vocoder
 
-8 runs of configs/pcmelgan_small.py / configs/filter_only_small.py (a few minutes each on 2
+8 runs of configs/pcmelgan.py:small and :small,filter_only (a few minutes each on 2
 cores); the stage workdirs default to those of the README's training commands.
 """
 
@@ -12,8 +12,8 @@ import ml_collections
 
 def get_config() -> ml_collections.ConfigDict:
     c = ml_collections.ConfigDict()
-    c.base = "configs/pcmelgan_small.py"
-    c.filter_base = "configs/filter_only_small.py"
+    c.base = "configs/pcmelgan.py:small"
+    c.filter_base = "configs/pcmelgan.py:small,filter_only"
     c.axes = ml_collections.ConfigDict({"eps": [0.01, 0.1]})
     c.seeds = [0, 1]
     c.overrides = ml_collections.ConfigDict({

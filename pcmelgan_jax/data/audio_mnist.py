@@ -1,7 +1,7 @@
 """TFDS builder ``audio_mnist`` (manual download), TensorFlow-free.
 
 Configs: ``all`` (every speaker, speaker split stratified by gender with a fixed seed) and
-``paper`` (SPEC section 7's 24-speaker subset). Splits ``train`` / ``validation`` / ``test``
+``paper`` (the paper's 24-speaker subset). Splits ``train`` / ``validation`` / ``test``
 (speaker-disjoint; see ``corpus``). Files are ``array_record`` (``file_format="array_record"``),
 read with ``tfds.data_source``.
 
@@ -33,7 +33,6 @@ directly), and ``code_path`` is overridden because TFDS's version touches the ba
 from __future__ import annotations
 
 import inspect
-import json
 import os
 import re
 
@@ -53,6 +52,7 @@ from pcmelgan_jax.data.corpus import (
     split_record,
     split_speakers,
 )
+from pcmelgan_jax.workdir import write_json_atomic
 
 SPLIT_FILE = "split.json"
 REPORT_FILE = "build_report.json"
@@ -101,7 +101,7 @@ class AudioMnist(tfds.core.GeneratorBasedBuilder):
         AudioMnistConfig(
             name="paper",
             description=(
-                "SPEC's 24-speaker gender-balanced subset; test 36, 58 (F), 39, 45 (M); "
+                "The paper's 24-speaker gender-balanced subset; test 36, 58 (F), 39, 45 (M); "
                 "validation 2 F + 2 M of the paper's training speakers (seeded)."
             ),
         ),
@@ -177,7 +177,7 @@ class AudioMnist(tfds.core.GeneratorBasedBuilder):
         }
         self._update_skipped_metadata()
         # self.data_dir is TFDS's temporary build dir here; it is renamed on success.
-        _write_json(os.path.join(self.data_dir, SPLIT_FILE), record)
+        write_json_atomic(os.path.join(self.data_dir, SPLIT_FILE), record, indent=1)
         by_split = {
             name: [u for u in scan.utterances if u.speaker in set(ids)]
             for name, ids in self.split.items()
@@ -236,19 +236,11 @@ class AudioMnist(tfds.core.GeneratorBasedBuilder):
         self.info.metadata.setdefault("counts", {})[split_name] = counts
         if len(bad) == len(utterances):
             raise CorpusError(f"split {split_name!r}: none of its {len(utterances)} files decode")
-        _write_json(
+        write_json_atomic(
             os.path.join(self.data_dir, REPORT_FILE),
             {"skipped": self.info.metadata["skipped"], "notes": self.info.metadata["notes"]},
+            indent=1,
         )
-
-
-def _write_json(path: str, obj) -> None:
-    """Writes JSON atomically (temp file + rename)."""
-    tmp = f"{path}.tmp-{os.getpid()}"
-    with open(tmp, "w", encoding="utf-8") as f:
-        json.dump(obj, f, indent=1, sort_keys=True)
-        f.write("\n")
-    os.replace(tmp, path)
 
 
 class OutdatedDatasetError(FileNotFoundError):

@@ -3,7 +3,7 @@
 Nothing here imports TensorFlow, TFDS or JAX; the TFDS builder (``audio_mnist.py``) and the
 synthetic corpus (``synth.py``) both rely on it.
 
-Layout (SPEC section 7)::
+Layout (that of the AudioMNIST corpus)::
 
     manual_dir/NN/<digit>_<NN>_<rep>.wav      NN = speaker id (two digits), rep = 0, 1, ...
     manual_dir/audioMNIST_meta.txt            JSON keyed "01".."60" (".json" also accepted)
@@ -21,7 +21,8 @@ periodic and final training metrics) and ``test`` (the evaluation only).
   one, so that small corpora still get all three splits; for n >= 6 this is exactly
   ``n // 6``). Every gender needs at least 3 speakers. The test speakers are the same as in
   the earlier two-split rule. On the real corpus: test 2 F + 8 M, validation 2 F + 8 M.
-* ``paper``: the fixed gender-balanced 24-speaker subset of SPEC section 7, whose test
+* ``paper``: the fixed gender-balanced 24-speaker subset of the paper (Ericsson et al. 2020;
+  ``PAPER_SPLIT``), whose test
   speakers are fixed; per gender ``12 // 6 = 2`` of the paper's 10 training speakers
   (a ``default_rng(SPLIT_SEED)`` permutation of the sorted ids) go to ``validation``.
 
@@ -51,7 +52,7 @@ GENDER_NAMES = ("female", "male")
 METADATA_NAMES = ("audioMNIST_meta.txt", "audioMNIST_meta.json")
 CONFIGS = ("all", "paper")
 
-# SPEC section 7.
+# the 12 female speakers of AudioMNIST, and the paper's 24-speaker subset with its test speakers
 REAL_FEMALE_SPEAKERS = (12, 26, 28, 36, 43, 47, 52, 56, 57, 58, 59, 60)
 PAPER_SPLIT: dict[str, dict[int, tuple[int, ...]]] = {
     "train": {
@@ -407,7 +408,7 @@ def split_speakers(genders: Mapping[int, int], config: str) -> dict[str, list[in
     Returns ``{"train": [...], "validation": [...], "test": [...]}`` (sorted ids, disjoint;
     see the module docstring for the rule). ``all`` raises ``CorpusError`` when a gender has
     fewer than 3 speakers; ``paper`` raises ``CorpusError`` naming the missing speakers, or
-    speakers whose gender disagrees with the SPEC.
+    speakers whose gender disagrees with the paper's.
     """
     if config == "all":
         by_gender = {g: sorted(s for s, v in genders.items() if v == g) for g in (FEMALE, MALE)}
@@ -436,7 +437,7 @@ def split_speakers(genders: Mapping[int, int], config: str) -> dict[str, list[in
                     elif genders[s] != gender:
                         wrong.append(f"{s:02d} (metadata {GENDER_NAMES[genders[s]]})")
         if missing or wrong:
-            msg = "the 'paper' config needs the 24 speakers of SPEC section 7"
+            msg = "the 'paper' config needs the paper's 24 speakers"
             if missing:
                 msg += f"; missing (no usable audio or metadata): {', '.join(f'{s:02d}' for s in sorted(missing))}"  # noqa: E501
             if wrong:
@@ -462,7 +463,7 @@ def split_policy(config: str) -> str:
             f"(>= {MIN_SPEAKERS_PER_GENDER} speakers per gender)"
         )
     return (
-        "fixed 24-speaker subset of SPEC section 7 (test fixed); per gender "
+        "the paper's fixed 24-speaker subset (test fixed); per gender "
         f"12 // {VALIDATION_FRACTION_DIVISOR} of the paper's training speakers (sorted ids "
         f"permuted with numpy default_rng({SPLIT_SEED}), the first) to validation, the rest "
         "to train"

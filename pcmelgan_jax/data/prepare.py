@@ -137,9 +137,8 @@ def format_report(report: dict, max_listed: int = 20) -> str:
 
 
 def _run(args: argparse.Namespace) -> int:
-    import json
-
     from pcmelgan_jax.data.corpus import CorpusError
+    from pcmelgan_jax.workdir import write_json_atomic
 
     try:
         report = prepare(args.manual_dir, args.data_dir, args.config, overwrite=args.overwrite)
@@ -148,8 +147,7 @@ def _run(args: argparse.Namespace) -> int:
         return 2
     print(format_report(report))
     if args.json:
-        with open(args.json, "w", encoding="utf-8") as f:
-            json.dump(report, f, indent=1)
+        write_json_atomic(args.json, report, indent=1)
     return 0
 
 

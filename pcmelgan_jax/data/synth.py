@@ -17,7 +17,8 @@ males below ~120 Hz and females above ~140 Hz.
 
 Genders: with fewer than 60 speakers, ids 01..N alternate male (odd) / female (even), so the
 default 24 speakers are 12 F / 12 M. With 60 or more, the female ids are the real corpus's 12
-(SPEC section 7; ids above 60 alternate), so the ``paper`` config can be built from it.
+(ids above 60 alternate), so the paper's 24-speaker subset (the ``paper`` config) can be built
+from it.
 
 Determinism: eSpeak NG keeps internal state between utterances in a process (its output for a
 word depends on what was spoken before), so each speaker is synthesised in a fresh spawned
@@ -33,7 +34,6 @@ from __future__ import annotations
 
 import argparse
 import ctypes
-import json
 import os
 import re
 import sys
@@ -42,6 +42,9 @@ from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass
 
 import numpy as np
+
+from pcmelgan_jax.data.corpus import REAL_FEMALE_SPEAKERS
+from pcmelgan_jax.workdir import atomic_path, read_json, write_json_atomic
 
 WORDS = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
 MARKER = ".pcmelgan_synth.json"
@@ -68,7 +71,6 @@ ACCENTS = {  # eSpeak language -> the "accent" written to the metadata
     "en-us-nyc": "english (new york)",
 }
 PITCH_RANGE = {0: (40, 62), 1: (35, 60)}  # eSpeak pitch parameter (0-100) per gender
-_SPEC_FEMALE = (12, 26, 28, 36, 43, 47, 52, 56, 57, 58, 59, 60)
 
 # speak_lib.h constants
 _AUDIO_OUTPUT_SYNCHRONOUS = 2
@@ -105,7 +107,7 @@ def speaker_genders(speakers: int) -> dict[int, int]:
     genders = {}
     for s in range(1, speakers + 1):
         if speakers >= 60 and s <= 60:
-            genders[s] = 0 if s in _SPEC_FEMALE else 1
+            genders[s] = 0 if s in REAL_FEMALE_SPEAKERS else 1
         else:
             genders[s] = 0 if s % 2 == 0 else 1
     return genders
@@ -228,16 +230,11 @@ def _utterance(engine: _ESpeak, voice: SpeakerVoice, digit: int, rep: int, seed:
 
 
 def _write_wav(path: str, audio: np.ndarray, sample_rate: int) -> None:
-    """16-bit PCM wav, written to a temporary name then renamed."""
+    """16-bit PCM wav, written atomically (``workdir.atomic_path``)."""
     import soundfile as sf
 
-    tmp = os.path.join(os.path.dirname(path), f".{os.path.basename(path)}.tmp-{os.getpid()}")
-    try:
+    with atomic_path(path) as tmp:
         sf.write(tmp, audio, sample_rate, subtype="PCM_16", format="WAV")
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
 
 
 def _synthesize_speaker(out_dir: str, voice: SpeakerVoice, reps: int, seed: int) -> dict:
@@ -275,19 +272,11 @@ def _metadata(plan: list[SpeakerVoice], seed: int) -> dict:
     return meta
 
 
-def _write_json(path: str, obj) -> None:
-    tmp = os.path.join(os.path.dirname(path), f".{os.path.basename(path)}.tmp-{os.getpid()}")
-    with open(tmp, "w", encoding="utf-8") as f:
-        json.dump(obj, f, indent=4, sort_keys=True)
-        f.write("\n")
-    os.replace(tmp, path)
-
-
 def _clear_previous(out_dir: str) -> None:
     """Removes the files of a previous synthetic corpus in ``out_dir`` (only ours)."""
-    with open(os.path.join(out_dir, MARKER), encoding="utf-8") as f:
-        previous = json.load(f)
-    name_re = re.compile(r"^\d_\d+_\d+\.wav$|^\..*\.tmp-\d+$")
+    previous = read_json(os.path.join(out_dir, MARKER))
+    # our wavs and the temporary files of an interrupted write (older ones end in .tmp-PID)
+    name_re = re.compile(r"^\d_\d+_\d+\.wav$|^\..*\.tmp(-\d+)?$")
     for s in previous.get("speakers", []):
         folder = os.path.join(out_dir, f"{int(s):02d}")
         if not os.path.isdir(folder):
@@ -343,7 +332,7 @@ def synthesize_corpus(
         "seed": seed,
         "voices": [asdict(v) for v in plan],
     }
-    _write_json(os.path.join(out_dir, MARKER), marker)
+    write_json_atomic(os.path.join(out_dir, MARKER), marker, indent=4)
     t0 = time.perf_counter()
     import multiprocessing
 
@@ -352,9 +341,9 @@ def synthesize_corpus(
     with ProcessPoolExecutor(workers, mp_context=ctx, max_tasks_per_child=1) as pool:
         futures = [pool.submit(_synthesize_speaker, out_dir, v, reps, seed) for v in plan]
         stats = [f.result() for f in futures]
-    _write_json(os.path.join(out_dir, METADATA_FILE), _metadata(plan, seed))
+    write_json_atomic(os.path.join(out_dir, METADATA_FILE), _metadata(plan, seed), indent=4)
     marker["complete"] = True
-    _write_json(os.path.join(out_dir, MARKER), marker)
+    write_json_atomic(os.path.join(out_dir, MARKER), marker, indent=4)
     genders = speaker_genders(speakers)
     return {
         "out_dir": out_dir,

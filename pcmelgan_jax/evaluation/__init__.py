@@ -23,19 +23,15 @@ from pcmelgan_jax.evaluation.report import (
 from pcmelgan_jax.evaluation.runs import (
     EvaluationError,
     RunInfo,
-    existing_path,
     find_runs,
     is_run_dir,
-    load_checked,
-    model_dir,
-    read_json,
     resolve_run,
 )
 
 __all__ = [
-    "EvaluationError", "RunInfo", "audio_predict", "batch_noise", "existing_path", "find_runs",
-    "heldout_repetitions", "is_run_dir", "load_checked", "markdown_tables", "mel_features",
-    "model_dir", "plot_privacy_utility", "read_json", "reference_warnings", "resolve_run",
+    "EvaluationError", "RunInfo", "audio_predict", "batch_noise", "find_runs",
+    "heldout_repetitions", "is_run_dir", "markdown_tables", "mel_features",
+    "plot_privacy_utility", "reference_warnings", "resolve_run",
     "run_evaluation", "spec_predict", "summarize_trees", "unet_apply", "vocode",
     "vocoder_warnings",
 ]

@@ -29,7 +29,7 @@ F0_MAX_HZ = 400.0
 F0_FALLBACK_HZ = 150.0
 HOP = 128
 YIN_FRAME = 512
-SPEC_FRAME = 256
+FFT_FRAME = 256
 N_MFCC = 20
 N_MELS = 40
 ENERGY_FRACTION = 0.1  # -20 dB below the clip's loudest frame
@@ -65,7 +65,7 @@ def _masked_mean_std(values: np.ndarray, mask: np.ndarray) -> tuple[np.ndarray, 
 def _chunk_features(clips: np.ndarray, sample_rate: int) -> np.ndarray:
     n = clips.shape[0]
     # Energy per frame on the spectral frames (the MFCC / centroid frames).
-    spec_frames = _frames(clips, SPEC_FRAME)
+    spec_frames = _frames(clips, FFT_FRAME)
     rms = np.sqrt(np.mean(spec_frames**2, axis=-1))  # (N, F)
     energetic = (rms > ENERGY_FRACTION * rms.max(-1, keepdims=True)) & (rms > ABS_RMS_FLOOR)
     stats_mask = np.where(energetic.any(-1, keepdims=True), energetic, True)
@@ -95,15 +95,15 @@ def _chunk_features(clips: np.ndarray, sample_rate: int) -> np.ndarray:
     # MFCCs and the spectral centroid from one STFT.
     spectrum = np.abs(
         librosa.stft(
-            clips, n_fft=SPEC_FRAME, hop_length=HOP, window="hann", center=True, pad_mode="constant"
+            clips, n_fft=FFT_FRAME, hop_length=HOP, window="hann", center=True, pad_mode="constant"
         )
     )  # (N, bins, F)
     mel = librosa.feature.melspectrogram(
-        S=spectrum**2, sr=sample_rate, n_fft=SPEC_FRAME, n_mels=N_MELS, fmax=sample_rate / 2
+        S=spectrum**2, sr=sample_rate, n_fft=FFT_FRAME, n_mels=N_MELS, fmax=sample_rate / 2
     )
     mfcc = librosa.feature.mfcc(S=librosa.power_to_db(mel), n_mfcc=N_MFCC)  # (N, 20, F)
     mfcc_mean, mfcc_std = _masked_mean_std(mfcc, stats_mask)
-    freqs = librosa.fft_frequencies(sr=sample_rate, n_fft=SPEC_FRAME)
+    freqs = librosa.fft_frequencies(sr=sample_rate, n_fft=FFT_FRAME)
     total = spectrum.sum(1)
     centroid = np.where(total > 0, (freqs[:, None] * spectrum).sum(1) / np.maximum(total, 1e-20), 0)
     centroid_mean, _ = _masked_mean_std(centroid[:, None, :], stats_mask)

@@ -1,4 +1,7 @@
-"""The jitted forward programs of the evaluation: log-mels, F and G, classifiers, vocoder."""
+"""The jitted forward programs of the evaluation: log-mels, F and G, classifiers, vocoder.
+
+They apply the modules themselves (the parity-checked path); ``anonymize`` runs the folded
+forms of F, G and the vocoder in ``models.inference``."""
 
 from __future__ import annotations
 

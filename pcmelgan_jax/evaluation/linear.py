@@ -6,8 +6,8 @@
 Features are flattened to (n, d) and standardised with the training mean and std. For every L2
 strength of the grid the regularised mean cross-entropy (``logistic_objective``) is minimised by
 L-BFGS-B (scipy) on the JAX objective and gradient, strongest first, each fit warm-starting
-the next, with one compiled objective for the whole grid (optax's L-BFGS with its zoom line
-search took 5 s to compile per data shape, longer than the fits). The strength with the best
+the next, with one compiled objective for the whole grid (optax's L-BFGS compiles for longer
+than these fits take; docs/measurements.md). The strength with the best
 validation accuracy wins (ties: the stronger one), so the attacker is tuned on held-out data,
 never on the test set.
 """

@@ -27,19 +27,17 @@ from typing import Any
 import numpy as np
 
 from pcmelgan_jax import metrics
+from pcmelgan_jax.checkpointing import load_network
 from pcmelgan_jax.evaluation import attackers, conditions, report, speaker
 from pcmelgan_jax.evaluation.data import SPLITS, SplitData, load_split
 from pcmelgan_jax.evaluation.runs import (
     DEFAULT_DATASET,
     EvaluationError,
     RunInfo,
-    existing_path,
     find_runs,
-    load_checked,
-    model_dir,
     resolve_run,
 )
-from pcmelgan_jax.workdir import write_text_atomic
+from pcmelgan_jax.workdir import existing_path, model_dir, write_text_atomic
 
 BASELINES = ("mcadams", "pitch_shift")  # training-free anonymisers beside the vocoded original
 EMPTY = {"mean": None, "std": None, "runs": [], "low": None, "high": None}
@@ -59,11 +57,11 @@ class ModelSet:
     def load(cls, classifiers_workdir: str, vocoder_workdir: str) -> ModelSet:
         c = classifiers_workdir
         return cls(
-            spec_digit=load_checked(model_dir(c, "spec_digit"), "alexnet"),
-            spec_gender=load_checked(model_dir(c, "spec_gender"), "alexnet"),
-            audio_digit=load_checked(model_dir(c, "audio_digit"), "audionet"),
-            audio_gender=load_checked(model_dir(c, "audio_gender"), "audionet"),
-            vocoder=load_checked(model_dir(vocoder_workdir, "generator"), "melgan_generator"),
+            spec_digit=load_network(model_dir(c, "spec_digit"), "alexnet"),
+            spec_gender=load_network(model_dir(c, "spec_gender"), "alexnet"),
+            audio_digit=load_network(model_dir(c, "audio_digit"), "audionet"),
+            audio_gender=load_network(model_dir(c, "audio_gender"), "audionet"),
+            vocoder=load_network(model_dir(vocoder_workdir, "generator"), "melgan_generator"),
         )
 
 
@@ -185,8 +183,8 @@ def build_context(classifiers: str, vocoder: str, data_dir: str, dataset: str,
 
 def evaluate_run(run: RunInfo, ctx: Context, cfg: Mapping[str, Any]) -> dict[str, Any]:
     """The Filter's (and for a full run PCMelGAN's) attacks, FIDs and test outputs."""
-    filt = load_checked(model_dir(run.path, "filter"), "unet_filter")
-    gen = None if run.filter_only else load_checked(model_dir(run.path, "generator"),
+    filt = load_network(model_dir(run.path, "filter"), "unet_filter")
+    gen = None if run.filter_only else load_network(model_dir(run.path, "generator"),
                                                     "unet_generator")
     batch_size, seed = int(cfg["batch_size"]), int(cfg["seed"])
     outs: dict[str, dict] = {"filter": {}, "pcmelgan": {}}
@@ -255,7 +253,7 @@ def group_results(eps: float | None, members: Sequence[dict], ctx: Context,
 
 
 def _config_dict(config: Any) -> dict[str, Any]:
-    from pcmelgan_jax.training.configs import evaluation as default_config
+    from pcmelgan_jax.configs.eval import get_config as default_config
 
     given = config.to_dict() if hasattr(config, "to_dict") else dict(config or {})
     merged = default_config().to_dict()

@@ -17,6 +17,7 @@ from pcmelgan_jax import audio as audio_lib
 from pcmelgan_jax import metrics
 from pcmelgan_jax.evaluation.attackers import Scores
 from pcmelgan_jax.evaluation.intervals import bootstrap_accuracy
+from pcmelgan_jax.workdir import atomic_path
 
 CHANCE_MARGIN = 0.05  # a fixed classifier within this of chance on real data is "at chance"
 TASK_CLASSES = (("digit", 10), ("gender", 2))  # the fixed classifiers' tasks and class counts
@@ -323,7 +324,8 @@ def plot_privacy_utility(results: Mapping[str, Any], path: str,
             ax.grid(alpha=0.3)
             ax.legend(fontsize=7, loc="lower right")
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=110, format="png")
     plt.close(fig)
 
 
@@ -359,7 +361,8 @@ def save_examples(examples: Mapping[str, np.ndarray], directory: str) -> list[st
                     ax.set_title(title)
         fig.tight_layout()
         path = os.path.join(directory, "spectrograms.png")
-        fig.savefig(path, dpi=100)
+        with atomic_path(path) as tmp:
+            fig.savefig(tmp, dpi=100, format="png")
         plt.close(fig)
         written.append(path)
     return written

@@ -3,15 +3,12 @@
 from __future__ import annotations
 
 import dataclasses
-import functools
 import glob
-import json
 import os
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
-import jax
-import jax.numpy as jnp
+from pcmelgan_jax.workdir import config_path, existing_path, has_model, read_json
 
 DEFAULT_DATASET = "audio_mnist/all"
 
@@ -40,7 +37,7 @@ class RunInfo:
 
 def is_run_dir(path: str | os.PathLike) -> bool:
     """True for a PCMelGAN / Filter-only workdir (it holds ``models/filter``)."""
-    return os.path.isfile(os.path.join(os.fspath(path), "models", "filter", "model.json"))
+    return has_model(path, "filter")
 
 
 def _split_runs(runs: str | Sequence[str] | None) -> list[str]:
@@ -99,26 +96,6 @@ def find_runs(runs: str | Sequence[str] | None, workdir: str | os.PathLike) -> l
     return sorted(dict.fromkeys(found))
 
 
-def read_json(path: str | os.PathLike) -> dict[str, Any]:
-    """A JSON file as a dict ({} when it does not exist)."""
-    if not os.path.isfile(path):
-        return {}
-    with open(path, encoding="utf-8") as f:
-        return json.load(f)
-
-
-def existing_path(candidates: Iterable[str | None], base: str) -> str | None:
-    """The first candidate that exists (relative ones tried as given, then below ``base``)."""
-    for c in candidates:
-        if not c:
-            continue
-        c = os.path.expanduser(os.fspath(c))
-        for p in (c, os.path.join(base, c)):
-            if os.path.exists(p):
-                return os.path.abspath(p)
-    return None
-
-
 def resolve_run(
     path: str, workdir: str, config: Mapping[str, Any] | None = None
 ) -> RunInfo:
@@ -130,7 +107,7 @@ def resolve_run(
     evaluation config (None if unset).
     """
     config = dict(config or {})
-    run_cfg = read_json(os.path.join(path, "config.json"))
+    run_cfg = read_json(config_path(path))
     workdir = os.path.abspath(workdir)
     parent = os.path.dirname(path)
 
@@ -152,7 +129,7 @@ def resolve_run(
     if data_dir is None:
         raise EvaluationError(f"{path}: no TFDS data_dir found (set data_dir)")
     eps = run_cfg.get("eps", config.get("eps"))
-    has_generator = os.path.isfile(os.path.join(path, "models", "generator", "model.json"))
+    has_generator = has_model(path, "generator")
     return RunInfo(
         path=path,
         name=os.path.basename(path.rstrip(os.sep)),
@@ -164,37 +141,3 @@ def resolve_run(
         data_dir=data_dir,
         dataset=config.get("dataset") or run_cfg.get("dataset") or DEFAULT_DATASET,
     )
-
-
-def model_dir(workdir: str, name: str) -> str:
-    """``WORKDIR/models/NAME`` (the stage workdir convention)."""
-    return os.path.join(workdir, "models", name)
-
-
-@functools.lru_cache(maxsize=32)
-def _load_model_cached(directory: str, stamp: int):
-    del stamp  # part of the cache key: a re-saved checkpoint is loaded again
-    from pcmelgan_jax.checkpointing import load_model, read_model_info
-
-    if not os.path.isdir(directory):
-        raise EvaluationError(f"{directory}: missing model checkpoint")
-    info = read_model_info(directory)
-    module, variables = load_model(directory)
-    return info, module, jax.tree.map(jnp.asarray, variables)
-
-
-def load_checked(directory: str, network: str | Sequence[str]) -> tuple[Any, dict]:
-    """(module, variables) of a model checkpoint, checking that it holds ``network``."""
-    directory = os.path.abspath(directory)
-    try:
-        stamp = os.stat(os.path.join(directory, "model.json")).st_mtime_ns
-    except OSError:
-        stamp = 0
-    info, module, variables = _load_model_cached(directory, stamp)
-    allowed = (network,) if isinstance(network, str) else tuple(network)
-    if info["network"] not in allowed:
-        raise EvaluationError(
-            f"{directory}: holds a {info['network']}, expected {' or '.join(allowed)}"
-        )
-    return module, variables
-

@@ -74,7 +74,7 @@ def check_parity_file(path: str) -> list[Comparison]:
     """
     from pcmelgan_jax import audio
     from pcmelgan_jax.interop.torch_import import convert_state_dict
-    from pcmelgan_jax.models.melgan import generate, prepare_generator
+    from pcmelgan_jax.models.inference import generate, prepare_generator
     from pcmelgan_jax.models.registry import build_model
 
     name = os.path.basename(path)[: -len(".npz")]

@@ -1,4 +1,4 @@
-"""Spectrogram AlexNet (SPEC 3) and waveform AudioNet (SPEC 4) classifiers."""
+"""The spectrogram classifier (a modified AlexNet) and the waveform classifier (AudioNet)."""
 
 from __future__ import annotations
 
@@ -34,9 +34,6 @@ class AlexNet(nn.Module):
         widths = (64, 192, 384, 256, 256, 1024)
         c1, c2, c3, c4, c5, hidden = (scaled(c, self.width) for c in widths)
         dt = self.dtype
-        # XLA's convolution gradients: with the train steps' compiler options (XLA's own
-        # convolution kernels, ``pcmelgan_jax.runtime.compilation``) they are 12-25 % faster than
-        # Conv(grads_as_matmul=True), which was the faster form with YNNPACK's kernels
         conv = partial(Conv, weight_norm=False, dtype=dt)
         x = x.astype(dt)
         x = nn.relu(conv(c1, (5, 5), padding=2, name="conv1")(x))

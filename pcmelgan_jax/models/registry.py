@@ -58,7 +58,7 @@ def example_inputs(network: str, batch_size: int = 1, noise_dim: int = 10) -> tu
 
 
 # Initialisation runs once and is dominated by compiling threefry code, which XLA:CPU
-# compiles about 4x faster without backend optimisation.
+# compiles several times faster without backend optimisation.
 INIT_COMPILER_OPTIONS = {"xla_backend_optimization_level": 0}
 
 

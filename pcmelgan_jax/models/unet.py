@@ -1,4 +1,4 @@
-"""The PCMelGAN U-Net: the filter F and (``conditional=True``) the generator G (SPEC 2)."""
+"""The PCMelGAN U-Net: the filter F and (``conditional=True``) the generator G."""
 
 from __future__ import annotations
 
@@ -32,10 +32,10 @@ def dense(features: int, fan_in: int, name: str, dtype: Any = None) -> nn.Dense:
 class DoubleConv(nn.Module):
     """(weight-normed 3x3 conv -> BatchNorm -> ReLU) x 2. (B, H, W, C) -> (B, H, W, features).
 
-    BatchNorm and ReLU are one ``BatchNorm(relu=True)`` (in training mode ``batch_norm_relu``,
-    a hand-written gradient); in evaluation mode a one-channel input is convolved by
-    ``Conv(taps_forward=True)`` (per-tap forward on CPU). ``upsampled`` (B, H/2, W/2, C_up),
-    the decoder's input: the first convolution's input is
+    BatchNorm and ReLU are one ``BatchNorm(relu=True)`` (in training mode
+    ``kernels.batch_norm_relu``, a hand-written gradient); in evaluation mode a one-channel
+    input is convolved by ``Conv(form="taps_forward")`` (per-tap forward on CPU).
+    ``upsampled`` (B, H/2, W/2, C_up), the decoder's input: the first convolution's input is
     ``concat([x, upsample_nearest2d(upsampled)])``, computed at the low resolution
     (``Conv(upsampled=...)``). ``dtype``: computation dtype (None = x's); BatchNorm
     statistics stay float32.
@@ -48,12 +48,12 @@ class DoubleConv(nn.Module):
     def __call__(self, x: Array, train: bool, upsampled: Array | None = None) -> Array:
         for i in range(2):
             # one input channel (the first convolution), evaluation mode: the per-tap forward
-            # (CPU only). In training XLA's convolution is faster: train step -5 to -7 %.
+            # (CPU only); in training XLA's convolution is the faster one
             conv = Conv(
                 self.features,
                 (3, 3),
                 padding=1,
-                taps_forward=x.shape[-1] == 1 and not train,
+                form="taps_forward" if x.shape[-1] == 1 and not train else "xla",
                 dtype=self.dtype,
                 name=f"conv{i}",
             )

@@ -1,18 +1,17 @@
 """The three training stages (classifiers, vocoder, PCMelGAN) as jitted, data-parallel steps.
 
+- ``loop``: ``train(config, workdir)`` for every stage, and the loop itself.
+- ``losses``: every loss, as pure functions of arrays.
+- ``classifiers``, ``vocoder``, ``pcmelgan``: each stage's networks, settings and train step
+  (one update function per network); ``pcmelgan_stage`` drives PCMelGAN's runs.
 - ``state``: train states (per network: params, optimiser state, batch statistics).
-- ``steps``: the pure step functions ``(state, batch, rng) -> (state, metrics)`` and losses.
-- ``loop``: the generic loop (Orbax CheckpointManager, logging, NaN guard, progress bar).
-- ``classifiers``, ``vocoder``, ``pcmelgan``: the stage drivers, ``train(config, workdir)``.
+- ``seeds``: one seed or N seeds in one program; ``checkpoints``: save and resume;
+  ``stage``: what a stage gives the loop.
 """
 
-STAGES = ("classifiers", "vocoder", "pcmelgan")
 
-
-def train(config, workdir: str) -> dict:
+def train(config, workdir: str, mesh=None) -> dict:
     """Runs the stage named by ``config.stage`` in ``workdir``; returns its final metrics."""
-    import importlib
+    from pcmelgan_jax.training.loop import train as train_stage  # imports jax, flax, orbax
 
-    if config.stage not in STAGES:
-        raise ValueError(f"unknown stage {config.stage!r}; expected one of {STAGES}")
-    return importlib.import_module(f"pcmelgan_jax.training.{config.stage}").train(config, workdir)
+    return train_stage(config, workdir, mesh)

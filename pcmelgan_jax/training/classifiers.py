@@ -10,22 +10,122 @@ network has improved for ``config.patience`` evaluations.
 from __future__ import annotations
 
 import functools
-import os
+from collections.abc import Mapping
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 import optax
 
+from pcmelgan_jax import workdir as run_layout
+from pcmelgan_jax.audio import mel_features
 from pcmelgan_jax.checkpointing import save_model
+from pcmelgan_jax.models import AlexNet, AudioNet
 from pcmelgan_jax.runtime import compilation, sharding
-from pcmelgan_jax.training import loop
-from pcmelgan_jax.training.state import adam, init_variables, network_state, new_train_state
-from pcmelgan_jax.training.steps import (
-    CLASSIFIER_TASKS,
-    classifier_eval_step,
-    classifier_step,
-    jit_step,
+from pcmelgan_jax.training import stage as stage_lib
+from pcmelgan_jax.training.losses import accuracy, softmax_cross_entropy
+from pcmelgan_jax.training.seeds import jit_step
+from pcmelgan_jax.training.state import (
+    TrainState,
+    adam,
+    apply_gradients,
+    init_variables,
+    network_state,
+    new_train_state,
 )
+
+Array = jax.Array
+
+CLASSIFIER_TASKS = {
+    # name: (input domain, label field, number of classes)
+    "spec_digit": ("spec", "digit", 10),
+    "spec_gender": ("spec", "gender", 2),
+    "audio_digit": ("audio", "digit", 10),
+    "audio_gender": ("audio", "gender", 2),
+}
+
+
+def spectrogram_batch(audio: Array) -> Array:
+    """Audio (B, 8192) -> normalised log-mel (B, 80, 32, 1), channels-last."""
+    return mel_features(audio)[0][..., None]
+
+
+def classifier_module(name: str, width: float = 1.0) -> AlexNet | AudioNet:
+    """The classifier of task ``name`` (a CLASSIFIER_TASKS key) at ``width``."""
+    domain, _, k = CLASSIFIER_TASKS[name]
+    if domain == "spec":
+        return AlexNet(num_classes=k, width=width)
+    return AudioNet(num_classes=k, width=width)
+
+
+def _classifier_logits(
+    name: str, params: Any, spec: Array, audio: Array, train: bool, key=None, width: float = 1.0
+) -> Array:
+    module = classifier_module(name, width)
+    rngs = {"dropout": key} if train else None
+    if CLASSIFIER_TASKS[name][0] == "spec":
+        return module.apply({"params": params}, spec, train=train, rngs=rngs)
+    return module.apply({"params": params}, audio, train=train, rngs=rngs)[0]
+
+
+def classifier_step(
+    state: TrainState,
+    batch: Mapping[str, Array],
+    rng: Array,
+    *,
+    txs: Mapping[str, Any],
+    widths: Mapping[str, float] | None = None,
+    label_smoothing: Mapping[str, float] | None = None,
+) -> tuple[TrainState, dict[str, Array]]:
+    """One Adam update of every classifier in ``state.networks`` (names of CLASSIFIER_TASKS),
+    each on its own label, with dropout. ``widths`` {name: width} (default 1.0);
+    ``label_smoothing`` {name: smoothing of its training loss} (default 0: the original's
+    cross-entropy). Metrics ``<name>/loss`` (the training loss), ``<name>/accuracy``."""
+    widths = widths or {}
+    label_smoothing = label_smoothing or {}
+    rng = jax.random.fold_in(rng, state.step)
+    spec = spectrogram_batch(batch["audio"])
+    networks, metrics = {}, {}
+    for i, (name, net) in enumerate(sorted(state.networks.items())):
+        labels = batch[CLASSIFIER_TASKS[name][1]]
+        key = jax.random.fold_in(rng, i)
+
+        def loss_fn(params, name=name, labels=labels, key=key):
+            logits = _classifier_logits(
+                name, params, spec, batch["audio"], True, key, widths.get(name, 1.0)
+            )
+            smoothing = label_smoothing.get(name, 0.0)
+            return softmax_cross_entropy(logits, labels, smoothing), logits
+
+        (loss, logits), grads = jax.value_and_grad(loss_fn, has_aux=True)(net.params)
+        networks[name] = apply_gradients(net, grads, txs[name])
+        metrics[f"{name}/loss"] = loss
+        metrics[f"{name}/accuracy"] = accuracy(logits, labels)
+    return TrainState(step=state.step + 1, networks=networks), metrics
+
+
+def classifier_eval_step(
+    params: Mapping[str, Any],
+    batch: Mapping[str, Array],
+    widths: Mapping[str, float] | None = None,
+) -> dict[str, Array]:
+    """Masked sums over one evaluation batch: ``<name>/loss_sum``, ``<name>/correct``, ``count``.
+
+    ``params`` {name: params}, ``widths`` {name: width}. Divide the sums by the summed ``count``.
+    """
+    widths = widths or {}
+    spec = spectrogram_batch(batch["audio"])
+    mask = batch["mask"]
+    out = {"count": jnp.sum(mask)}
+    for name, p in params.items():
+        labels = batch[CLASSIFIER_TASKS[name][1]]
+        width = widths.get(name, 1.0)
+        logits = _classifier_logits(name, p, spec, batch["audio"], False, None, width)
+        logp = jax.nn.log_softmax(logits)
+        nll = -jnp.take_along_axis(logp, labels[:, None], axis=-1)[:, 0]
+        out[f"{name}/loss_sum"] = jnp.sum(nll * mask)
+        out[f"{name}/correct"] = jnp.sum((jnp.argmax(logits, -1) == labels) * mask)
+    return out
 
 
 def classifier_network(name: str, width: float = 1.0) -> tuple[str, dict]:
@@ -76,7 +176,8 @@ def classifier_optimizers(config: Any) -> dict[str, optax.GradientTransformation
     }
 
 
-def build_stage(config: Any, workdir: str, mesh) -> loop.Stage:
+def build_stage(config: Any, workdir: str, mesh) -> stage_lib.Stage:
+    """The classifiers stage of ``config`` for ``loop.run``."""
     names = sorted(config.classifiers)
     for name in names:
         if name not in CLASSIFIER_TASKS:
@@ -95,13 +196,13 @@ def build_stage(config: Any, workdir: str, mesh) -> loop.Stage:
         )
     state = sharding.replicate(new_train_state(networks), mesh)
     eval_fn = compilation.jit(functools.partial(classifier_eval_step, widths=widths), "inference")
-    models_dir = os.path.join(workdir, "models")
+    models_dir = run_layout.models_dir(workdir)
 
     def evaluate(state, step):
         params = {n: state.networks[n].params for n in names}
         sums = None
-        for batch in loop.eval_batches(config, mesh):
-            sums = loop.sum_metrics(sums, eval_fn(params, batch))
+        for batch in stage_lib.eval_batches(config, mesh):
+            sums = stage_lib.sum_metrics(sums, eval_fn(params, batch))
         sums = jax.device_get(sums)
         count = max(float(sums["count"]), 1.0)
         out = {}
@@ -118,7 +219,7 @@ def build_stage(config: Any, workdir: str, mesh) -> loop.Stage:
             if n not in best or loss < best[n]["loss"]:
                 network, arch = classifier_network(n, widths[n])
                 save_model(
-                    os.path.join(models_dir, n),
+                    run_layout.model_dir(workdir, n),
                     network,
                     jax.device_get({"params": state.networks[n].params}),
                     arch,
@@ -147,7 +248,7 @@ def build_stage(config: Any, workdir: str, mesh) -> loop.Stage:
             "models_dir": models_dir,
         }
 
-    return loop.Stage(
+    return stage_lib.Stage(
         name="classifiers",
         state=state,
         train_step=jit_step(
@@ -158,14 +259,3 @@ def build_stage(config: Any, workdir: str, mesh) -> loop.Stage:
         finalize=finalize,
         bookkeeping={"best": {}, "evaluations_since_improvement": {}},
     )
-
-
-def train(config: Any, workdir: str, mesh=None) -> dict:
-    """Trains the classifiers in ``workdir``; returns the best validation losses/accuracies."""
-    sharding.maybe_initialize_distributed(config)
-    mesh = mesh if mesh is not None else sharding.make_mesh()
-    stage = build_stage(config, os.path.abspath(workdir), mesh)
-    return loop.run(config, workdir, stage, mesh)
-
-
-__all__ = ["build_stage", "classifier_network", "train"]

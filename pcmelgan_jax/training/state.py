@@ -7,13 +7,12 @@ transformations) are static and live beside the state, keyed by the same names.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from typing import Any
 
 import flax.struct
 import jax
 import jax.numpy as jnp
-import numpy as np
 import optax
 
 from pcmelgan_jax.models import registry
@@ -85,25 +84,5 @@ def apply_gradients(
 
 
 def new_train_state(networks: Mapping[str, NetworkState]) -> TrainState:
+    """A TrainState at step 0."""
     return TrainState(step=jnp.zeros((), jnp.int32), networks=dict(networks))
-
-
-def stack_seeds(states: Sequence[TrainState]) -> TrainState:
-    """N train states of the same structure (one per seed, same step) -> one state whose
-    network leaves are stacked (N, ...) along a new leading seed axis; ``step`` stays scalar.
-    Stacks on the host (NumPy): no compilation per leaf shape."""
-    networks = jax.tree.map(
-        lambda *xs: np.stack([np.asarray(x) for x in xs]), *[s.networks for s in states]
-    )
-    return TrainState(step=states[0].step, networks=networks)
-
-
-@jax.jit
-def _take_seed(tree: Any, index: jax.Array) -> Any:
-    return jax.tree.map(lambda x: x[index], tree)
-
-
-def seed_state(state: TrainState, index: int) -> TrainState:
-    """Seed ``index`` of a seed-stacked state (network leaves (N, ...) -> (...)); one compiled
-    gather for the whole tree, the result stays where the state is."""
-    return TrainState(step=state.step, networks=_take_seed(state.networks, index))

@@ -1,38 +1,161 @@
-"""Stage ``vocoder``: MelGAN (SPEC 5) on real log-mels of real audio.
+"""Stage ``vocoder``: MelGAN on real log-mels of real audio.
 
 Hinge loss, feature matching (weight ``config.feature_matching_weight``), optional
 mel-reconstruction loss (``config.mel_loss_weight``, 0 = off as in the original). With
 ``config.discriminator_start_step`` = N > 0 the first N steps are a warm-up that trains the
-generator on the mel-reconstruction loss alone (``steps.vocoder_warmup_step``). Every
-evaluation measures the mel L1 between the input log-mel and the log-mel re-analysed from
-the generated audio on ``config.eval_split`` (the validation split); the best generator by it
-is exported to ``WORKDIR/models/generator`` (its discriminator of the same step to
+generator on the mel-reconstruction loss alone (``vocoder_warmup_step``). Every evaluation
+measures the mel L1 between the input log-mel and the log-mel re-analysed from the generated
+audio on ``config.eval_split`` (the validation split); the best generator by it is exported
+to ``WORKDIR/models/generator`` (its discriminator of the same step to
 ``WORKDIR/models/discriminator``).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import os
+from collections.abc import Mapping
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 
+from pcmelgan_jax import workdir as run_layout
 from pcmelgan_jax.audio import log_mel, write_audio
 from pcmelgan_jax.checkpointing import save_model
+from pcmelgan_jax.models import MelGANDiscriminator, MelGANGenerator
 from pcmelgan_jax.runtime import compilation, sharding
-from pcmelgan_jax.training import loop
-from pcmelgan_jax.training.state import adam, init_variables, network_state, new_train_state
-from pcmelgan_jax.training.steps import (
-    VocoderHyper,
-    jit_step,
-    vocoder_eval_step,
-    vocoder_step,
-    vocoder_warmup_step,
+from pcmelgan_jax.training import stage as stage_lib
+from pcmelgan_jax.training.losses import (
+    discriminator_hinge_loss,
+    feature_matching_loss,
+    generator_hinge_loss,
+    l1,
 )
+from pcmelgan_jax.training.seeds import jit_step
+from pcmelgan_jax.training.state import (
+    NetworkState,
+    TrainState,
+    adam,
+    apply_gradients,
+    init_variables,
+    network_state,
+    new_train_state,
+)
+
+Array = jax.Array
+
+
+@dataclasses.dataclass(frozen=True)
+class VocoderHyper:
+    """Vocoder loss settings and network architectures."""
+
+    feature_matching_weight: float = 10.0
+    mel_loss_weight: float = 0.0  # optional L1(log-mel(G(s)), s); 0 = the original's losses
+    generator_arch: tuple = ()
+    discriminator_arch: tuple = ()
+
+    def generator(self) -> MelGANGenerator:
+        return MelGANGenerator(**dict(self.generator_arch))
+
+    def discriminator(self) -> MelGANDiscriminator:
+        return MelGANDiscriminator(**dict(self.discriminator_arch))
+
+
+def update_discriminator(
+    d_net: NetworkState, audio: Array, fake: Array, hp: VocoderHyper, tx: Any
+) -> tuple[NetworkState, list, dict[str, Array]]:
+    """D's hinge update on real ``audio`` and generated ``fake`` (a constant); also returns
+    D's pre-update features of the real audio, which G's feature matching compares against."""
+    disc = hp.discriminator()
+
+    def loss_fn(d_params):
+        real = disc.apply({"params": d_params}, audio)
+        fake_out = disc.apply({"params": d_params}, jax.lax.stop_gradient(fake))
+        return discriminator_hinge_loss(real, fake_out), real
+
+    (loss, real_features), grads = jax.value_and_grad(loss_fn, has_aux=True)(d_net.params)
+    return apply_gradients(d_net, grads, tx), real_features, {"discriminator/loss": loss}
+
+
+def generator_audio_gradient(
+    fake: Array, mel: Array, d_params: Any, real_features: list, hp: VocoderHyper
+) -> tuple[Array, dict[str, Array]]:
+    """The gradient of G's loss (hinge + feature matching + optional mel L1, scored by the
+    updated D) with respect to the generated audio ``fake``, and G's metrics."""
+    disc = hp.discriminator()
+
+    def loss_fn(fake_audio):
+        out = disc.apply({"params": d_params}, fake_audio)
+        adv = generator_hinge_loss(out)
+        fm = feature_matching_loss(real_features, out, disc.n_layers)
+        mel_err = l1(log_mel(fake_audio), mel)
+        loss = adv + hp.feature_matching_weight * fm + hp.mel_loss_weight * mel_err
+        return loss, (adv, fm, mel_err)
+
+    (loss, (adv, fm, mel_err)), grad = jax.value_and_grad(loss_fn, has_aux=True)(fake)
+    metrics = {"generator/loss": loss, "generator/adversarial": adv,
+               "generator/feature_matching": fm, "mel_l1": mel_err}
+    return grad, metrics
+
+
+def vocoder_step(
+    state: TrainState, batch: Mapping[str, Array], rng: Array, *, hp: VocoderHyper,
+    txs: Mapping[str, Any],
+) -> tuple[TrainState, dict[str, Array]]:
+    """MelGAN: D update on (x, stop_gradient(G(s))), then G update (hinge + feature matching
+    against D's pre-update real features, as the original). ``s`` = log-mel of the real audio
+    (B, 80, 32). Metrics include ``mel_l1`` = L1(s, log-mel(G(s)))."""
+    del rng  # deterministic networks
+    g_net, d_net = state.networks["generator"], state.networks["discriminator"]
+    audio = batch["audio"]
+    mel = log_mel(audio)
+    # G runs once: its backward pass is taken through the vjp of this forward pass
+    fake, g_vjp = jax.vjp(lambda p: hp.generator().apply({"params": p}, mel), g_net.params)
+    d_net, real_features, d_metrics = update_discriminator(
+        d_net, audio, fake, hp, txs["discriminator"]
+    )
+    fake_grad, g_metrics = generator_audio_gradient(fake, mel, d_net.params, real_features, hp)
+    (g_grads,) = g_vjp(fake_grad)
+    g_net = apply_gradients(g_net, g_grads, txs["generator"])
+    networks = {"generator": g_net, "discriminator": d_net}
+    return TrainState(step=state.step + 1, networks=networks), {**d_metrics, **g_metrics}
+
+
+def vocoder_warmup_step(
+    state: TrainState, batch: Mapping[str, Array], rng: Array, *, hp: VocoderHyper,
+    txs: Mapping[str, Any],
+) -> tuple[TrainState, dict[str, Array]]:
+    """MelGAN warm-up: a G update on the mel-reconstruction loss alone
+    (``hp.mel_loss_weight`` x L1(log-mel(G(s)), s)); D is left untouched. Metrics
+    ``generator/loss`` and ``mel_l1``."""
+    del rng
+    gen, g_net = hp.generator(), state.networks["generator"]
+    mel = log_mel(batch["audio"])
+
+    def loss_fn(g_params):
+        mel_err = l1(log_mel(gen.apply({"params": g_params}, mel)), mel)
+        return hp.mel_loss_weight * mel_err, mel_err
+
+    (loss, mel_err), grads = jax.value_and_grad(loss_fn, has_aux=True)(g_net.params)
+    networks = {**state.networks, "generator": apply_gradients(g_net, grads, txs["generator"])}
+    metrics = {"generator/loss": loss, "mel_l1": mel_err}
+    return TrainState(step=state.step + 1, networks=networks), metrics
+
+
+def vocoder_eval_step(
+    g_params: Any, batch: Mapping[str, Array], *, hp: VocoderHyper
+) -> dict[str, Array]:
+    """Masked sum of the per-utterance mel L1 (input log-mel vs re-analysed output)."""
+    mel = log_mel(batch["audio"])
+    out = log_mel(hp.generator().apply({"params": g_params}, mel))
+    per = jnp.mean(jnp.abs(out - mel), axis=(-1, -2))
+    return {"mel_l1_sum": jnp.sum(per * batch["mask"]), "count": jnp.sum(batch["mask"])}
 
 
 def hyper(config: Any) -> VocoderHyper:
+    """The step settings of ``config``."""
     return VocoderHyper(
         feature_matching_weight=float(config.feature_matching_weight),
         mel_loss_weight=float(config.mel_loss_weight),
@@ -59,7 +182,8 @@ def update_best(book: dict, step: int, mel_l1: float) -> bool:
     return False
 
 
-def build_stage(config: Any, workdir: str, mesh) -> loop.Stage:
+def build_stage(config: Any, workdir: str, mesh) -> stage_lib.Stage:
+    """The vocoder stage of ``config`` for ``loop.run``."""
     hp = hyper(config)
     warmup_steps = int(config.get("discriminator_start_step", 0) or 0)
     if warmup_steps > 0 and hp.mel_loss_weight <= 0:
@@ -89,12 +213,11 @@ def build_stage(config: Any, workdir: str, mesh) -> loop.Stage:
     generate = compilation.jit(
         lambda p, audio: hp.generator().apply({"params": p}, log_mel(audio)), "inference"
     )
-    models_dir = os.path.join(workdir, "models")
 
     def evaluate(state, step):
         sums = None
-        for batch in loop.eval_batches(config, mesh):
-            sums = loop.sum_metrics(sums, eval_fn(state.networks["generator"].params, batch))
+        for batch in stage_lib.eval_batches(config, mesh):
+            sums = stage_lib.sum_metrics(sums, eval_fn(state.networks["generator"].params, batch))
         sums = jax.device_get(sums)
         return {"mel_l1": float(sums["mel_l1_sum"]) / max(float(sums["count"]), 1.0)}
 
@@ -102,7 +225,7 @@ def build_stage(config: Any, workdir: str, mesh) -> loop.Stage:
         extra = {"step": step, "validation_mel_l1": mel_l1}
         for name, arch in (("generator", g_arch), ("discriminator", d_arch)):
             save_model(
-                os.path.join(models_dir, name),
+                run_layout.model_dir(workdir, name),
                 f"melgan_{name}",
                 jax.device_get({"params": state.networks[name].params}),
                 arch,
@@ -117,13 +240,13 @@ def build_stage(config: Any, workdir: str, mesh) -> loop.Stage:
 
     def write_samples(state, step):
         # every process computes (the generator spans them all); process 0 writes
-        batch = next(iter(loop.eval_batches(config, mesh)))
+        batch = next(iter(stage_lib.eval_batches(config, mesh)))
         n = min(int(config.num_samples), batch["audio"].shape[0])
         audio = np.asarray(sharding.to_host(batch["audio"]))[:n]
         fake = np.asarray(sharding.to_host(generate(state.networks["generator"].params, audio)))
         if jax.process_index() != 0:
             return
-        folder = os.path.join(workdir, "samples", f"step_{step:07d}")
+        folder = os.path.join(workdir, run_layout.SAMPLES, f"step_{step:07d}")
         for i in range(n):
             write_audio(os.path.join(folder, f"{i}_real.wav"), audio[i])
             write_audio(os.path.join(folder, f"{i}_vocoded.wav"), fake[i])
@@ -144,7 +267,7 @@ def build_stage(config: Any, workdir: str, mesh) -> loop.Stage:
     else:
         train_step = full_step
 
-    return loop.Stage(
+    return stage_lib.Stage(
         name="vocoder",
         state=state,
         train_step=train_step,
@@ -154,11 +277,3 @@ def build_stage(config: Any, workdir: str, mesh) -> loop.Stage:
         finalize=finalize,
         bookkeeping={"best_mel_l1": None, "best_step": None},
     )
-
-
-def train(config: Any, workdir: str, mesh=None) -> dict:
-    """Trains the MelGAN vocoder in ``workdir``; returns the best validation mel L1."""
-    sharding.maybe_initialize_distributed(config)
-    mesh = mesh if mesh is not None else sharding.make_mesh()
-    stage = build_stage(config, os.path.abspath(workdir), mesh)
-    return loop.run(config, workdir, stage, mesh)

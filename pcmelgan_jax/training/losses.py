@@ -1,0 +1,108 @@
+"""Every training loss, as pure functions of arrays.
+
+Logits are (B, K), labels (B,) int; spectrograms (B, 80, 32, 1); each loss returns a float32
+scalar. The MelGAN discriminator outputs are, per scale, the list of its layers' feature maps
+with the score map last.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import jax
+import jax.numpy as jnp
+
+# the classifiers' cross-entropy (optional label smoothing) lives beside the models, which
+# the evaluation's attackers also train with
+from pcmelgan_jax.models.classifiers import softmax_cross_entropy
+
+Array = jax.Array
+FAKE = 2  # GD's class for generated spectrograms (0 and 1 are the genders)
+
+__all__ = [
+    "FAKE",
+    "accuracy",
+    "discriminator_hinge_loss",
+    "distortion_hinge",
+    "distortion_penalty",
+    "feature_matching_loss",
+    "filter_adversarial_loss",
+    "generator_discriminator_loss",
+    "generator_hinge_loss",
+    "l1",
+    "mean_entropy",
+    "softmax_cross_entropy",
+]
+
+
+def l1(a: Array, b: Array) -> Array:
+    """Mean absolute difference."""
+    return jnp.mean(jnp.abs(a - b))
+
+
+def accuracy(logits: Array, labels: Array, mask: Array | None = None) -> Array:
+    """Fraction of argmax(logits) == labels, weighted by ``mask`` (B,)."""
+    hit = (jnp.argmax(logits, -1) == labels).astype(jnp.float32)
+    if mask is None:
+        return hit.mean()
+    return jnp.sum(hit * mask) / jnp.maximum(jnp.sum(mask), 1.0)
+
+
+def distortion_hinge(distortion: Array, eps: float, lamb: float) -> Array:
+    """``lamb * relu(distortion - eps)^2``: zero while the distortion stays within ``eps``."""
+    return lamb * jnp.square(jax.nn.relu(distortion - eps))
+
+
+def distortion_penalty(x_out: Array, x: Array, eps: float, lamb: float) -> tuple[Array, Array]:
+    """(the distortion hinge of L1(x_out, x), L1(x_out, x))."""
+    distortion = l1(x_out, x)
+    return distortion_hinge(distortion, eps, lamb), distortion
+
+
+def mean_entropy(logits: Array) -> Array:
+    """Mean over the batch of the entropy (nats) of softmax(logits). (B, K) -> ()."""
+    logp = jax.nn.log_softmax(logits.astype(jnp.float32))
+    return -jnp.mean(jnp.sum(jnp.exp(logp) * logp, axis=-1))
+
+
+def filter_adversarial_loss(fd_logits: Array, gender: Array, entropy: bool) -> Array:
+    """F's adversarial loss: CE(FD(x1), 1 - s), or with ``entropy`` the NEGATIVE entropy of FD.
+
+    Minimising ``-entropy`` MAXIMISES FD's entropy (pushes it to uniform), the intended
+    objective; the original added +entropy (a sign error that makes FD more confident).
+    """
+    if entropy:
+        return -mean_entropy(fd_logits)
+    return softmax_cross_entropy(fd_logits, 1 - gender)
+
+
+def generator_discriminator_loss(real_logits: Array, fake_logits: Array, gender: Array) -> Array:
+    """GD's 3-class loss: 0.5 * (CE(GD(x), s) + CE(GD(x2), FAKE))."""
+    fake = jnp.full(fake_logits.shape[:1], FAKE, jnp.int32)
+    return 0.5 * (
+        softmax_cross_entropy(real_logits, gender) + softmax_cross_entropy(fake_logits, fake)
+    )
+
+
+def discriminator_hinge_loss(real: Sequence[list], fake: Sequence[list]) -> Array:
+    """MelGAN's discriminator: sum over scales of mean(relu(1 - D(x))) + mean(relu(1 + D(G(s))))."""
+    return sum(
+        jnp.mean(jax.nn.relu(1.0 - r[-1])) + jnp.mean(jax.nn.relu(1.0 + f[-1]))
+        for r, f in zip(real, fake, strict=True)
+    )
+
+
+def generator_hinge_loss(fake: Sequence[list]) -> Array:
+    """MelGAN's generator: sum over scales of -mean(D(G(s)))."""
+    return sum(-jnp.mean(f[-1]) for f in fake)
+
+
+def feature_matching_loss(real: Sequence[list], fake: Sequence[list], n_layers: int) -> Array:
+    """Sum over scales and all layers but the last of (1/num_D)(4/(n_layers+1)) L1(fake, real)
+    (the real features are constants)."""
+    weight = (1.0 / len(real)) * (4.0 / (n_layers + 1))
+    return sum(
+        weight * l1(f, jax.lax.stop_gradient(r))
+        for rs, fs in zip(real, fake, strict=True)
+        for r, f in zip(rs[:-1], fs[:-1], strict=True)
+    )

@@ -1,0 +1,135 @@
+"""The training losses against values worked out by hand."""
+
+from __future__ import annotations
+
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from pcmelgan_jax.training import losses
+
+LOG = math.log
+
+
+def test_generator_discriminator_loss_by_hand():
+    """Real x with the true gender, fake x2 as class 2, each cross-entropy weighted 0.5.
+
+    Cross-entropy of logits (a, b, c) at class k: log(e^a + e^b + e^c) - logit_k.
+    real [log 2, 0, 0], gender 0: log 4 - log 2 = log 2;  [0, log 3, 0], gender 1: log 5 - log 3
+    fake [0, 0, log 2], class 2: log 4 - log 2 = log 2;   [0, 0, 0], class 2: log 3
+    0.5 * ((log 2 + log 5 - log 3) / 2 + (log 2 + log 3) / 2) = (2 log 2 + log 5) / 4 = log(20) / 4
+    """
+    real = jnp.array([[LOG(2), 0.0, 0.0], [0.0, LOG(3), 0.0]])
+    fake = jnp.array([[0.0, 0.0, LOG(2)], [0.0, 0.0, 0.0]])
+    gender = jnp.array([0, 1])
+    got = losses.generator_discriminator_loss(real, fake, gender)
+    np.testing.assert_allclose(got, LOG(20) / 4, rtol=1e-6)
+    # a wrong true gender costs more: real [log 2, 0, 0] at class 1 is log 4, not log 2
+    wrong = losses.generator_discriminator_loss(real, fake, jnp.array([1, 1]))
+    np.testing.assert_allclose(wrong - got, 0.25 * (LOG(4) - LOG(2)), rtol=1e-6)
+
+
+def _scales():
+    """Two discriminator scales, each [feature maps..., score map] for real and fake audio."""
+    real = [
+        [jnp.zeros(4), jnp.array([1.0, 2.0]), jnp.array([0.5, 2.0])],
+        [jnp.array([0.0, 0.0]), jnp.array([-1.0])],
+    ]
+    fake = [
+        [jnp.full(4, 0.5), jnp.array([1.0, 4.0]), jnp.array([-2.0, 0.0])],
+        [jnp.array([3.0, -1.0]), jnp.array([1.0])],
+    ]
+    return real, fake
+
+
+def test_discriminator_hinge_loss_by_hand():
+    """Scale 1: real mean(relu(1 - [0.5, 2])) = 0.25, fake mean(relu(1 + [-2, 0])) = 0.5;
+    scale 2: real relu(1 + 1) = 2, fake relu(1 + 1) = 2; total 4.75. Features are ignored."""
+    real, fake = _scales()
+    np.testing.assert_allclose(losses.discriminator_hinge_loss(real, fake), 4.75, rtol=1e-6)
+
+
+def test_generator_hinge_loss_by_hand():
+    """-mean([-2, 0]) - mean([1]) = 1 - 1 = 0; with the second score at -3 it is 1 + 3 = 4."""
+    _, fake = _scales()
+    np.testing.assert_allclose(losses.generator_hinge_loss(fake), 0.0, atol=1e-7)
+    fake[1][-1] = jnp.array([-3.0])
+    np.testing.assert_allclose(losses.generator_hinge_loss(fake), 4.0, rtol=1e-6)
+
+
+def test_feature_matching_loss_by_hand():
+    """Weight (1 / 2 scales) * (4 / (3 layers + 1)) = 0.5 on the summed L1 of every feature map
+    but the scores: scale 1: |0.5 - 0| = 0.5 and mean(|[0, 2]|) = 1; scale 2: mean(|[3, -1]|) =
+    2; 0.5 * 3.5 = 1.75. The real features get no gradient."""
+    real, fake = _scales()
+    np.testing.assert_allclose(losses.feature_matching_loss(real, fake, 3), 1.75, rtol=1e-6)
+    grad = jax.grad(lambda r: losses.feature_matching_loss(r, fake, 3))(real)
+    assert all(float(jnp.abs(g).sum()) == 0.0 for g in jax.tree.leaves(grad))
+
+
+def test_distortion_hinge_by_hand():
+    """lamb * relu(L1 - eps)^2: 100 * (0.3 - 0.1)^2 = 4; zero once eps >= L1."""
+    x = jnp.zeros((2, 80, 32, 1))
+    y = jnp.full((2, 80, 32, 1), 0.3)
+    penalty, distortion = losses.distortion_penalty(y, x, eps=0.1, lamb=100.0)
+    np.testing.assert_allclose(distortion, 0.3, rtol=1e-6)
+    np.testing.assert_allclose(penalty, 4.0, rtol=1e-5)
+    penalty, _ = losses.distortion_penalty(y, x, eps=0.5, lamb=100.0)
+    assert float(penalty) == 0.0
+    np.testing.assert_allclose(losses.distortion_hinge(jnp.float32(0.25), 0.05, 10.0), 0.4,
+                               rtol=1e-6)
+
+
+def test_filter_adversarial_loss_by_hand():
+    """Flipped labels: logits [log 3, 0] of a female (0) scored as male (1): log 4 - 0 = log 4.
+    Entropy: uniform over 2 classes has entropy log 2, so the loss is -log 2."""
+    logits = jnp.array([[LOG(3), 0.0]])
+    np.testing.assert_allclose(
+        losses.filter_adversarial_loss(logits, jnp.array([0]), entropy=False), LOG(4), rtol=1e-6)
+    np.testing.assert_allclose(
+        losses.filter_adversarial_loss(jnp.zeros((3, 2)), jnp.array([0, 1, 0]), entropy=True),
+        -LOG(2), rtol=1e-6)
+
+
+def test_entropy_loss_maximises_fd_entropy():
+    gender = jnp.array([0, 1, 0, 1])
+    confident = jnp.array([[5.0, -5.0], [-5.0, 5.0], [5.0, -5.0], [-5.0, 5.0]])
+    uniform = jnp.zeros((4, 2))
+    loss_confident = losses.filter_adversarial_loss(confident, gender, entropy=True)
+    loss_uniform = losses.filter_adversarial_loss(uniform, gender, entropy=True)
+    assert loss_uniform < loss_confident  # F's loss decreases as FD goes to uniform
+    # the gradient step on the logits moves FD towards uniform (entropy up)
+    g = jax.grad(lambda lg: losses.filter_adversarial_loss(lg, gender, True))(confident * 0.1)
+    moved = confident * 0.1 - 10.0 * g
+    assert losses.mean_entropy(moved) > losses.mean_entropy(confident * 0.1)
+
+
+def test_label_smoothing_by_hand():
+    """Logits [log 3, 0], label 0, smoothing 0.2: the target is [0.9, 0.1] and
+    log-softmax [log 3/4, log 1/4], so the loss is -(0.9 log 3/4 + 0.1 log 1/4)."""
+    logits, labels = jnp.array([[LOG(3), 0.0]]), jnp.array([0])
+    np.testing.assert_allclose(losses.softmax_cross_entropy(logits, labels), LOG(4 / 3),
+                               rtol=1e-6)
+    want = -(0.9 * LOG(3 / 4) + 0.1 * LOG(1 / 4))
+    np.testing.assert_allclose(losses.softmax_cross_entropy(logits, labels, 0.2), want, rtol=1e-6)
+
+
+def test_label_smoothing_is_optax_smoothed_cross_entropy():
+    rng = np.random.default_rng(0)
+    logits = jnp.asarray(3 * rng.standard_normal((6, 10)), jnp.float32)
+    labels = jnp.asarray(rng.integers(0, 10, 6))
+    for a in (0.0, 0.1, 0.3):
+        want = optax.softmax_cross_entropy(
+            logits, optax.smooth_labels(jax.nn.one_hot(labels, 10), a)).mean()
+        np.testing.assert_allclose(losses.softmax_cross_entropy(logits, labels, a), want,
+                                   rtol=1e-6)
+
+
+def test_accuracy_by_hand():
+    logits = jnp.array([[1.0, 0.0], [0.0, 1.0], [1.0, 0.0]])
+    labels = jnp.array([0, 0, 0])
+    np.testing.assert_allclose(losses.accuracy(logits, labels), 2 / 3, rtol=1e-6)
+    np.testing.assert_allclose(losses.accuracy(logits, labels, jnp.array([1.0, 1.0, 0.0])), 0.5)

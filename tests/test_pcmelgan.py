@@ -1,0 +1,326 @@
+"""The PCMelGAN step (update order, 1 vs 4 devices, the active distortion hinge) and its
+stage's helpers (BatchNorm recalibration, input paths)."""
+
+from __future__ import annotations
+
+import functools
+
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+from bench.bench_train import make_batch as _batch  # the synthetic batch the benchmarks use
+from pcmelgan_jax.configs import pcmelgan as pcmelgan_config
+from pcmelgan_jax.models import AlexNet, BatchNorm
+from pcmelgan_jax.models.classifiers import softmax_cross_entropy
+from pcmelgan_jax.runtime import sharding
+from pcmelgan_jax.training import classifiers as classifiers_stage
+from pcmelgan_jax.training import pcmelgan, pcmelgan_stage
+from pcmelgan_jax.training import seeds as seeds_lib
+from pcmelgan_jax.training import stage as stage_lib
+from pcmelgan_jax.training import state as st
+
+WIDTH = 0.25  # narrow AlexNets: the same code paths, a fraction of the compile time
+LAMB = 100.0
+SGD_LR = 1e-4  # small: the step stays well-conditioned, so rounding differences stay small
+
+
+@pytest.fixture(scope="module")
+def pcm():
+    """Initial PCMelGAN state (host), monitors, a batch and the 1-device step result."""
+    # eps above any reachable L1 distortion keeps the distortion hinge at exactly zero: its
+    # gradient, a sign, would otherwise flip with rounding for near-equal elements and make
+    # 1- and 4-device updates differ legitimately. (The order test recomputes the hinge.)
+    w = WIDTH
+    hp = pcmelgan.PCMelGANHyper(
+        eps=10.0, lamb=100.0, discriminator_width=w,
+        monitor_widths=(("spec_digit", w), ("spec_gender", w)),
+    )
+    # SGD keeps parameter differences proportional to gradient differences (Adam's first
+    # step is lr * sign(g), which flips for gradients that are zero up to rounding).
+    txs = {
+        n: optax.sgd(SGD_LR)
+        for n in ("filter", "generator", "filter_discriminator", "generator_discriminator")
+    }
+    key = jax.random.key(0, impl="rbg")
+    arch = {
+        "filter": ("unet_filter", {}),
+        "generator": ("unet_generator", {}),
+        "filter_discriminator": ("alexnet", {"num_classes": 2, "width": w}),
+        "generator_discriminator": ("alexnet", {"num_classes": 3, "width": w}),
+    }
+    nets = {
+        n: st.network_state(st.init_variables(a, kw, jax.random.fold_in(key, i)), txs[n])
+        for i, (n, (a, kw)) in enumerate(arch.items())
+    }
+    monitors = {
+        n: st.init_variables("alexnet", {"num_classes": k, "width": w},
+                             jax.random.fold_in(key, 10 + k))[
+            "params"
+        ]
+        for n, k in (("spec_digit", 10), ("spec_gender", 2))
+    }
+    init = jax.device_get(st.new_train_state(nets))
+    batch = _batch(8)
+    rng = jax.random.key(42)
+    step = seeds_lib.jit_step(pcmelgan.pcmelgan_step, hp=hp, txs=txs)
+
+    def run(devices, n_steps=2):
+        mesh = sharding.make_mesh(devices)
+        state = sharding.replicate(init, mesh)
+        mon = sharding.replicate(monitors, mesh)
+        out = []
+        for _ in range(n_steps):
+            state, metrics = step(state, sharding.shard_batch(batch, mesh), rng, mon)
+            out.append(jax.device_get(metrics))
+        return jax.device_get(state), out
+
+    one = run(jax.devices()[:1])
+    return dict(hp=hp, txs=txs, init=init, monitors=monitors, batch=batch, rng=rng, run=run,
+                one=one)
+
+
+def test_pcmelgan_step_same_on_1_and_4_devices(pcm):
+    assert len(jax.devices()) >= 4, "conftest sets jax_num_cpu_devices=4"
+    state1, metrics1 = pcm["one"]
+    state4, metrics4 = pcm["run"](jax.devices()[:4])
+    for i, (m1, m4) in enumerate(zip(metrics1, metrics4, strict=True)):
+        assert m1.keys() == m4.keys()
+        for k in m1:
+            np.testing.assert_allclose(m4[k], m1[k], rtol=1e-5, atol=1e-6, err_msg=f"{i} {k}")
+    # Parameters: the UPDATES (state - initial state) of every network agree to 1% of that
+    # network's largest update. A sharding error (per-device batch statistics, a quarter-batch
+    # gradient without the all-reduce) changes them by ~100%.
+    for name in state1.networks:
+        leaves1 = jax.tree_util.tree_leaves_with_path(state1.networks[name].params)
+        leaves4 = jax.tree.leaves(state4.networks[name].params)
+        leaves0 = jax.tree.leaves(pcm["init"].networks[name].params)
+        deltas = [
+            (path, np.asarray(a, np.float64) - a0, np.asarray(b, np.float64) - a0, a)
+            for (path, a), b, a0 in zip(leaves1, leaves4, leaves0, strict=True)
+        ]
+        scale = max(float(np.max(np.abs(d1))) for _, d1, _, _ in deltas)
+        assert scale > 0, f"{name} was not updated"
+        for path, d1, d4, a in deltas:
+            atol = 1e-2 * scale + 1e-6 * float(np.max(np.abs(a)))
+            np.testing.assert_allclose(
+                d4, d1, rtol=0, atol=atol, err_msg=f"{name}{jax.tree_util.keystr(path)}"
+            )
+    for name in state1.networks:  # batch statistics: same running means and variances
+        for a, b in zip(jax.tree.leaves(state1.networks[name].batch_stats),
+                        jax.tree.leaves(state4.networks[name].batch_stats), strict=True):
+            atol = 2e-3 * max(float(np.max(np.abs(a))), 1e-3)  # stats of the updated nets
+            np.testing.assert_allclose(b, a, rtol=1e-4, atol=atol, err_msg=name)
+
+
+def test_pcmelgan_step_follows_the_update_order(pcm):
+    """Recomputes the four losses of the first step by hand from the initial state."""
+    hp, init, batch = pcm["hp"], pcm["init"], pcm["batch"]
+    state1, metrics = pcm["one"]
+    m = metrics[0]
+    nets, after = init.networks, state1.networks  # after = after two steps
+    x = classifiers_stage.spectrogram_batch(jnp.asarray(batch["audio"]))
+    s = jnp.asarray(batch["gender"])
+    filt, gen = hp.filter(), hp.generator()
+    fd, gd = AlexNet(2, width=0.25), AlexNet(3, width=0.25)
+
+    @jax.jit  # one program (eager op-by-op dispatch of these networks takes a minute)
+    def expected(nets, x, s, rng):
+        b = x.shape[0]
+        k_z1, k_z1b, k_z2, k_s, k_d1, k_d2, k_d3, _, _ = jax.random.split(rng, 9)
+        out = {}
+        # (1) filter loss with the initial F and FD, flipped labels, distortion vs x
+        z1 = jax.random.normal(k_z1, (b, 10))
+        x1, mut1 = filt.apply(nets["filter"].variables(), x, z1, None, train=True,
+                              mutable=["batch_stats"])
+        fd_logits = fd.apply({"params": nets["filter_discriminator"].params}, x1, train=True,
+                             rngs={"dropout": k_d1})
+        dist = jnp.mean(jnp.abs(x1 - x))
+        out["filter/loss"] = (softmax_cross_entropy(fd_logits, 1 - s)
+                              + hp.lamb * jax.nn.relu(dist - hp.eps) ** 2)
+
+        # the updated F after step (1): one SGD step of the filter loss
+        def f_loss(p):
+            y, _ = filt.apply(nets["filter"].variables(p), x, z1, None, train=True,
+                              mutable=["batch_stats"])
+            lg = fd.apply({"params": nets["filter_discriminator"].params}, y, train=True,
+                          rngs={"dropout": k_d1})
+            return softmax_cross_entropy(lg, 1 - s) + hp.lamb * jax.nn.relu(
+                jnp.mean(jnp.abs(y - x)) - hp.eps
+            ) ** 2
+
+        f_params = jax.tree.map(lambda p, g: p - SGD_LR * g, nets["filter"].params,
+                                jax.grad(f_loss)(nets["filter"].params))
+        # (2) fresh train-mode pass of the UPDATED filter; G's distortion vs the ORIGINAL x
+        x1b, mut2 = filt.apply({"params": f_params, "batch_stats": mut1["batch_stats"]}, x,
+                               jax.random.normal(k_z1b, (b, 10)), None, train=True,
+                               mutable=["batch_stats"])
+        s_sampled = jax.random.randint(k_s, (b,), 0, 2)
+        x2, _ = gen.apply(nets["generator"].variables(), x1b, jax.random.normal(k_z2, (b, 10)),
+                          s_sampled, train=True, mutable=["batch_stats"])
+        out["generator/distortion"] = jnp.mean(jnp.abs(x2 - x))
+        gd_logits = gd.apply({"params": nets["generator_discriminator"].params}, x2, train=True,
+                             rngs={"dropout": k_d2})
+        out["generator/adversarial"] = softmax_cross_entropy(gd_logits, s_sampled)
+        # (3) FD on x1 of step (2) with the true gender, FD not yet updated
+        fd3 = fd.apply({"params": nets["filter_discriminator"].params}, x1b, train=True,
+                       rngs={"dropout": k_d3})
+        out["filter_discriminator/loss"] = softmax_cross_entropy(fd3, s)
+        return out, mut2["batch_stats"]
+
+    want, bs_after_step1 = expected(nets, x, s, jax.random.fold_in(pcm["rng"], 0))
+    for k, v in want.items():
+        np.testing.assert_allclose(m[k], v, rtol=1e-4, err_msg=k)
+    # F's running statistics moved by both training passes of the first step
+    got = pcm["run"](jax.devices()[:1], n_steps=1)[0].networks["filter"].batch_stats
+    for a, b_ in zip(jax.tree.leaves(got), jax.tree.leaves(bs_after_step1), strict=True):
+        np.testing.assert_allclose(a, b_, rtol=1e-4, atol=1e-6)
+    assert after["filter"].batch_stats is not None
+    # monitoring metrics are present
+    for k in ("monitor/fd_acc", "monitor/gd_real_acc", "monitor/gd_fake_acc",
+              "monitor/gd_sampled_gender_acc", "monitor/generator_digit_acc",
+              "monitor/generator_gender_acc", "monitor/filter_gender_acc"):
+        assert 0.0 <= m[k] <= 1.0, k
+
+
+def test_batch_norm_recalibration_makes_evaluation_mode_match_training_mode(pcm):
+    """Running statistics re-estimated on one batch (parameters frozen) make evaluation mode
+    reproduce training mode on that batch, for F on x and for G on F's training-mode output;
+    the initial running statistics do not. ``batch_norm_statistics`` is what a training
+    pass blends into the running statistics."""
+    hp, batch = pcm["hp"], pcm["batch"]
+    nets = dict(pcm["init"].networks)
+    filt, gen = hp.filter(), hp.generator()
+    x = classifiers_stage.spectrogram_batch(jnp.asarray(batch["audio"]))
+    b = x.shape[0]
+    rng = jax.random.key(7)
+    k_z1, k_z2, k_s = jax.random.split(rng, 3)  # as batch_norm_statistics draws them
+    z1 = jax.random.normal(k_z1, (b, hp.noise_dim))
+    z2 = jax.random.normal(k_z2, (b, hp.noise_dim))
+    s_sampled = jax.random.randint(k_s, (b,), 0, 2)
+
+    @jax.jit
+    def outputs(nets):
+        """Training-mode x1, x2; evaluation-mode F(x) and G(x1); F's blended statistics."""
+        f, g = nets["filter"], nets["generator"]
+        x1, f_mut = filt.apply(f.variables(), x, z1, None, train=True, mutable=["batch_stats"])
+        x2, _ = gen.apply(g.variables(), x1, z2, s_sampled, train=True, mutable=["batch_stats"])
+        x1_eval = filt.apply(f.variables(), x, z1, None)
+        x2_eval = gen.apply(g.variables(), x1, z2, s_sampled)
+        return x1, x2, x1_eval, x2_eval, f_mut["batch_stats"]
+
+    stats = jax.jit(functools.partial(pcmelgan.batch_norm_statistics, hp=hp))(nets, batch, rng)
+    assert set(stats) == {"filter", "generator"}
+    x1, x2, x1_eval, x2_eval, f_blended = outputs(nets)
+    m = BatchNorm.momentum
+    chex.assert_trees_all_close(
+        f_blended,
+        jax.tree.map(lambda r, v: (1 - m) * r + m * v, nets["filter"].batch_stats,
+                     stats["filter"]),
+        rtol=1e-5, atol=1e-6,
+    )
+
+    def gaps(x1_eval, x2_eval):
+        return [float(jnp.mean(jnp.abs(a - b))) for a, b in ((x1_eval, x1), (x2_eval, x2))]
+
+    before = gaps(x1_eval, x2_eval)  # measured 0.27, 0.25
+    recalibrated = {**nets, **{k: nets[k].replace(batch_stats=v) for k, v in stats.items()}}
+    _, _, x1_eval, x2_eval, _ = outputs(recalibrated)
+    after = gaps(x1_eval, x2_eval)  # measured 0.0075, 0.0059
+    # what is left is the running variance's n / (n - 1) (n = 8 x 5 x 2 at the bottleneck)
+    for name, gap_before, gap_after in zip(("F", "G"), before, after, strict=True):
+        assert gap_before > 0.1, (name, gap_before)
+        assert gap_after < 0.015, (name, gap_after)
+
+
+def test_recalibrate_batch_norm_averages_the_batches_statistics(pcm):
+    hp, batch = pcm["hp"], pcm["batch"]
+    nets = dict(pcm["init"].networks)
+    other = {**batch, "audio": np.roll(batch["audio"], 1000, axis=1)[::-1].copy()}
+    rng = jax.random.key(3)
+    got = pcmelgan_stage.recalibrate_batch_norm(nets, [batch, other], rng, hp)
+    program = pcmelgan_stage.batch_norm_statistics_program(hp)
+    a = program(nets, batch, jax.random.fold_in(rng, 0))
+    b = program(nets, other, jax.random.fold_in(rng, 1))
+    for name in ("filter", "generator"):
+        chex.assert_trees_all_close(
+            got[name].batch_stats, jax.tree.map(lambda u, v: (u + v) / 2, a[name], b[name]),
+            rtol=1e-6, atol=1e-7,
+        )
+        chex.assert_trees_all_equal(got[name].params, nets[name].params)
+        assert not np.allclose(jax.tree.leaves(a[name])[0], jax.tree.leaves(b[name])[0])
+    for name in ("filter_discriminator", "generator_discriminator"):
+        assert got[name] is nets[name]
+    with pytest.raises(ValueError, match="at least one batch"):
+        pcmelgan_stage.recalibrate_batch_norm(nets, [], rng, hp)
+
+
+def test_missing_paths_are_named(tmp_path):
+
+    config = pcmelgan_config.get_config("small")
+    config.data_dir = str(tmp_path / "nope")
+    with pytest.raises(FileNotFoundError, match="nope"):
+        stage_lib.make_train_iterator(config)
+    with pytest.raises(FileNotFoundError, match="no_classifiers"):
+        pcmelgan_stage.load_monitors(str(tmp_path / "no_classifiers"))
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(FileNotFoundError, match=r"empty/models/spec_digit"):
+        pcmelgan_stage.load_monitors(str(tmp_path / "empty"))
+    with pytest.raises(FileNotFoundError, match="no_vocoder"):
+        pcmelgan_stage.load_vocoder(str(tmp_path / "no_vocoder"))
+    assert pcmelgan_stage.load_vocoder("") is None
+
+
+def test_small_pcmelgan_config_keeps_the_papers_filter_learning_rates():
+    """The small config may train G faster, not F: with F's rate near FD's, F beat FD at
+    every step without hiding gender (see ``configs/pcmelgan.py``)."""
+    paper, small = pcmelgan_config.get_config(), pcmelgan_config.get_config("small")
+    for field in ("learning_rate_filter", "learning_rate_filter_discriminator"):
+        assert small[field] == paper[field], field
+    assert small.learning_rate_filter_discriminator == 4 * small.learning_rate_filter
+
+
+# ----------------------------------------------------------------------------- distortion hinge
+
+
+def _step(eps: float):
+    """(metrics, F's parameters after) of one filter-only step with ``eps``, from one init."""
+    hp = pcmelgan.PCMelGANHyper(eps=eps, lamb=LAMB, filter_only=True,
+                                discriminator_width=WIDTH)
+    txs = {"filter": optax.sgd(1e-2), "filter_discriminator": optax.sgd(1e-2)}
+    key = jax.random.key(0, impl="rbg")
+    arch = {"filter": ("unet_filter", {}),
+            "filter_discriminator": ("alexnet", {"num_classes": 2, "width": WIDTH})}
+    nets = {n: st.network_state(st.init_variables(a, kw, jax.random.fold_in(key, i)), txs[n])
+            for i, (n, (a, kw)) in enumerate(arch.items())}
+    step = seeds_lib.jit_step(pcmelgan.pcmelgan_step, hp=hp, txs=txs)
+    state, metrics = step(st.new_train_state(nets), _batch(8), jax.random.key(7))
+    return jax.device_get(metrics), jax.device_get(state.networks["filter"].params)
+
+
+@pytest.fixture(scope="module")
+def inactive():
+    return _step(eps=10.0)  # above any reachable distortion: the hinge is zero
+
+
+def test_distortion_hinge_active_in_the_step(inactive):
+    off_metrics, off_params = inactive
+    distortion = float(off_metrics["filter/distortion"])
+    np.testing.assert_allclose(off_metrics["filter/loss"], off_metrics["filter/adversarial"],
+                               rtol=1e-6)
+    eps = 0.5 * distortion
+    metrics, params = _step(eps)
+    # the forward pass before F's update does not depend on eps
+    np.testing.assert_allclose(metrics["filter/distortion"], distortion, rtol=1e-6)
+    penalty = float(metrics["filter/loss"]) - float(metrics["filter/adversarial"])
+    want = LAMB * (distortion - eps) ** 2  # = 25 * distortion^2
+    assert want > 1e-3
+    np.testing.assert_allclose(penalty, want, rtol=1e-4)
+    # the hinge's gradient changes F's update
+    change = max(float(np.max(np.abs(a - b)))
+                 for a, b in zip(jax.tree.leaves(params), jax.tree.leaves(off_params),
+                                 strict=True))
+    assert change > 1e-6

@@ -1,0 +1,68 @@
+"""The vocoder stage: model selection by mel L1 and the warm-up step."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+from bench.bench_train import make_batch as _batch  # the synthetic batch the benchmarks use
+from pcmelgan_jax.configs import vocoder as vocoder_config
+from pcmelgan_jax.runtime import sharding
+from pcmelgan_jax.training import seeds as seeds_lib
+from pcmelgan_jax.training import state as st
+from pcmelgan_jax.training import vocoder
+
+
+def test_vocoder_keeps_best_generator_by_mel_l1():
+    from pcmelgan_jax.training.vocoder import update_best
+
+    book = {"best_mel_l1": None, "best_step": None}
+    improved = [
+        step
+        for step, value in ((1, 2.0), (2, 1.5), (3, 1.7), (4, 1.2), (5, 1.3))
+        if update_best(book, step, value)
+    ]
+    assert improved == [1, 2, 4]
+    assert book == {"best_mel_l1": 1.2, "best_step": 4}
+    assert vocoder_config.get_config("small").mel_loss_weight > 0
+    assert vocoder_config.get_config().mel_loss_weight == 0  # off by default, as the original
+
+
+def test_vocoder_warmup_step_trains_generator_on_mel_loss_only():
+    from pcmelgan_jax.audio import log_mel
+
+    hp = vocoder.VocoderHyper(mel_loss_weight=10.0, generator_arch=(("ngf", 8),))
+    txs = {"generator": optax.adam(1e-3)}
+    gen = st.network_state(
+        st.init_variables("melgan_generator", {"ngf": 8}, jax.random.key(0, impl="rbg")),
+        txs["generator"],
+    )
+    other = st.network_state({"params": {"w": jnp.ones((3,))}}, optax.adam(1e-3))
+    state = st.new_train_state({"generator": gen, "discriminator": other})
+    batch = {k: jnp.asarray(v) for k, v in _batch(2).items()}
+    mel = jax.jit(log_mel)(batch["audio"])
+    expected = float(jax.jit(lambda p: jnp.mean(jnp.abs(log_mel(hp.generator().apply(
+        {"params": p}, mel)) - mel)))(gen.params))
+    initial = jax.device_get(gen.params)
+    step = seeds_lib.jit_step(vocoder.vocoder_warmup_step, hp=hp, txs=txs)
+    new, metrics = step(state, batch, jax.random.key(0))  # donates state
+    np.testing.assert_allclose(metrics["mel_l1"], expected, rtol=1e-5)
+    np.testing.assert_allclose(metrics["generator/loss"], 10.0 * expected, rtol=1e-5)
+    assert int(new.step) == 1 and metrics["finite"] == 1.0
+    assert set(metrics) == {"generator/loss", "mel_l1", "finite"}
+    np.testing.assert_array_equal(new.networks["discriminator"].params["w"], np.ones(3))
+    changed = jax.tree.map(
+        lambda a, b: bool(np.any(np.asarray(a) != np.asarray(b))),
+        new.networks["generator"].params, initial,
+    )
+    assert all(jax.tree.leaves(changed))
+
+
+def test_vocoder_warmup_needs_the_mel_loss(tmp_path):
+    config = vocoder_config.get_config()
+    config.discriminator_start_step = 10
+    with pytest.raises(ValueError, match="mel_loss_weight must be > 0"):
+        vocoder.build_stage(config, str(tmp_path), sharding.make_mesh(jax.devices()[:1]))
