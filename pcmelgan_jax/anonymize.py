@@ -258,6 +258,95 @@ def _plan(in_path: str, out_path: str) -> list[tuple[str, str, str]]:
     return [(src, dst, os.path.basename(src))]
 
 
+def _loaded_model(
+    model: Anonymizer | None, workdir, vocoder_workdir, gender: str, batch_size: int,
+    vocoder_batch_size: int,
+) -> tuple[Anonymizer, bool]:
+    """The models to run (loaded from ``workdir`` unless given; G dropped when F runs alone)
+    and whether F runs alone."""
+    if model is None:
+        if workdir is None:
+            raise AnonymizeError("a workdir (or a loaded model) is needed")
+        model = Anonymizer.from_workdir(
+            workdir, vocoder_workdir, filter_only=gender == "filter-only", batch_size=batch_size,
+            vocoder_batch_size=vocoder_batch_size,
+        )
+    filter_only = gender == "filter-only" or model.generator is None
+    if model.generator is None and gender in ("female", "male"):
+        raise AnonymizeError("these models have no generator; use --gender filter-only")
+    if filter_only and model.generator is not None:
+        model = dataclasses.replace(model, generator=None)
+    return model, filter_only
+
+
+class _Tally:
+    """Records each file's outcome in the run's ``summary`` and advances the progress bar."""
+
+    def __init__(self, summary: dict[str, Any], total: int, progress: bool, filter_only: bool):
+        from tqdm import tqdm
+
+        self.summary, self.progress, self.filter_only = summary, progress, filter_only
+        self.bar = tqdm(total=total, unit="file", disable=not progress, file=sys.stderr)
+
+    def fail(self, path: str, error: str) -> None:
+        self.summary["failed"].append({"path": path, "error": error})
+        if self.progress:
+            self.bar.write(f"error: {error}", file=sys.stderr)
+        self.bar.update(1)
+
+    def done(self, job: streaming.Job, error: str | None) -> None:
+        if error is not None:
+            self.fail(job.in_path, error)
+            return
+        self.summary["written"].append(job.out_path)
+        self.summary["audio_seconds"] += job.length / audio_lib.SAMPLE_RATE
+        if not self.filter_only:
+            self.summary["genders"][job.out_path] = ("female", "male")[job.cond]
+        self.bar.update(1)
+
+
+def _output_problem(
+    dst: str, real_dst: str, inputs: set[str], claimed: dict[str, str], overwrite: bool
+) -> str | None:
+    """Why ``dst`` must not be written (an input, another file's output, or existing), or None."""
+    if real_dst in inputs:
+        return f"{dst}: would overwrite an input file; skipped"
+    if real_dst in claimed:
+        return f"{dst}: already the output of {claimed[real_dst]}; skipped"
+    if os.path.exists(dst) and not overwrite:
+        return f"{dst}: exists; not overwritten (pass --overwrite to replace it)"
+    return None
+
+
+def _run_plan(
+    plan: list[tuple[str, str, str]], model: Anonymizer, tally: _Tally, seed: int, gender: str,
+    overwrite: bool,
+) -> None:
+    """Streams every planned (input, output, key) file through ``model``; outcomes go to
+    ``tally``."""
+    inputs = {os.path.realpath(src) for src, _, _ in plan}
+    runner = streaming.Runner(model, tally.done)
+    try:
+        claimed: dict[str, str] = {}
+        for src, dst, key in plan:
+            real_dst = os.path.realpath(dst)
+            problem = _output_problem(dst, real_dst, inputs, claimed, overwrite)
+            if problem is not None:
+                tally.fail(src, problem)
+                continue
+            claimed[real_dst] = src
+            try:
+                audio = audio_lib.load_audio(src)
+            except audio_lib.AudioError as e:
+                tally.fail(src, str(e))
+                continue
+            z1, z2, cond = _file_noise(seed, key, model.noise_dim, gender)
+            runner.submit(streaming.make_job(audio, src, dst, z1, z2, cond))
+        runner.flush()
+    finally:
+        runner.close()
+
+
 def anonymize_path(
     in_path: str | os.PathLike,
     out_path: str | os.PathLike,
@@ -288,19 +377,9 @@ def anonymize_path(
         raise AnonymizeError(f"--gender must be one of {', '.join(GENDERS)}, got {gender!r}")
     in_path, out_path = os.fspath(in_path), os.fspath(out_path)
     plan = _plan(in_path, out_path)
-    if model is None:
-        if workdir is None:
-            raise AnonymizeError("a workdir (or a loaded model) is needed")
-        model = Anonymizer.from_workdir(
-            workdir, vocoder_workdir, filter_only=gender == "filter-only", batch_size=batch_size,
-            vocoder_batch_size=vocoder_batch_size,
-        )
-    filter_only = gender == "filter-only" or model.generator is None
-    if model.generator is None and gender in ("female", "male"):
-        raise AnonymizeError("these models have no generator; use --gender filter-only")
-    if filter_only and model.generator is not None:
-        model = dataclasses.replace(model, generator=None)
-    inputs = {os.path.realpath(src) for src, _, _ in plan}
+    model, filter_only = _loaded_model(
+        model, workdir, vocoder_workdir, gender, batch_size, vocoder_batch_size
+    )
     summary: dict[str, Any] = {
         "files": len(plan), "written": [], "failed": [], "audio_seconds": 0.0,
         "mode": "filter-only" if filter_only else gender, "genders": {},
@@ -308,52 +387,9 @@ def anonymize_path(
     }
     if progress is None:
         progress = len(plan) > 1
-    from tqdm import tqdm
-
-    bar = tqdm(total=len(plan), unit="file", disable=not progress, file=sys.stderr)
-
-    def fail(path: str, error: str) -> None:
-        summary["failed"].append({"path": path, "error": error})
-        if progress:
-            bar.write(f"error: {error}", file=sys.stderr)
-        bar.update(1)
-
-    def done(job: streaming.Job, error: str | None) -> None:
-        if error is not None:
-            fail(job.in_path, error)
-            return
-        summary["written"].append(job.out_path)
-        summary["audio_seconds"] += job.length / audio_lib.SAMPLE_RATE
-        if not filter_only:
-            summary["genders"][job.out_path] = ("female", "male")[job.cond]
-        bar.update(1)
-
-    runner = streaming.Runner(model, done)
-    try:
-        claimed: dict[str, str] = {}
-        for src, dst, key in plan:
-            real_dst = os.path.realpath(dst)
-            if real_dst in inputs:
-                fail(src, f"{dst}: would overwrite an input file; skipped")
-                continue
-            if real_dst in claimed:
-                fail(src, f"{dst}: already the output of {claimed[real_dst]}; skipped")
-                continue
-            if os.path.exists(dst) and not overwrite:
-                fail(src, f"{dst}: exists; not overwritten (pass --overwrite to replace it)")
-                continue
-            claimed[real_dst] = src
-            try:
-                audio = audio_lib.load_audio(src)
-            except audio_lib.AudioError as e:
-                fail(src, str(e))
-                continue
-            z1, z2, cond = _file_noise(seed, key, model.noise_dim, gender)
-            runner.submit(streaming.make_job(audio, src, dst, z1, z2, cond))
-        runner.flush()
-    finally:
-        runner.close()
-    bar.close()
+    tally = _Tally(summary, len(plan), progress, filter_only)
+    _run_plan(plan, model, tally, seed, gender, overwrite)
+    tally.bar.close()
     wall = time.perf_counter() - t0
     summary["wall_seconds"] = wall
     summary["realtime_factor"] = summary["audio_seconds"] / wall if wall > 0 else None

@@ -76,16 +76,6 @@ class MetricWriter:
             self.enabled = False
 
 
-def read_metrics(workdir: str | os.PathLike, split: str | None = None) -> list[dict]:
-    """The lines of ``WORKDIR/metrics.jsonl`` (optionally of one ``split``)."""
-    path = os.path.join(os.fspath(workdir), METRICS_JSONL)
-    if not os.path.isfile(path):
-        return []
-    with open(path) as f:
-        lines = [json.loads(line) for line in f if line.strip()]
-    return [m for m in lines if split is None or m.get("split") == split]
-
-
 def progress_bar(total: int, initial: int, description: str, enabled: bool = True):
     """A tqdm bar (steps, rate, ETA); disabled on processes other than 0."""
     from tqdm.auto import tqdm

@@ -1,4 +1,4 @@
-"""Evaluation metrics: masked accuracy, mean/std over runs, and a sample-efficient FID.
+"""Evaluation metrics: masked correct counts, mean/std over runs, and a sample-efficient FID.
 
 Everything here is host-side NumPy (float64) except ``masked_correct``, which is jittable.
 
@@ -31,43 +31,6 @@ def masked_correct(logits: jax.Array, labels: jax.Array, mask: jax.Array) -> jax
     """Number of correct predictions among the examples with mask 1. (B, K), (B,), (B,) -> ()."""
     hit = (jnp.argmax(logits, axis=-1) == labels).astype(jnp.float32)
     return jnp.sum(hit * mask.astype(jnp.float32))
-
-
-def masked_accuracy(predictions: np.ndarray, labels: np.ndarray, mask: np.ndarray) -> float:
-    """Fraction of correct ``predictions`` (B,) among the examples with ``mask`` 1 (B,).
-
-    NaN when the mask is all zeros.
-    """
-    mask = np.asarray(mask, np.float64)
-    total = mask.sum()
-    if total == 0:
-        return float("nan")
-    hit = (np.asarray(predictions) == np.asarray(labels)).astype(np.float64)
-    return float((hit * mask).sum() / total)
-
-
-class AccuracyCounter:
-    """Accumulates masked accuracies of several named predictions over batches."""
-
-    def __init__(self) -> None:
-        self.correct: dict[str, float] = {}
-        self.count: dict[str, float] = {}
-
-    def update(
-        self, name: str, predictions: np.ndarray, labels: np.ndarray, mask: np.ndarray
-    ) -> None:
-        """Adds one batch: predictions, labels and mask all (B,)."""
-        mask = np.asarray(mask, np.float64)
-        hit = (np.asarray(predictions) == np.asarray(labels)).astype(np.float64)
-        self.correct[name] = self.correct.get(name, 0.0) + float((hit * mask).sum())
-        self.count[name] = self.count.get(name, 0.0) + float(mask.sum())
-
-    def result(self) -> dict[str, float]:
-        """name -> accuracy in [0, 1] (NaN for a name that saw no masked-in example)."""
-        return {
-            k: (self.correct[k] / self.count[k] if self.count[k] else float("nan"))
-            for k in self.correct
-        }
 
 
 def summarize(values: Sequence[float | None]) -> dict:

@@ -1,7 +1,7 @@
 """The PyTorch reference modules in ``bench/torch_reference.py`` against the golden vectors.
 
 Each parity file's ``param/*`` entries must load with ``strict=True`` and the module must
-reproduce ``output/*`` from ``input/*`` (SPEC section 9). Parity directory: env var
+reproduce ``output/*`` from ``input/*``. Parity directory: env var
 ``PCMELGAN_PARITY_DIR``, default ``../shared/parity`` relative to the repository root.
 """
 

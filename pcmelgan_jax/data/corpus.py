@@ -298,6 +298,54 @@ def _check_header(path: str) -> str | None:
     return None
 
 
+def _speaker_folders(root: str, notes: list[Problem]) -> list[tuple[int, str, str]]:
+    """(speaker, name, path) of each numbered folder in ``root``; notes anything else there."""
+    folders = []
+    for name in sorted(os.listdir(root)):
+        full = os.path.join(root, name)
+        if os.path.isdir(full) and re.fullmatch(r"\d+", name):
+            folders.append((int(name), name, full))
+        elif os.path.isdir(full):
+            notes.append(Problem(full, "not a speaker folder (name is not a number); ignored"))
+        elif name not in METADATA_NAMES and not name.startswith("."):
+            notes.append(Problem(full, "stray file at the top level; ignored"))
+    if not folders:
+        raise CorpusError(
+            f"{root}: no speaker folders (01, 02, ...) found.\n{MANUAL_DOWNLOAD_INSTRUCTIONS}"
+        )
+    return folders
+
+
+def _wav_names(folder: str, folder_name: str, notes: list[Problem]) -> list[str]:
+    """The .wav file names in a speaker's folder, sorted; notes other files and an empty one."""
+    names = sorted(os.listdir(folder))
+    wavs = [n for n in names if n.lower().endswith(".wav")]
+    for n in names:
+        if not n.lower().endswith(".wav") and not n.startswith("."):
+            notes.append(Problem(os.path.join(folder, n), "not a .wav file; ignored"))
+    if not wavs:
+        notes.append(Problem(folder, f"speaker folder {folder_name} has no .wav files"))
+    return wavs
+
+
+def _utterance_key(
+    name: str, speaker: int, folder_name: str, seen: dict[tuple[int, int, int], str]
+) -> tuple[int, int, int] | str:
+    """(speaker, digit, rep) of the file ``name`` in a speaker's folder, or why it is skipped."""
+    m = FILE_NAME_RE.match(name)
+    if m is None:
+        return "file name does not parse as <digit>_<speaker>_<rep>.wav"
+    digit, file_speaker, rep = (int(m[k]) for k in ("digit", "speaker", "rep"))
+    if not 0 <= digit <= 9 or len(m["digit"]) != 1:
+        return f"digit {m['digit']!r} is not 0-9"
+    if file_speaker != speaker:
+        return f"speaker {m['speaker']} in the name but in folder {folder_name}"
+    key = (speaker, digit, rep)
+    if key in seen:
+        return f"duplicate of {seen[key]}"
+    return key
+
+
 def scan_corpus(manual_dir: str | os.PathLike, check_headers: bool = True) -> CorpusScan:
     """Lists the usable utterances of an AudioMNIST-layout folder and everything wrong.
 
@@ -313,28 +361,11 @@ def scan_corpus(manual_dir: str | os.PathLike, check_headers: bool = True) -> Co
     utterances: list[Utterance] = []
     skipped: list[Problem] = []
     num_wav = 0
-    folders = []
-    for name in sorted(os.listdir(root)):
-        full = os.path.join(root, name)
-        if os.path.isdir(full) and re.fullmatch(r"\d+", name):
-            folders.append((int(name), name, full))
-        elif os.path.isdir(full):
-            notes.append(Problem(full, "not a speaker folder (name is not a number); ignored"))
-        elif name not in METADATA_NAMES and not name.startswith("."):
-            notes.append(Problem(full, "stray file at the top level; ignored"))
-    if not folders:
-        raise CorpusError(
-            f"{root}: no speaker folders (01, 02, ...) found.\n{MANUAL_DOWNLOAD_INSTRUCTIONS}"
-        )
+    folders = _speaker_folders(root, notes)
     seen: dict[tuple[int, int, int], str] = {}
     for speaker, folder_name, folder in sorted(folders):
-        names = sorted(os.listdir(folder))
-        wavs = [n for n in names if n.lower().endswith(".wav")]
-        for n in names:
-            if not n.lower().endswith(".wav") and not n.startswith("."):
-                notes.append(Problem(os.path.join(folder, n), "not a .wav file; ignored"))
+        wavs = _wav_names(folder, folder_name, notes)
         if not wavs:
-            notes.append(Problem(folder, f"speaker folder {folder_name} has no .wav files"))
             continue
         num_wav += len(wavs)
         if speaker not in speakers:
@@ -346,32 +377,17 @@ def scan_corpus(manual_dir: str | os.PathLike, check_headers: bool = True) -> Co
             continue
         for n in wavs:
             path = os.path.join(folder, n)
-            m = FILE_NAME_RE.match(n)
-            if m is None:
-                skipped.append(
-                    Problem(path, "file name does not parse as <digit>_<speaker>_<rep>.wav")
-                )
-                continue
-            digit, file_speaker, rep = (int(m[k]) for k in ("digit", "speaker", "rep"))
-            if not 0 <= digit <= 9 or len(m["digit"]) != 1:
-                skipped.append(Problem(path, f"digit {m['digit']!r} is not 0-9"))
-                continue
-            if file_speaker != speaker:
-                skipped.append(
-                    Problem(path, f"speaker {m['speaker']} in the name but in folder {folder_name}")
-                )
-                continue
-            key = (speaker, digit, rep)
-            if key in seen:
-                skipped.append(Problem(path, f"duplicate of {seen[key]}"))
+            found = _utterance_key(n, speaker, folder_name, seen)
+            if isinstance(found, str):
+                skipped.append(Problem(path, found))
                 continue
             if check_headers:
                 problem = _check_header(path)
                 if problem is not None:
                     skipped.append(Problem(path, problem))
                     continue
-            seen[key] = path
-            utterances.append(Utterance(path, os.path.relpath(path, root), speaker, digit, rep))
+            seen[found] = path
+            utterances.append(Utterance(path, os.path.relpath(path, root), *found))
     for speaker in sorted(set(speakers) - {s for s, _, _ in folders}):
         notes.append(Problem(metadata_path, f"speaker {speaker:02d} has metadata but no folder"))
     if not utterances:

@@ -195,6 +195,50 @@ class DataIterator:
             close()
 
 
+def _shard_indices(num_records: int, shard_options, batch_size: int, train: bool) -> np.ndarray:
+    """This shard's record indices; in evaluation padded with -1 to the same whole number of
+    batches on every process."""
+    start, end = shard_range(
+        num_records, shard_options.shard_index, shard_options.shard_count, drop_remainder=train
+    )
+    indices = np.arange(start, end, dtype=np.int64)
+    if not train:
+        per_shard = -(-num_records // shard_options.shard_count)  # same steps on every process
+        per_shard = -(-per_shard // batch_size) * batch_size
+        indices = np.concatenate([indices, np.full(per_shard - indices.size, -1, np.int64)])
+    if train and indices.size < batch_size:
+        raise ValueError(
+            f"shard {shard_options.shard_index} has {indices.size} examples, fewer than one "
+            f"batch of {batch_size}"
+        )
+    return indices
+
+
+def _grain_batches(
+    indices: np.ndarray, prepare: PrepareExample, config: PipelineConfig, worker_count: int,
+    worker_threads: int, prefetch_buffer_size: int,
+):
+    """The Grain pipeline over ``indices``: shuffle (training), repeat, prepare, batch, read."""
+    import grain
+
+    ds = grain.MapDataset.source(indices.tolist())
+    if config.train:
+        ds = ds.shuffle(seed=_shuffle_seed(config.seed))
+    ds = ds.repeat(config.num_epochs)
+    ds = ds.map_with_index(prepare)
+    ds = ds.batch(config.batch_size, drop_remainder=config.train)
+    iter_ds = ds.to_iter_dataset(
+        grain.ReadOptions(
+            num_threads=worker_threads,
+            prefetch_buffer_size=prefetch_buffer_size if worker_threads else 0,
+        )
+    )
+    if worker_count > 0:
+        _ensure_absl_flags_parsed()
+        iter_ds = iter_ds.mp_prefetch(grain.MultiprocessingOptions(num_workers=worker_count))
+    return iter_ds
+
+
 def make_dataset(
     data_dir: str | os.PathLike,
     dataset: str = DEFAULT_DATASET,
@@ -237,45 +281,16 @@ def make_dataset(
     if shard_options is None:
         shard_options = grain.sharding.ShardByJaxProcess(drop_remainder=train)
     num_records = len(source)
-    start, end = shard_range(
-        num_records, shard_options.shard_index, shard_options.shard_count, drop_remainder=train
-    )
-    indices = np.arange(start, end, dtype=np.int64)
-    if not train:
-        per_shard = -(-num_records // shard_options.shard_count)  # same steps on every process
-        per_shard = -(-per_shard // batch_size) * batch_size
-        indices = np.concatenate([indices, np.full(per_shard - indices.size, -1, np.int64)])
-        if num_epochs is None:
-            num_epochs = 1
-    if train and indices.size < batch_size:
-        raise ValueError(
-            f"shard {shard_options.shard_index} has {indices.size} examples, fewer than one "
-            f"batch of {batch_size}"
-        )
+    indices = _shard_indices(num_records, shard_options, batch_size, train)
+    if not train and num_epochs is None:
+        num_epochs = 1
     config = PipelineConfig(
-        dataset=dataset,
-        split=split,
-        batch_size=batch_size,
-        seed=seed,
-        train=train,
-        num_epochs=num_epochs,
-        shard_index=shard_options.shard_index,
-        shard_count=shard_options.shard_count,
-        num_records=num_records,
+        dataset=dataset, split=split, batch_size=batch_size, seed=seed, train=train,
+        num_epochs=num_epochs, shard_index=shard_options.shard_index,
+        shard_count=shard_options.shard_count, num_records=num_records,
     )
-    ds = grain.MapDataset.source(indices.tolist())
-    if train:
-        ds = ds.shuffle(seed=_shuffle_seed(seed))
-    ds = ds.repeat(num_epochs)
-    ds = ds.map_with_index(PrepareExample(source, train, seed))
-    ds = ds.batch(batch_size, drop_remainder=train)
-    iter_ds = ds.to_iter_dataset(
-        grain.ReadOptions(
-            num_threads=worker_threads,
-            prefetch_buffer_size=prefetch_buffer_size if worker_threads else 0,
-        )
+    iter_ds = _grain_batches(
+        indices, PrepareExample(source, train, seed), config, worker_count, worker_threads,
+        prefetch_buffer_size,
     )
-    if worker_count > 0:
-        _ensure_absl_flags_parsed()
-        iter_ds = iter_ds.mp_prefetch(grain.MultiprocessingOptions(num_workers=worker_count))
     return DataIterator(iter_ds, config, indices.size // batch_size)

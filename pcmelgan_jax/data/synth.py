@@ -294,6 +294,30 @@ def _clear_previous(out_dir: str) -> None:
         os.remove(meta)
 
 
+def _claim_out_dir(out_dir: str) -> None:
+    """Creates ``out_dir``, emptying a previous synthetic corpus there; refuses other content."""
+    if os.path.isdir(out_dir) and os.listdir(out_dir):
+        if not os.path.isfile(os.path.join(out_dir, MARKER)):
+            raise SynthError(
+                f"{out_dir} is not empty and is not a synthetic corpus written by "
+                f"synth-data (no {MARKER}); refusing to write into it"
+            )
+        _clear_previous(out_dir)
+    os.makedirs(out_dir, exist_ok=True)
+
+
+def _synthesize_speakers(out_dir: str, plan: list[SpeakerVoice], reps: int, seed: int,
+                         workers: int | None) -> list[dict]:
+    """Each speaker's files, one per spawned process (``workers`` at a time); their stats."""
+    import multiprocessing
+
+    workers = max(1, min(workers or os.cpu_count() or 1, len(plan)))
+    ctx = multiprocessing.get_context("spawn")
+    with ProcessPoolExecutor(workers, mp_context=ctx, max_tasks_per_child=1) as pool:
+        futures = [pool.submit(_synthesize_speaker, out_dir, v, reps, seed) for v in plan]
+        return [f.result() for f in futures]
+
+
 def synthesize_corpus(
     out_dir: str | os.PathLike,
     speakers: int = DEFAULT_SPEAKERS,
@@ -316,14 +340,7 @@ def synthesize_corpus(
     if os.path.exists(out_dir) and not os.path.isdir(out_dir):
         raise SynthError(f"{out_dir} exists and is not a directory")
     plan = plan_speakers(speakers, seed)
-    if os.path.isdir(out_dir) and os.listdir(out_dir):
-        if not os.path.isfile(os.path.join(out_dir, MARKER)):
-            raise SynthError(
-                f"{out_dir} is not empty and is not a synthetic corpus written by "
-                f"synth-data (no {MARKER}); refusing to write into it"
-            )
-        _clear_previous(out_dir)
-    os.makedirs(out_dir, exist_ok=True)
+    _claim_out_dir(out_dir)
     marker = {
         "generator": "pcmelgan_jax.data.synth",
         "complete": False,
@@ -334,13 +351,7 @@ def synthesize_corpus(
     }
     write_json_atomic(os.path.join(out_dir, MARKER), marker, indent=4)
     t0 = time.perf_counter()
-    import multiprocessing
-
-    workers = max(1, min(workers or os.cpu_count() or 1, len(plan)))
-    ctx = multiprocessing.get_context("spawn")
-    with ProcessPoolExecutor(workers, mp_context=ctx, max_tasks_per_child=1) as pool:
-        futures = [pool.submit(_synthesize_speaker, out_dir, v, reps, seed) for v in plan]
-        stats = [f.result() for f in futures]
+    stats = _synthesize_speakers(out_dir, plan, reps, seed, workers)
     write_json_atomic(os.path.join(out_dir, METADATA_FILE), _metadata(plan, seed), indent=4)
     marker["complete"] = True
     write_json_atomic(os.path.join(out_dir, MARKER), marker, indent=4)

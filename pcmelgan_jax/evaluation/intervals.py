@@ -51,6 +51,49 @@ def _cluster_table(speakers: np.ndarray | None, strata: np.ndarray | None, n: in
     return table, sizes, groups
 
 
+def _checked_correct(correct: Any) -> np.ndarray:
+    """``correct`` as (R, n) float64 values in [0, 1]."""
+    c = np.asarray(correct, dtype=np.float64)
+    if c.ndim == 1:
+        c = c[None, :]
+    if c.ndim != 2 or c.shape[1] == 0 or c.shape[0] == 0:
+        raise ValueError(f"correct must have shape (n,) or (R, n) with n, R > 0, got {c.shape}")
+    if not np.all(np.isfinite(c)) or c.min() < 0.0 or c.max() > 1.0:
+        raise ValueError("correct must hold values in [0, 1]")
+    return c
+
+
+def _draw_clips(
+    table: np.ndarray, sizes: np.ndarray, groups: list, rng: np.random.Generator, b: int,
+    resample_clips: bool,
+) -> tuple[np.ndarray, np.ndarray]:
+    """The two bootstrap stages: (B, K, m_max) drawn clip ids and the mask of real entries."""
+    # Stage 1: clusters with replacement, within each stratum -> (B, K) drawn cluster ids.
+    drawn = np.concatenate([g[rng.integers(0, g.size, size=(b, g.size))] for g in groups], axis=1)
+    # Stage 2: each drawn cluster's clips with replacement -> (B, K, m_max) clip ids + mask.
+    m = sizes[drawn][..., None]
+    m_max = table.shape[1]
+    if m_max == 1 or not resample_clips:
+        clips = table[drawn]
+    else:
+        within = np.floor(rng.random((*drawn.shape, m_max)) * m).astype(np.int64)
+        clips = table[drawn[..., None], within]
+    return clips, np.arange(m_max) < m
+
+
+def _clip_values(c: np.ndarray, clips: np.ndarray, rng: np.random.Generator, b: int) -> np.ndarray:
+    """The 0/1 values of the drawn ``clips``, averaged over resampled runs when R > 1."""
+    num_runs = c.shape[0]
+    # Runs with replacement: per-clip mean over the drawn runs, (B, n) (or (n,) for one run).
+    if num_runs > 1:
+        picks = rng.integers(0, num_runs, (b, num_runs)) + num_runs * np.arange(b)[:, None]
+        run_weights = np.bincount(picks.ravel(), minlength=b * num_runs).reshape(b, num_runs)
+        run_weights = run_weights / num_runs
+        per_clip = run_weights @ c  # (B, n)
+        return np.take_along_axis(per_clip, clips.reshape(b, -1), axis=1).reshape(clips.shape)
+    return c[0][clips]
+
+
 def bootstrap_accuracy(
     correct: Any,
     speakers: Any = None,
@@ -72,43 +115,16 @@ def bootstrap_accuracy(
     interval is conservative (up to sqrt(2) too wide when speakers do not differ at all);
     ``resample_clips=False`` keeps each drawn speaker's clips as they are (cluster bootstrap).
     """
-    c = np.asarray(correct, dtype=np.float64)
-    if c.ndim == 1:
-        c = c[None, :]
-    if c.ndim != 2 or c.shape[1] == 0 or c.shape[0] == 0:
-        raise ValueError(f"correct must have shape (n,) or (R, n) with n, R > 0, got {c.shape}")
-    if not np.all(np.isfinite(c)) or c.min() < 0.0 or c.max() > 1.0:
-        raise ValueError("correct must hold values in [0, 1]")
+    c = _checked_correct(correct)
     if num_resamples < 1:
         raise ValueError(f"num_resamples must be >= 1, got {num_resamples}")
     if not 0.0 < level < 1.0:
         raise ValueError(f"level must be in (0, 1), got {level}")
-    num_runs, n = c.shape
-    table, sizes, groups = _cluster_table(speakers, strata, n)
+    table, sizes, groups = _cluster_table(speakers, strata, c.shape[1])
     rng = np.random.default_rng(seed)
     b = num_resamples
-
-    # Stage 1: clusters with replacement, within each stratum -> (B, K) drawn cluster ids.
-    drawn = np.concatenate([g[rng.integers(0, g.size, size=(b, g.size))] for g in groups], axis=1)
-    # Stage 2: each drawn cluster's clips with replacement -> (B, K, m_max) clip ids + mask.
-    m = sizes[drawn][..., None]
-    m_max = table.shape[1]
-    if m_max == 1 or not resample_clips:
-        clips = table[drawn]
-        valid = np.arange(m_max) < m
-    else:
-        within = np.floor(rng.random((*drawn.shape, m_max)) * m).astype(np.int64)
-        clips = table[drawn[..., None], within]
-        valid = np.arange(m_max) < m
-    # Runs with replacement: per-clip mean over the drawn runs, (B, n) (or (n,) for one run).
-    if num_runs > 1:
-        picks = rng.integers(0, num_runs, (b, num_runs)) + num_runs * np.arange(b)[:, None]
-        run_weights = np.bincount(picks.ravel(), minlength=b * num_runs).reshape(b, num_runs)
-        run_weights = run_weights / num_runs
-        per_clip = run_weights @ c  # (B, n)
-        values = np.take_along_axis(per_clip, clips.reshape(b, -1), axis=1).reshape(clips.shape)
-    else:
-        values = c[0][clips]
+    clips, valid = _draw_clips(table, sizes, groups, rng, b, resample_clips)
+    values = _clip_values(c, clips, rng, b)
     sums = np.where(valid, values, 0.0).reshape(b, -1).sum(axis=1)
     counts = valid.reshape(b, -1).sum(axis=1)
     accuracies = sums / counts

@@ -114,6 +114,44 @@ class LogisticModel:
         return np.argmax(self.logits(x), axis=-1)
 
 
+def _checked_sets(
+    x_train: Any, y_train: Any, x_val: Any, y_val: Any, num_classes: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """(x_train, y_train, x_val, y_val) as flat features and int32 labels, checked."""
+    xtr, xva = _flatten(x_train), _flatten(x_val)
+    ytr = np.asarray(y_train).astype(np.int32).reshape(-1)
+    yva = np.asarray(y_val).astype(np.int32).reshape(-1)
+    if xtr.shape[0] != ytr.shape[0] or xva.shape[0] != yva.shape[0]:
+        raise ValueError("features and labels must have the same number of rows")
+    if xtr.shape[1] != xva.shape[1]:
+        raise ValueError(f"train has {xtr.shape[1]} features, validation {xva.shape[1]}")
+    if xtr.shape[0] == 0 or xva.shape[0] == 0:
+        raise ValueError("training and validation sets must be non-empty")
+    for name, labels in (("y_train", ytr), ("y_val", yva)):
+        if labels.min() < 0 or labels.max() >= num_classes:
+            raise ValueError(f"{name} must lie in [0, {num_classes})")
+    return xtr, ytr, xva, yva
+
+
+def _fit_grid(
+    ztr: np.ndarray, ytr: np.ndarray, grid: np.ndarray, c: int, max_iter: int
+) -> tuple[np.ndarray, np.ndarray, list[int]]:
+    """Weights (G, d, C), biases (G, C) and L-BFGS iteration counts at each ``grid`` strength."""
+    x_dev, y_dev = jnp.asarray(ztr), jnp.asarray(ytr)
+    d = ztr.shape[1]
+    theta = np.zeros(d * c + c)
+    fitted, counts = [], []
+    with _single_threaded_blas():
+        for l2 in grid[::-1]:  # strongest first; each warm-starts the next (same optimum)
+            theta, count = _solve(x_dev, y_dev, jnp.float32(l2), theta, max_iter)
+            fitted.append(theta)
+            counts.append(count)
+    fitted, counts = fitted[::-1], counts[::-1]
+    w = np.stack([t[: d * c].reshape(d, c) for t in fitted])
+    b = np.stack([t[d * c :] for t in fitted])
+    return w, b, counts
+
+
 def fit_logistic_regression(
     x_train: Any,
     y_train: Any,
@@ -131,18 +169,7 @@ def fit_logistic_regression(
     for symmetry with the other attackers and unused.
     """
     del seed
-    xtr, xva = _flatten(x_train), _flatten(x_val)
-    ytr = np.asarray(y_train).astype(np.int32).reshape(-1)
-    yva = np.asarray(y_val).astype(np.int32).reshape(-1)
-    if xtr.shape[0] != ytr.shape[0] or xva.shape[0] != yva.shape[0]:
-        raise ValueError("features and labels must have the same number of rows")
-    if xtr.shape[1] != xva.shape[1]:
-        raise ValueError(f"train has {xtr.shape[1]} features, validation {xva.shape[1]}")
-    if xtr.shape[0] == 0 or xva.shape[0] == 0:
-        raise ValueError("training and validation sets must be non-empty")
-    for name, labels in (("y_train", ytr), ("y_val", yva)):
-        if labels.min() < 0 or labels.max() >= num_classes:
-            raise ValueError(f"{name} must lie in [0, {num_classes})")
+    xtr, ytr, xva, yva = _checked_sets(x_train, y_train, x_val, y_val, num_classes)
     grid = np.asarray(sorted(float(v) for v in l2_grid), dtype=np.float64)
     if grid.size == 0 or np.any(grid < 0):
         raise ValueError(f"l2_grid must be non-empty and non-negative, got {l2_grid}")
@@ -153,18 +180,7 @@ def fit_logistic_regression(
     ztr = ((xtr - mean) / std).astype(np.float32)
     zva = ((xva - mean) / std).astype(np.float32)
 
-    x_dev, y_dev = jnp.asarray(ztr), jnp.asarray(ytr)
-    d, c = ztr.shape[1], int(num_classes)
-    theta = np.zeros(d * c + c)
-    fitted, counts = [], []
-    with _single_threaded_blas():
-        for l2 in grid[::-1]:  # strongest first; each warm-starts the next (same optimum)
-            theta, count = _solve(x_dev, y_dev, jnp.float32(l2), theta, int(max_iter))
-            fitted.append(theta)
-            counts.append(count)
-    fitted, counts = fitted[::-1], counts[::-1]
-    w = np.stack([t[: d * c].reshape(d, c) for t in fitted])  # (G, d, C)
-    b = np.stack([t[d * c :] for t in fitted])  # (G, C)
+    w, b, counts = _fit_grid(ztr, ytr, grid, int(num_classes), int(max_iter))
     val_correct = (np.argmax(np.matmul(zva, w) + b[:, None], -1) == yva).sum(-1)
     best = int(np.flatnonzero(val_correct == val_correct.max()).max())  # ties -> strongest
     train_pred = np.argmax(ztr @ w[best] + b[best], axis=-1)

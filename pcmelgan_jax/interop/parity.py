@@ -1,7 +1,7 @@
 """Number-for-number check against golden vectors of the original PyTorch modules.
 
 A golden file ``NAME.npz`` holds ``param/<PyTorch key>`` (float16, used as float32),
-``input/<name>`` and ``output/<name>`` (SPEC section 9). ``check_parity_file`` converts the
+``input/<name>`` and ``output/<name>``. ``check_parity_file`` converts the
 parameters with ``torch_import.convert_state_dict``, runs the matching Flax module compiled
 as the package's forward passes are (``compilation.jit(..., "inference")``: one program,
 not an XLA compile per operation) and reports the error of every output against its
@@ -15,6 +15,7 @@ import argparse
 import dataclasses
 import os
 import re
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -67,98 +68,125 @@ def _state_dict(data) -> dict[str, np.ndarray]:
     return {k[len("param/") :]: data[k] for k in data.files if k.startswith("param/")}
 
 
+@dataclasses.dataclass
+class _Golden:
+    """One golden file: its path, its name (less ``.npz``), the npz and its inputs and outputs."""
+
+    path: str
+    name: str
+    data: Any
+    inputs: dict[str, np.ndarray]
+    outputs: dict[str, np.ndarray]
+
+    def load(self, network: str, **arch) -> tuple[Any, Any]:
+        """(Flax module, variables converted from the file's PyTorch parameters)."""
+        from pcmelgan_jax.interop.torch_import import convert_state_dict
+        from pcmelgan_jax.models.registry import build_model
+
+        variables = convert_state_dict(network, _state_dict(self.data), source=self.path, **arch)
+        return build_model(network, **arch), variables
+
+
+def _check_audio2mel(g: _Golden, match: re.Match) -> list[Comparison]:
+    from pcmelgan_jax import audio
+
+    log_mel = compilation.jit(audio.log_mel, "inference")(g.inputs["audio"])
+    normalized, mean, std = compilation.jit(audio.normalize, "inference")(log_mel)
+    got = {"log_mel": log_mel, "normalized": normalized, "mean": mean, "std": std}
+    return [_compare(k, got[k], g.outputs[k], ABS_TOLERANCE) for k in sorted(g.outputs)]
+
+
+def _check_unet(g: _Golden, match: re.Match) -> list[Comparison]:
+    model, variables = g.load(g.name)
+    x = jnp.asarray(g.inputs["x"]).transpose(0, 2, 3, 1)  # NCHW -> NHWC
+    z = jnp.asarray(g.inputs["z"])
+    cond = jnp.asarray(g.inputs["cond"], jnp.int32) if g.name == "unet_generator" else None
+    apply = compilation.jit(model.apply, "inference", static_argnames=("train", "mutable"))
+    train_out, _ = apply(variables, x, z, cond, train=True, mutable=("batch_stats",))
+    eval_out = apply(variables, x, z, cond, train=False)
+    got = {
+        "train_mode": np.asarray(train_out).transpose(0, 3, 1, 2),
+        "eval_mode": np.asarray(eval_out).transpose(0, 3, 1, 2),
+    }
+    return [_compare(k, got[k], g.outputs[k], ABS_TOLERANCE) for k in sorted(g.outputs)]
+
+
+def _check_alexnet(g: _Golden, match: re.Match) -> list[Comparison]:
+    model, variables = g.load("alexnet", num_classes=int(match[1]))
+    apply = compilation.jit(model.apply, "inference")
+    logits = apply(variables, jnp.asarray(g.inputs["x"]).transpose(0, 2, 3, 1))
+    return [_compare("logits", logits, g.outputs["logits"], _relative(g.outputs["logits"]))]
+
+
+def _check_audionet(g: _Golden, match: re.Match) -> list[Comparison]:
+    model, variables = g.load("audionet", num_classes=int(match[1]))
+    apply = compilation.jit(model.apply, "inference")
+    logits, features = apply(variables, jnp.asarray(g.inputs["audio"])[:, 0])
+    got = {"logits": logits, "features": np.asarray(features).transpose(0, 2, 1)}
+    return [_compare(k, got[k], g.outputs[k], _relative(g.outputs[k])) for k in sorted(g.outputs)]
+
+
+def _check_melgan_generator(g: _Golden, match: re.Match) -> list[Comparison]:
+    from pcmelgan_jax.models.inference import generate, prepare_generator
+
+    model, variables = g.load(g.name)
+    apply = compilation.jit(model.apply, "inference")
+    audio_out = apply(variables, jnp.asarray(g.inputs["log_mel"]))[:, None, :]
+    # the inference path (anonymize's vocoder): the same function, fewer operations
+    fast = compilation.jit(generate, "inference", static_argnums=0)(
+        model, prepare_generator(model, variables), g.inputs["log_mel"])[:, None]
+    tolerance = _relative(g.outputs["audio"])
+    return [_compare("audio", audio_out, g.outputs["audio"], tolerance),
+            _compare("audio (generate)", fast, g.outputs["audio"], tolerance)]
+
+
+def _check_melgan_discriminator(g: _Golden, match: re.Match) -> list[Comparison]:
+    model, variables = g.load("melgan_discriminator", num_scales=int(match[1]))
+    apply = compilation.jit(model.apply, "inference")
+    results = apply(variables, jnp.asarray(g.inputs["audio"])[:, 0])
+    comparisons = []
+    expected = set(g.outputs)
+    for i, layers in enumerate(results):
+        for j, layer in enumerate(layers):
+            key = f"scale{i}/layer{j}"
+            if key not in g.outputs:
+                raise ValueError(f"{g.path}: the model produces {key}, the file lacks it")
+            expected.discard(key)
+            want = g.outputs[key]
+            comparisons.append(
+                _compare(key, np.asarray(layer).transpose(0, 2, 1), want, _relative(want))
+            )
+    if expected:
+        raise ValueError(f"{g.path}: outputs the model does not produce: {sorted(expected)}")
+    return comparisons
+
+
+# golden file name pattern -> its check
+_CHECKS = (
+    (r"audio2mel", _check_audio2mel),
+    (r"unet_filter|unet_generator", _check_unet),
+    (r"alexnet_k(\d+)", _check_alexnet),
+    (r"audionet_k(\d+)", _check_audionet),
+    (r"melgan_generator", _check_melgan_generator),
+    (r"melgan_discriminator_(\d+)scales", _check_melgan_discriminator),
+)
+
+
 def check_parity_file(path: str) -> list[Comparison]:
     """Runs the module that ``path`` (a golden ``.npz``) names and compares every output.
 
     Raises ``ValueError`` for a file name it does not recognise.
     """
-    from pcmelgan_jax import audio
-    from pcmelgan_jax.interop.torch_import import convert_state_dict
-    from pcmelgan_jax.models.inference import generate, prepare_generator
-    from pcmelgan_jax.models.registry import build_model
-
     name = os.path.basename(path)[: -len(".npz")]
     data = np.load(path)
     inputs = {k[len("input/") :]: data[k] for k in data.files if k.startswith("input/")}
     outputs = {k[len("output/") :]: data[k] for k in data.files if k.startswith("output/")}
-
-    if name == "audio2mel":
-        log_mel = compilation.jit(audio.log_mel, "inference")(inputs["audio"])
-        normalized, mean, std = compilation.jit(audio.normalize, "inference")(log_mel)
-        got = {"log_mel": log_mel, "normalized": normalized, "mean": mean, "std": std}
-        return [_compare(k, got[k], outputs[k], ABS_TOLERANCE) for k in sorted(outputs)]
-
-    if name in ("unet_filter", "unet_generator"):
-        variables = convert_state_dict(name, _state_dict(data), source=path)
-        model = build_model(name)
-        x = jnp.asarray(inputs["x"]).transpose(0, 2, 3, 1)  # NCHW -> NHWC
-        z = jnp.asarray(inputs["z"])
-        cond = jnp.asarray(inputs["cond"], jnp.int32) if name == "unet_generator" else None
-        apply = compilation.jit(model.apply, "inference", static_argnames=("train", "mutable"))
-        train_out, _ = apply(variables, x, z, cond, train=True, mutable=("batch_stats",))
-        eval_out = apply(variables, x, z, cond, train=False)
-        got = {
-            "train_mode": np.asarray(train_out).transpose(0, 3, 1, 2),
-            "eval_mode": np.asarray(eval_out).transpose(0, 3, 1, 2),
-        }
-        return [_compare(k, got[k], outputs[k], ABS_TOLERANCE) for k in sorted(outputs)]
-
-    if match := re.fullmatch(r"alexnet_k(\d+)", name):
-        variables = convert_state_dict(
-            "alexnet", _state_dict(data), source=path, num_classes=int(match[1])
-        )
-        model = build_model("alexnet", num_classes=int(match[1]))
-        apply = compilation.jit(model.apply, "inference")
-        logits = apply(variables, jnp.asarray(inputs["x"]).transpose(0, 2, 3, 1))
-        return [_compare("logits", logits, outputs["logits"], _relative(outputs["logits"]))]
-
-    if match := re.fullmatch(r"audionet_k(\d+)", name):
-        variables = convert_state_dict(
-            "audionet", _state_dict(data), source=path, num_classes=int(match[1])
-        )
-        model = build_model("audionet", num_classes=int(match[1]))
-        apply = compilation.jit(model.apply, "inference")
-        logits, features = apply(variables, jnp.asarray(inputs["audio"])[:, 0])
-        got = {"logits": logits, "features": np.asarray(features).transpose(0, 2, 1)}
-        return [_compare(k, got[k], outputs[k], _relative(outputs[k])) for k in sorted(outputs)]
-
-    if name == "melgan_generator":
-        variables = convert_state_dict(name, _state_dict(data), source=path)
-        model = build_model(name)
-        apply = compilation.jit(model.apply, "inference")
-        audio_out = apply(variables, jnp.asarray(inputs["log_mel"]))[:, None, :]
-        # the inference path (anonymize's vocoder): the same function, fewer operations
-        fast = compilation.jit(generate, "inference", static_argnums=0)(
-            model, prepare_generator(model, variables), inputs["log_mel"])[:, None]
-        tolerance = _relative(outputs["audio"])
-        return [_compare("audio", audio_out, outputs["audio"], tolerance),
-                _compare("audio (generate)", fast, outputs["audio"], tolerance)]
-
-    if match := re.fullmatch(r"melgan_discriminator_(\d+)scales", name):
-        num_scales = int(match[1])
-        variables = convert_state_dict(
-            "melgan_discriminator", _state_dict(data), source=path, num_scales=num_scales
-        )
-        model = build_model("melgan_discriminator", num_scales=num_scales)
-        apply = compilation.jit(model.apply, "inference")
-        results = apply(variables, jnp.asarray(inputs["audio"])[:, 0])
-        comparisons = []
-        expected = set(outputs)
-        for i, layers in enumerate(results):
-            for j, layer in enumerate(layers):
-                key = f"scale{i}/layer{j}"
-                if key not in outputs:
-                    raise ValueError(f"{path}: the model produces {key}, the file lacks it")
-                expected.discard(key)
-                want = outputs[key]
-                comparisons.append(
-                    _compare(key, np.asarray(layer).transpose(0, 2, 1), want, _relative(want))
-                )
-        if expected:
-            raise ValueError(f"{path}: outputs the model does not produce: {sorted(expected)}")
-        return comparisons
-
-    raise ValueError(f"{path}: unrecognised parity file name {name!r} (see SPEC section 9)")
+    golden = _Golden(path, name, data, inputs, outputs)
+    for pattern, check in _CHECKS:
+        if match := re.fullmatch(pattern, name):
+            return check(golden, match)
+    known = ", ".join(pattern for pattern, _ in _CHECKS)
+    raise ValueError(f"{path}: unrecognised parity file name {name!r} (known: {known})")
 
 
 def _run(args: argparse.Namespace) -> int:

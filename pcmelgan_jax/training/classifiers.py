@@ -176,86 +176,105 @@ def classifier_optimizers(config: Any) -> dict[str, optax.GradientTransformation
     }
 
 
-def build_stage(config: Any, workdir: str, mesh) -> stage_lib.Stage:
-    """The classifiers stage of ``config`` for ``loop.run``."""
-    names = sorted(config.classifiers)
-    for name in names:
-        if name not in CLASSIFIER_TASKS:
-            raise ValueError(
-                f"unknown classifier {name!r}; expected some of {list(CLASSIFIER_TASKS)}"
-            )
-    widths = classifier_widths(config)
-    label_smoothing = classifier_label_smoothing(config)
-    txs = classifier_optimizers(config)
-    init_key = jax.random.key(config.seed, impl="rbg")
-    networks = {}
-    for i, name in enumerate(names):
-        network, arch = classifier_network(name, widths[name])
-        networks[name] = network_state(
-            init_variables(network, arch, jax.random.fold_in(init_key, i)), txs[name]
-        )
-    state = sharding.replicate(new_train_state(networks), mesh)
-    eval_fn = compilation.jit(functools.partial(classifier_eval_step, widths=widths), "inference")
-    models_dir = run_layout.models_dir(workdir)
+class ClassifiersStage:
+    """The classifiers stage of one config: its methods are the ``Stage``'s callbacks. Each
+    classifier keeps its best validation loss's export and stops after ``config.patience``
+    evaluations without improvement (the stage stops when all have)."""
 
-    def evaluate(state, step):
-        params = {n: state.networks[n].params for n in names}
+    def __init__(self, config: Any, workdir: str, mesh):
+        self.config, self.workdir, self.mesh = config, workdir, mesh
+        self.names = sorted(config.classifiers)
+        for name in self.names:
+            if name not in CLASSIFIER_TASKS:
+                raise ValueError(
+                    f"unknown classifier {name!r}; expected some of {list(CLASSIFIER_TASKS)}"
+                )
+        self.widths = classifier_widths(config)
+        self.label_smoothing = classifier_label_smoothing(config)
+        self.txs = classifier_optimizers(config)
+        self.eval_fn = compilation.jit(
+            functools.partial(classifier_eval_step, widths=self.widths), "inference"
+        )
+
+    def initial_state(self) -> TrainState:
+        """Every classifier initialised from ``config.seed``, replicated on the mesh."""
+        init_key = jax.random.key(self.config.seed, impl="rbg")
+        networks = {}
+        for i, name in enumerate(self.names):
+            network, arch = classifier_network(name, self.widths[name])
+            networks[name] = network_state(
+                init_variables(network, arch, jax.random.fold_in(init_key, i)), self.txs[name]
+            )
+        return sharding.replicate(new_train_state(networks), self.mesh)
+
+    def evaluate(self, state: TrainState, step: int) -> dict[str, float]:
+        params = {n: state.networks[n].params for n in self.names}
         sums = None
-        for batch in stage_lib.eval_batches(config, mesh):
-            sums = stage_lib.sum_metrics(sums, eval_fn(params, batch))
+        for batch in stage_lib.eval_batches(self.config, self.mesh):
+            sums = stage_lib.sum_metrics(sums, self.eval_fn(params, batch))
         sums = jax.device_get(sums)
         count = max(float(sums["count"]), 1.0)
         out = {}
-        for n in names:
+        for n in self.names:
             out[f"{n}/loss"] = float(sums[f"{n}/loss_sum"]) / count
             out[f"{n}/accuracy"] = float(sums[f"{n}/correct"]) / count
         return out
 
-    def after_evaluation(state, step, metrics, book):
+    def _export(self, state: TrainState, name: str, step: int, metrics: dict) -> None:
+        network, arch = classifier_network(name, self.widths[name])
+        save_model(
+            run_layout.model_dir(self.workdir, name),
+            network,
+            jax.device_get({"params": state.networks[name].params}),
+            arch,
+            extra={
+                "step": step,
+                "validation_loss": metrics[f"{name}/loss"],
+                "validation_accuracy": metrics[f"{name}/accuracy"],
+                "label": CLASSIFIER_TASKS[name][1],
+            },
+            overwrite=True,
+        )
+
+    def after_evaluation(self, state: TrainState, step: int, metrics: dict, book: dict) -> bool:
         best = book.setdefault("best", {})
         stale = book.setdefault("evaluations_since_improvement", {})
-        for n in names:
+        for n in self.names:
             loss = metrics[f"{n}/loss"]
             if n not in best or loss < best[n]["loss"]:
-                network, arch = classifier_network(n, widths[n])
-                save_model(
-                    run_layout.model_dir(workdir, n),
-                    network,
-                    jax.device_get({"params": state.networks[n].params}),
-                    arch,
-                    extra={
-                        "step": step,
-                        "validation_loss": loss,
-                        "validation_accuracy": metrics[f"{n}/accuracy"],
-                        "label": CLASSIFIER_TASKS[n][1],
-                    },
-                    overwrite=True,
-                )
+                self._export(state, n, step, metrics)
                 best[n] = {"loss": loss, "accuracy": metrics[f"{n}/accuracy"], "step": step}
                 stale[n] = 0
             else:
                 stale[n] = stale.get(n, 0) + 1
-        return all(stale[n] >= config.patience for n in names)
+        return all(stale[n] >= self.config.patience for n in self.names)
 
-    def finalize(state, book):
+    def finalize(self, state: TrainState, book: dict) -> dict[str, Any]:
         best = book.get("best", {})
         if not best:  # never evaluated: export the final networks
-            metrics = evaluate(state, int(state.step))
-            after_evaluation(state, int(state.step), metrics, book)
+            metrics = self.evaluate(state, int(state.step))
+            self.after_evaluation(state, int(state.step), metrics, book)
             best = book["best"]
         return {
-            **{f"{n}/best_{k}": v for n in names for k, v in best[n].items()},
-            "models_dir": models_dir,
+            **{f"{n}/best_{k}": v for n in self.names for k, v in best[n].items()},
+            "models_dir": run_layout.models_dir(self.workdir),
         }
 
-    return stage_lib.Stage(
-        name="classifiers",
-        state=state,
-        train_step=jit_step(
-            classifier_step, txs=txs, widths=widths, label_smoothing=label_smoothing
-        ),
-        evaluate=evaluate,
-        after_evaluation=after_evaluation,
-        finalize=finalize,
-        bookkeeping={"best": {}, "evaluations_since_improvement": {}},
-    )
+    def stage(self) -> stage_lib.Stage:
+        return stage_lib.Stage(
+            name="classifiers",
+            state=self.initial_state(),
+            train_step=jit_step(
+                classifier_step, txs=self.txs, widths=self.widths,
+                label_smoothing=self.label_smoothing,
+            ),
+            evaluate=self.evaluate,
+            after_evaluation=self.after_evaluation,
+            finalize=self.finalize,
+            bookkeeping={"best": {}, "evaluations_since_improvement": {}},
+        )
+
+
+def build_stage(config: Any, workdir: str, mesh) -> stage_lib.Stage:
+    """The classifiers stage of ``config`` for ``loop.run``."""
+    return ClassifiersStage(config, workdir, mesh).stage()

@@ -182,9 +182,8 @@ def update_best(book: dict, step: int, mel_l1: float) -> bool:
     return False
 
 
-def build_stage(config: Any, workdir: str, mesh) -> stage_lib.Stage:
-    """The vocoder stage of ``config`` for ``loop.run``."""
-    hp = hyper(config)
+def _warmup_steps(config: Any, hp: VocoderHyper) -> int:
+    """``config.discriminator_start_step`` (0 if unset), checked against the mel loss weight."""
     warmup_steps = int(config.get("discriminator_start_step", 0) or 0)
     if warmup_steps > 0 and hp.mel_loss_weight <= 0:
         raise ValueError(
@@ -192,88 +191,106 @@ def build_stage(config: Any, workdir: str, mesh) -> stage_lib.Stage:
             "the mel-reconstruction loss alone first, so mel_loss_weight must be > 0 (it is "
             f"{hp.mel_loss_weight})"
         )
-    txs = {
-        "generator": adam(config.learning_rate_generator, config.b1, config.b2),
-        "discriminator": adam(config.learning_rate_discriminator, config.b1, config.b2),
-    }
-    init_key = jax.random.key(config.seed, impl="rbg")
-    g_arch, d_arch = _arch(config.generator), _arch(config.discriminator)
-    networks = {
-        "generator": network_state(
-            init_variables("melgan_generator", g_arch, jax.random.fold_in(init_key, 0)),
-            txs["generator"],
-        ),
-        "discriminator": network_state(
-            init_variables("melgan_discriminator", d_arch, jax.random.fold_in(init_key, 1)),
-            txs["discriminator"],
-        ),
-    }
-    state = sharding.replicate(new_train_state(networks), mesh)
-    eval_fn = compilation.jit(lambda p, b: vocoder_eval_step(p, b, hp=hp), "inference")
-    generate = compilation.jit(
-        lambda p, audio: hp.generator().apply({"params": p}, log_mel(audio)), "inference"
-    )
+    return warmup_steps
 
-    def evaluate(state, step):
+
+class VocoderStage:
+    """The vocoder stage of one config: its methods are the ``Stage``'s callbacks."""
+
+    def __init__(self, config: Any, workdir: str, mesh):
+        self.config, self.workdir, self.mesh = config, workdir, mesh
+        self.hp = hp = hyper(config)
+        self.warmup_steps = _warmup_steps(config, hp)
+        self.txs = {
+            "generator": adam(config.learning_rate_generator, config.b1, config.b2),
+            "discriminator": adam(config.learning_rate_discriminator, config.b1, config.b2),
+        }
+        self.archs = {"generator": _arch(config.generator),
+                      "discriminator": _arch(config.discriminator)}
+        self.eval_fn = compilation.jit(lambda p, b: vocoder_eval_step(p, b, hp=hp), "inference")
+        self.generate = compilation.jit(
+            lambda p, audio: hp.generator().apply({"params": p}, log_mel(audio)), "inference"
+        )
+        self.full_step = jit_step(vocoder_step, hp=hp, txs=self.txs)
+        if self.warmup_steps > 0:
+            self.warmup_step = jit_step(vocoder_warmup_step, hp=hp, txs=self.txs)
+
+    def initial_state(self) -> TrainState:
+        """Both networks initialised from ``config.seed``, replicated on the mesh."""
+        init_key = jax.random.key(self.config.seed, impl="rbg")
+        networks = {
+            name: network_state(
+                init_variables(f"melgan_{name}", self.archs[name], jax.random.fold_in(init_key, i)),
+                self.txs[name],
+            )
+            for i, name in enumerate(("generator", "discriminator"))
+        }
+        return sharding.replicate(new_train_state(networks), self.mesh)
+
+    def train_step(self, state: TrainState, batch: Any, rng: Array) -> tuple[TrainState, dict]:
+        """The warm-up step for the first ``warmup_steps`` steps, then the full step."""
+        step = int(jax.device_get(state.step))
+        return (self.warmup_step if step < self.warmup_steps else self.full_step)(
+            state, batch, rng)
+
+    def evaluate(self, state: TrainState, step: int) -> dict[str, float]:
         sums = None
-        for batch in stage_lib.eval_batches(config, mesh):
-            sums = stage_lib.sum_metrics(sums, eval_fn(state.networks["generator"].params, batch))
+        for batch in stage_lib.eval_batches(self.config, self.mesh):
+            sums = stage_lib.sum_metrics(
+                sums, self.eval_fn(state.networks["generator"].params, batch))
         sums = jax.device_get(sums)
         return {"mel_l1": float(sums["mel_l1_sum"]) / max(float(sums["count"]), 1.0)}
 
-    def export(state, step, mel_l1):
+    def export(self, state: TrainState, step: int, mel_l1: float) -> None:
         extra = {"step": step, "validation_mel_l1": mel_l1}
-        for name, arch in (("generator", g_arch), ("discriminator", d_arch)):
+        for name in ("generator", "discriminator"):
             save_model(
-                run_layout.model_dir(workdir, name),
+                run_layout.model_dir(self.workdir, name),
                 f"melgan_{name}",
                 jax.device_get({"params": state.networks[name].params}),
-                arch,
+                self.archs[name],
                 extra=extra,
                 overwrite=True,
             )
 
-    def after_evaluation(state, step, metrics, book):
+    def after_evaluation(self, state: TrainState, step: int, metrics: dict, book: dict) -> bool:
         if update_best(book, step, metrics["mel_l1"]):
-            export(state, step, metrics["mel_l1"])
+            self.export(state, step, metrics["mel_l1"])
         return False
 
-    def write_samples(state, step):
+    def write_samples(self, state: TrainState, step: int) -> None:
         # every process computes (the generator spans them all); process 0 writes
-        batch = next(iter(stage_lib.eval_batches(config, mesh)))
-        n = min(int(config.num_samples), batch["audio"].shape[0])
+        batch = next(iter(stage_lib.eval_batches(self.config, self.mesh)))
+        n = min(int(self.config.num_samples), batch["audio"].shape[0])
         audio = np.asarray(sharding.to_host(batch["audio"]))[:n]
-        fake = np.asarray(sharding.to_host(generate(state.networks["generator"].params, audio)))
+        fake = np.asarray(
+            sharding.to_host(self.generate(state.networks["generator"].params, audio)))
         if jax.process_index() != 0:
             return
-        folder = os.path.join(workdir, run_layout.SAMPLES, f"step_{step:07d}")
+        folder = os.path.join(self.workdir, run_layout.SAMPLES, f"step_{step:07d}")
         for i in range(n):
             write_audio(os.path.join(folder, f"{i}_real.wav"), audio[i])
             write_audio(os.path.join(folder, f"{i}_vocoded.wav"), fake[i])
 
-    def finalize(state, book):
+    def finalize(self, state: TrainState, book: dict) -> dict[str, Any]:
         if book.get("best_mel_l1") is None:
             step = int(jax.device_get(state.step))
-            after_evaluation(state, step, evaluate(state, step), book)
+            self.after_evaluation(state, step, self.evaluate(state, step), book)
         return {"best_mel_l1": book["best_mel_l1"], "best_step": book["best_step"]}
 
-    full_step = jit_step(vocoder_step, hp=hp, txs=txs)
-    if warmup_steps > 0:
-        warmup_step = jit_step(vocoder_warmup_step, hp=hp, txs=txs)
+    def stage(self) -> stage_lib.Stage:
+        return stage_lib.Stage(
+            name="vocoder",
+            state=self.initial_state(),
+            train_step=self.train_step if self.warmup_steps > 0 else self.full_step,
+            evaluate=self.evaluate,
+            after_evaluation=self.after_evaluation,
+            write_samples=self.write_samples,
+            finalize=self.finalize,
+            bookkeeping={"best_mel_l1": None, "best_step": None},
+        )
 
-        def train_step(state, batch, rng):
-            step = int(jax.device_get(state.step))
-            return (warmup_step if step < warmup_steps else full_step)(state, batch, rng)
-    else:
-        train_step = full_step
 
-    return stage_lib.Stage(
-        name="vocoder",
-        state=state,
-        train_step=train_step,
-        evaluate=evaluate,
-        after_evaluation=after_evaluation,
-        write_samples=write_samples,
-        finalize=finalize,
-        bookkeeping={"best_mel_l1": None, "best_step": None},
-    )
+def build_stage(config: Any, workdir: str, mesh) -> stage_lib.Stage:
+    """The vocoder stage of ``config`` for ``loop.run``."""
+    return VocoderStage(config, workdir, mesh).stage()
