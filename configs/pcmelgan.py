@@ -1,7 +1,7 @@
 """PCMelGAN: filter F, generator G and their discriminators FD, GD on the fixed classifiers.
 
     python train.py --config configs/pcmelgan.py --workdir DIR          # the paper's settings
-    python train.py --config configs/pcmelgan.py:small --workdir DIR    # ~10 min on CPU
+    python train.py --config configs/pcmelgan.py:small --workdir DIR    # the small CPU settings
     python train.py --config configs/pcmelgan.py:filter_only ...        # the Filter baseline
 
 Paper settings: eps 0.05, lambda 100, Adam lr F = G = 1e-4, FD = GD = 4e-4, batch 128.
