@@ -6,6 +6,8 @@ Stages: classifiers, vocoder, pcmelgan (see configs/).
 Re-running the same command resumes from the latest checkpoint in ``DIR/checkpoints``.
 """
 
+import sys
+
 from absl import app, flags
 from ml_collections import config_flags
 
@@ -22,9 +24,9 @@ flags.mark_flags_as_required(["config", "workdir"])
 def main(argv: list[str]) -> None:
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-    from pcmelgan_jax.commands import train_stage
+    from pcmelgan_jax.commands import train_or_report
 
-    train_stage(FLAGS.config, FLAGS.workdir)
+    sys.exit(train_or_report("train.py", FLAGS.config, FLAGS.workdir))
 
 
 if __name__ == "__main__":

@@ -7,6 +7,8 @@
 #   vocoder_parts  vocoder_parts.json + profile/: the vocoder step, G and D vs PyTorch,
 #                  batch 128, and the step's device time per HLO op (bench_vocoder_parts)
 #   train          train.json: train-step throughput per stage, JAX vs PyTorch, batch 16/128
+#   loop           loop.json: the whole training loop (data, step, logging, checkpoints)
+#                  against its jitted step alone, classifiers and vocoder (bench_loop)
 #   seeds_16, seeds_32, seeds_128
 #                  seeds_<b>.json: 4 PCMelGAN seeds in one program, vmapped and unrolled, vs
 #                  4 sequential steps (what steps.VMAP_MAX_BATCH is set from)
@@ -33,8 +35,8 @@ REPEATS=${REPEATS:-10}
 DEADLINE=${DEADLINE:-570}
 LIMIT_STEP=${LIMIT_STEP:-180}
 LIMIT_TESTS=${LIMIT_TESTS:-300}
-STEPS=${STEPS:-vocoder_parts train seeds_16 seeds_32 seeds_128 tests train_bf16 anonymize \
-grouped_conv}
+STEPS=${STEPS:-vocoder_parts train loop seeds_16 seeds_32 seeds_128 tests train_bf16 \
+anonymize grouped_conv}
 start=$(date +%s)
 say() { echo "[$(date +%T) +$(( $(date +%s) - start ))s] $*"; }
 pack() { [ -z "${PACK:-}" ] || tar czf "$PACK" -C "$out" . 2>/dev/null; }
@@ -72,6 +74,9 @@ for name in $STEPS; do
     train)
       run_step "$name" "$LIMIT_STEP" $py -m bench.bench_train --batch-sizes 16,128 \
         --repeats "$REPEATS" --out "$out/train.json" ;;
+    loop)
+      run_step "$name" "$LIMIT_STEP" $py -m bench.bench_loop --stage classifiers \
+        --stage vocoder --steps 100 --repeats 3 --out "$out/loop.json" ;;
     seeds_*)
       run_step "$name" "$LIMIT_STEP" $py -m bench.bench_seeds --num-seeds 4 \
         --batch-size "${name#seeds_}" --strategies vmap,unroll --repeats "$REPEATS" \

@@ -35,6 +35,19 @@ def train_stage(config: Any, workdir: str) -> Any:
     return train(config, workdir)
 
 
+def train_or_report(command: str, config: Any, workdir: str) -> int:
+    """Trains ``config`` in ``workdir``; a run folder busy with another process is one line on
+    stderr and exit code 2 (a diverged run still raises: its traceback names the step)."""
+    from pcmelgan_jax.workdir import WorkdirBusyError
+
+    try:
+        train_stage(config, workdir)
+    except WorkdirBusyError as e:
+        print(f"{command}: error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
 def evaluate(config: Any, workdir: str) -> Any:
     """Evaluates the runs ``config`` names (see configs/eval.py); returns results.json."""
     from pcmelgan_jax.evaluation.protocol import run_evaluation
@@ -55,8 +68,7 @@ def _train(args: argparse.Namespace) -> int:
     except ConfigError as e:
         print(f"pcmelgan-jax train: error: {e}", file=sys.stderr)
         return 2
-    train_stage(config, args.workdir)
-    return 0
+    return train_or_report("pcmelgan-jax train", config, args.workdir)
 
 
 def evaluate_or_report(command: str, make_config: Callable[[], Any], workdir: str) -> int:

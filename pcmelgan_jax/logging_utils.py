@@ -1,5 +1,6 @@
 """Training logs without TensorFlow: TensorBoard event files (tensorboardX), ``metrics.jsonl``
-(one JSON object per logged step), a tqdm progress bar with rate and ETA, and sample panels.
+(one JSON object per logged step; TensorBoard also gets sample images and audio), a tqdm
+progress bar with rate and ETA, and sample panels.
 
 Only process 0 writes; other processes get no-op writers.
 """
@@ -9,6 +10,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import struct
 import time
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -16,6 +18,7 @@ from typing import Any
 import jax
 import numpy as np
 
+from pcmelgan_jax.audio import SAMPLE_RATE
 from pcmelgan_jax.workdir import METRICS_JSONL, atomic_path
 
 
@@ -55,14 +58,19 @@ class MetricWriter:
         self._jsonl.write(json.dumps(line) + "\n")
         self._jsonl.flush()
 
-    def write_image(self, step: int, tag: str, path: str) -> None:
-        """Adds a PNG file to TensorBoard."""
+    def write_image(self, step: int, tag: str, image: np.ndarray) -> None:
+        """Adds an (H, W, 3) image (uint8, or floats in [0, 1]; a 4th channel is dropped)."""
         if not self.enabled:
             return
-        import matplotlib.image
+        self._tb.add_image(tag, np.asarray(image)[..., :3], step, dataformats="HWC")
 
-        image = matplotlib.image.imread(path)[..., :3]
-        self._tb.add_image(tag, image, step, dataformats="HWC")
+    def write_audio(self, step: int, tag: str, audio: np.ndarray,
+                    sample_rate: int = SAMPLE_RATE) -> None:
+        """Adds a mono float waveform (clipped to [-1, 1]) as a wav clip."""
+        if not self.enabled:
+            return
+        audio = np.clip(np.asarray(audio, np.float32).reshape(-1), -1.0, 1.0)
+        self._tb.add_audio(tag, audio, step, sample_rate=sample_rate)
 
     def flush(self) -> None:
         if self.enabled:
@@ -74,6 +82,26 @@ class MetricWriter:
             self._tb.close()
             self._jsonl.close()
             self.enabled = False
+
+
+def read_summaries(logdir: str | os.PathLike) -> list[tuple[int, Any]]:
+    """(step, ``Summary.Value``) of every summary in the TensorBoard event files of
+    ``logdir``, in file and write order; reads with tensorboardX's protos (no tensorboard)."""
+    from tensorboardX.proto.event_pb2 import Event
+
+    found = []
+    for name in sorted(os.listdir(logdir)):
+        if not name.startswith("events.out.tfevents"):
+            continue
+        with open(os.path.join(logdir, name), "rb") as f:
+            data = f.read()
+        pos = 0
+        while pos + 12 <= len(data):  # records: length, its CRC, the event, its CRC
+            (length,) = struct.unpack("<Q", data[pos:pos + 8])
+            event = Event.FromString(data[pos + 12:pos + 12 + length])
+            found.extend((int(event.step), v) for v in event.summary.value)
+            pos += 12 + length + 4
+    return found
 
 
 def progress_bar(total: int, initial: int, description: str, enabled: bool = True):
@@ -105,21 +133,21 @@ def spectrogram_panel(
     rows: Sequence[Sequence[np.ndarray]],
     titles: Sequence[str],
     row_labels: Sequence[str] | None = None,
-) -> str:
-    """Saves a grid of spectrograms (each (80, 32), mel x frames) as a PNG; returns the path.
+) -> np.ndarray:
+    """Draws a grid of spectrograms (each (80, 32), mel x frames), saves it as a PNG at
+    ``path`` and returns the image, (H, W, 3) uint8 (e.g. for ``MetricWriter.write_image``).
 
     ``rows[i][j]`` is drawn in row i, column j; ``titles`` name the columns (e.g. original,
     filtered, sampled male, sampled female).
     """
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    import matplotlib.image
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
 
     n_rows, n_cols = len(rows), len(titles)
-    fig, axes = plt.subplots(
-        n_rows, n_cols, figsize=(2.6 * n_cols, 2.4 * n_rows), squeeze=False
-    )
+    fig = Figure(figsize=(2.6 * n_cols, 2.4 * n_rows), dpi=80)  # no pyplot: no global state
+    canvas = FigureCanvasAgg(fig)
+    axes = fig.subplots(n_rows, n_cols, squeeze=False)
     for i, row in enumerate(rows):
         for j, spec in enumerate(row):
             ax = axes[i][j]
@@ -131,8 +159,8 @@ def spectrogram_panel(
             if j == 0 and row_labels:
                 ax.set_ylabel(row_labels[i], fontsize=8)
     fig.tight_layout()
-    path = os.fspath(path)
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, dpi=80, format="png")
-    plt.close(fig)
-    return path
+    canvas.draw()
+    image = np.array(canvas.buffer_rgba())[..., :3]
+    with atomic_path(os.fspath(path)) as tmp:
+        matplotlib.image.imsave(tmp, image, format="png")
+    return image

@@ -9,6 +9,7 @@ A run folder (a stage's ``--workdir``, or one seed of a multi-seed run) holds::
     metrics.jsonl         training and evaluation scalars (also in tensorboard/)
     final_metrics.json    written last: its presence marks the run as complete
     seed_<S>/             with ``num_seeds`` > 1: seed S as a run folder of its own
+    .lock                 held (``fcntl.flock``) by the process training in the folder
 
 Every file another program may read while this one runs (markers, configs, reports, wavs)
 goes through ``atomic_path``: it is written under a temporary name next to its destination
@@ -18,9 +19,12 @@ and renamed into place, so a reader sees the old file or the new one, never a pa
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import json
 import os
 import secrets
+import socket
+import time
 from collections.abc import Iterable, Iterator
 from typing import Any
 
@@ -31,6 +35,12 @@ MODELS = "models"
 SAMPLES = "samples"
 METRICS_JSONL = "metrics.jsonl"
 MODEL_JSON = "model.json"  # inside an exported network's folder: what the network is
+LOCK = ".lock"
+_held: set[str] = set()  # run folders this process holds the lock of
+
+
+class WorkdirBusyError(RuntimeError):
+    """Another process holds the run folder's lock."""
 
 
 def models_dir(run: str | os.PathLike) -> str:
@@ -123,3 +133,40 @@ def read_json(path: str | os.PathLike) -> dict[str, Any]:
             return json.load(f)
         except json.JSONDecodeError as e:
             raise ValueError(f"{path}: not valid JSON ({e})") from None
+
+
+@contextlib.contextmanager
+def exclusive(run: str | os.PathLike) -> Iterator[None]:
+    """Holds ``RUN/.lock`` while the block runs; raises WorkdirBusyError (one line, naming the
+    holder) when another process holds it. Re-entrant within one process.
+
+    The lock is an ``fcntl.flock`` on an open file: the kernel releases it when its process
+    exits, however it exits (SIGKILL too), so a killed run never leaves it stuck. The file
+    itself stays; it only records the last holder for the message.
+    """
+    run = os.path.abspath(os.fspath(run))
+    if run in _held:
+        yield
+        return
+    os.makedirs(run, exist_ok=True)
+    with open(os.path.join(run, LOCK), "a+", encoding="utf-8") as f:
+        try:
+            fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            f.seek(0)
+            holder = f.read().strip() or "another process"
+            raise WorkdirBusyError(
+                f"{run}: already in use by {holder}; wait for it to finish or use another "
+                "--workdir"
+            ) from None
+        f.seek(0)
+        f.truncate()
+        f.write(f"pid {os.getpid()} on {socket.gethostname()} since "
+                f"{time.strftime('%Y-%m-%d %H:%M:%S')}\n")
+        f.flush()
+        _held.add(run)
+        try:
+            yield
+        finally:
+            _held.discard(run)
+            fcntl.flock(f.fileno(), fcntl.LOCK_UN)

@@ -38,3 +38,17 @@ def conv_groups():
         return found
 
     return groups
+
+
+@pytest.fixture(scope="session")
+def tiny_data(tmp_path_factory) -> str:
+    """The prepared TFDS data of a tiny synthetic corpus (6 speakers x 10 digits x 2
+    repetitions: 1 F + 1 M speaker in each of train, validation and test; 40 utterances per
+    split), shared read-only by the training tests."""
+    from pcmelgan_jax.data.prepare import prepare
+    from pcmelgan_jax.data.synth import synthesize_corpus
+
+    root = tmp_path_factory.mktemp("tiny_data")
+    synthesize_corpus(root / "corpus", speakers=6, reps=2, seed=0)
+    prepare(root / "corpus", root / "data", "all")
+    return str(root / "data")

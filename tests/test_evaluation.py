@@ -452,6 +452,19 @@ def test_find_runs_one_and_two_levels_down(tmp_path):
     assert evaluation.find_runs("", tmp_path / "sweep") == expected
 
 
+def test_seed_runs_are_named_after_their_run(tmp_path):
+    """Seed S of a multi-seed run RUN (RUN/seed_<S>) is reported as RUN_seed_<S>."""
+    from pcmelgan_jax.evaluation.runs import run_name
+
+    packed = tmp_path / "sweep" / "eps0.05_seeds0-1"
+    (packed / "seed_0").mkdir(parents=True)
+    (packed / "config.json").write_text("{}")
+    assert run_name(packed / "seed_0") == "eps0.05_seeds0-1_seed_0"
+    assert run_name(packed) == "eps0.05_seeds0-1"
+    (tmp_path / "other" / "seed_0").mkdir(parents=True)  # not inside a run
+    assert run_name(tmp_path / "other" / "seed_0") == "seed_0"
+
+
 def test_find_runs_errors(tmp_path):
     with pytest.raises(evaluation.EvaluationError, match="matches nothing"):
         evaluation.find_runs("nope*", tmp_path)

@@ -41,15 +41,17 @@ def run_suite(tmp_path: Path, **env: str) -> tuple[str, list[str], Path]:
 
 def test_steps_run_one_at_a_time_in_the_order_given(tmp_path):
     stdout, commands, out = run_suite(
-        tmp_path, STEPS="seeds_32 vocoder_parts train tests bogus",
+        tmp_path, STEPS="seeds_32 vocoder_parts train loop tests bogus",
         PACK=str(tmp_path / "suite.tgz"))
     assert [c.split()[1] for c in commands] == [
-        "bench.bench_seeds", "bench.bench_vocoder_parts", "bench.bench_train", "pytest"]
+        "bench.bench_seeds", "bench.bench_vocoder_parts", "bench.bench_train",
+        "bench.bench_loop", "pytest"]
+    assert "--stage classifiers --stage vocoder" in commands[3]
     assert "--batch-size 32 --strategies vmap,unroll" in commands[0]
     assert f"--profile {out}/profile" in commands[1] and "--batch-size 128" in commands[1]
     assert "failed train (rc 3" in stdout  # the fake bench_train exits 3; the suite goes on
     assert "unknown step bogus" in stdout and "done" in stdout
-    assert (out / "suite.log").read_text().count("(limit ") == 4
+    assert (out / "suite.log").read_text().count("(limit ") == 5
     with tarfile.open(tmp_path / "suite.tgz") as tar:
         assert "./suite.log" in tar.getnames() and "./tests.log" in tar.getnames()
 

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 import json
 import os
+import shutil
 
 import jax
 import jax.numpy as jnp
@@ -25,15 +27,6 @@ from pcmelgan_jax.training import stage as stage_lib
 SPEAKERS, REPS = 6, 2  # per gender 1 train / 1 validation / 1 test speaker; 40 utterances each
 
 
-@pytest.fixture(scope="session")
-def tiny_data(tmp_path_factory):
-    from pcmelgan_jax.data.prepare import prepare
-    from pcmelgan_jax.data.synth import synthesize_corpus
-
-    root = tmp_path_factory.mktemp("train_data")
-    synthesize_corpus(root / "corpus", speakers=SPEAKERS, reps=REPS, seed=0)
-    prepare(root / "corpus", root / "data", "all")
-    return str(root / "data")
 
 
 def _classifier_config(data_dir, **overrides):
@@ -166,6 +159,222 @@ def test_nan_loss_stops_and_keeps_last_good_checkpoint(cls_stage, tmp_path):
     restored, _, _ = checkpoints.restore(mngr, 2, sharding.replicate(initial, mesh))
     mngr.close()
     assert all(np.all(np.isfinite(x)) for x in jax.tree.leaves(jax.device_get(restored)))
+
+
+@pytest.fixture
+def d2h_guard_on_cpu(monkeypatch):
+    """``jax.transfer_guard_device_to_host`` that also fires on CPU.
+
+    XLA:CPU arrays already live in host memory, so JAX's own device-to-host guard never fires
+    there; while a disallowing guard is active, this one also refuses what every fetch
+    (``jax.device_get``, ``np.asarray``, ``float``) goes through: ``ArrayImpl._value``.
+    """
+    from jax._src import array as array_lib
+
+    real_guard, real_value = jax.transfer_guard_device_to_host, array_lib.ArrayImpl._value
+    active = []
+
+    @contextlib.contextmanager
+    def guard(level):
+        with real_guard(level):
+            active.append(level.startswith("disallow"))
+            try:
+                yield
+            finally:
+                active.pop()
+
+    def value(self):
+        if active and active[-1]:
+            raise RuntimeError(f"Disallowed device-to-host transfer: {self.aval}")
+        return real_value.fget(self)
+
+    monkeypatch.setattr(jax, "transfer_guard_device_to_host", guard)
+    monkeypatch.setattr(array_lib.ArrayImpl, "_value", property(value))
+
+
+def test_steps_between_host_events_fetch_nothing(cls_stage, tmp_path, d2h_guard_on_cpu):
+    """Metrics stay on the device between logs, evaluations and checkpoints: the loop runs
+    those steps under a guard that refuses every device-to-host transfer, explicit ones too.
+    The same guard stops a step that fetches its metrics, as the loop once did."""
+    config, mesh, stage, initial = cls_stage
+    config = _classifier_config(config.data_dir, num_train_steps=7, log_every_steps=3,
+                                eval_every_steps=-1, checkpoint_every_steps=-1)
+    w = str(tmp_path / "guarded")
+    final = loop.run(config, w, _light_stage(config, mesh, w, initial, stage.train_step),
+                     mesh, transfer_guard="disallow_explicit")
+    assert final["step"] == 7
+    logged = [json.loads(x) for x in open(os.path.join(w, "metrics.jsonl"))]
+    train = [m for m in logged if m["split"] == "train"]
+    assert [m["step"] for m in train] == [3, 6, 7]  # every window averaged and logged
+    assert all(np.isfinite(m["spec_gender/loss"]) for m in train)
+
+    def fetching(state, batch, rng):
+        state, metrics = stage.train_step(state, batch, rng)
+        return state, jax.device_get(metrics)
+
+    w = str(tmp_path / "fetching")
+    with pytest.raises(Exception, match="[Dd]isallowed device-to-host transfer"):
+        loop.run(config, w, _light_stage(config, mesh, w, initial, fetching), mesh,
+                 transfer_guard="disallow_explicit")
+
+
+def test_nan_between_host_events_is_caught_before_the_next_checkpoint(cls_stage, tmp_path,
+                                                                     d2h_guard_on_cpu):
+    """A NaN at step 4, between the step-3 checkpoint and the step-5 log, is found at step 5
+    (the window's health is checked there), named as step 4, and nothing after step 3 is
+    saved."""
+    config, mesh, stage, initial = cls_stage
+    config = _classifier_config(config.data_dir, num_train_steps=6, log_every_steps=5,
+                                eval_every_steps=-1, checkpoint_every_steps=3)
+
+    def poison(state, batch, rng):
+        state, metrics = stage.train_step(state, batch, rng)
+        nan = jnp.where(state.step == 4, jnp.nan, 0.0)  # on the device: no fetch
+        return state, {**metrics, "spec_gender/loss": metrics["spec_gender/loss"] + nan}
+
+    w = str(tmp_path / "nan")
+    with pytest.raises(loop.TrainingDivergedError,
+                       match=r"at step 4 \(spec_gender/loss\), found at step 5.*step 3"):
+        loop.run(config, w, _light_stage(config, mesh, w, initial, poison), mesh,
+                 transfer_guard="disallow_explicit")
+    assert sorted(os.listdir(os.path.join(w, "checkpoints"))) == ["3"]
+
+
+def _hold_lock(folder: str):
+    """A second process holding ``folder``'s run lock (until killed)."""
+    import subprocess
+    import sys
+
+    code = ("import sys, time\nfrom pcmelgan_jax.workdir import exclusive\n"
+            "with exclusive(sys.argv[1]):\n    print('held', flush=True)\n    time.sleep(600)\n")
+    holder = subprocess.Popen([sys.executable, "-c", code, folder], stdout=subprocess.PIPE,
+                              text=True)
+    assert holder.stdout.readline().strip() == "held"
+    return holder
+
+
+def test_metrics_window_averages_each_metric_over_the_steps_that_reported_it():
+    """A metric that appears later (the vocoder's discriminator loss after its start step) is
+    averaged over its own steps; health names the first bad step and metric."""
+    window = loop.MetricsWindow()
+    window.add({"g": jnp.float32(1.0), "finite": jnp.float32(1.0)}, 1)
+    window.add({"g": jnp.float32(3.0), "d": jnp.float32(2.0), "finite": jnp.float32(1.0)}, 2)
+    window.add({"g": jnp.float32(5.0), "d": jnp.float32(jnp.inf), "finite": jnp.float32(0.0)}, 3)
+    window.add({"g": jnp.float32(jnp.nan), "d": jnp.float32(1.0), "finite": jnp.float32(0.0)}, 4)
+    health = window.take_health()
+    assert not health["ok"] and health["first_bad"] == 3
+    assert {k: bool(v) for k, v in health["bad"].items()} == {"g": True, "d": True}
+    window.add({"g": jnp.float32(2.0), "d": jnp.float32(4.0), "finite": jnp.float32(1.0)}, 5)
+    assert window.take_health()["ok"]  # a new window after each check
+    sums, counts, steps = window.take_sums()
+    assert counts == {"g": 5, "d": 4} and steps == 5
+    assert float(sums["g"]) != float(sums["g"])  # the NaN stays in the logged sum
+    window.add({"g": jnp.float32(2.0), "finite": jnp.float32(1.0)}, 6)
+    sums, counts, steps = window.take_sums()
+    assert (float(sums["g"]), counts, steps) == (2.0, {"g": 1}, 1)
+
+
+def test_second_process_on_a_run_folder_is_refused(cls_stage, tmp_path, capsys):
+    """While one process trains in a folder (holds WORKDIR/.lock), another is refused at once
+    with one line naming the folder and the holder (the CLI exits 2); once the holder is
+    killed (SIGKILL), the folder trains again."""
+    from pcmelgan_jax import cli
+    from pcmelgan_jax import workdir as run_layout
+
+    config, mesh, stage, initial = cls_stage
+    w = str(tmp_path / "busy")
+    holder = _hold_lock(w)
+    try:
+        with pytest.raises(run_layout.WorkdirBusyError,
+                           match=f"{w}: already in use by pid {holder.pid} "):
+            loop.run(config, w, _light_stage(config, mesh, w, initial, stage.train_step), mesh)
+        spec = os.path.join(os.path.dirname(__file__), "..", "configs", "classifiers.py:small")
+        assert cli.main(["train", "--config", spec, "--workdir", w,
+                         f"--config.data_dir={config.data_dir}"]) == 2
+        err = capsys.readouterr().err.strip()
+        assert err.startswith(f"pcmelgan-jax train: error: {w}: already in use by pid "
+                              f"{holder.pid} ") and "\n" not in err
+        assert not os.path.exists(os.path.join(w, "checkpoints"))
+    finally:
+        holder.kill()
+        holder.wait()
+    final = loop.run(config, w, _light_stage(config, mesh, w, initial, stage.train_step), mesh)
+    assert final["step"] == config.num_train_steps
+
+
+_KILL_DURING_SAVE = """
+import os, signal, sys
+import jax
+from orbax.checkpoint._src.path import atomicity
+from pcmelgan_jax.commands import train_stage
+from pcmelgan_jax.config_files import load_config
+
+# every item of the step-4 checkpoint is written under its temporary name; die before the
+# commit that makes it a checkpoint (the rename), as a SIGKILL in the middle of a save would
+finalize = atomicity.AtomicRenameTemporaryPath.finalize
+
+async def killing_finalize(self, *args, **kwargs):
+    if os.path.basename(str(self._final_path)) == "4":
+        os.kill(os.getpid(), signal.SIGKILL)
+    return await finalize(self, *args, **kwargs)
+
+atomicity.AtomicRenameTemporaryPath.finalize = killing_finalize
+jax.config.update("jax_num_cpu_devices", 1)
+train_stage(load_config(sys.argv[1]), sys.argv[2])
+"""
+
+
+def test_sigkill_during_a_checkpoint_save_resumes_from_the_last_complete_one(
+        cls_stage, tmp_path):
+    """A run killed (SIGKILL) while its step-4 checkpoint is being written resumes from the
+    step-2 one as if the half-written step-4 save had never been, and its lock did not
+    outlive it."""
+    import subprocess
+    import sys
+
+    from pcmelgan_jax.config_files import load_config
+
+    config, mesh, stage, initial = cls_stage
+    fields = dict(data_dir=config.data_dir, classifiers=("spec_gender",), batch_size=8,
+                  eval_batch_size=40, num_train_steps=6, eval_every_steps=-1,
+                  checkpoint_every_steps=2, keep_checkpoints=5, log_every_steps=2,
+                  worker_threads=0, async_checkpointing=True, progress_bar=False)
+    spec = tmp_path / "tiny.py"
+    spec.write_text("from pcmelgan_jax.configs import classifiers\n\n\ndef get_config():\n"
+                    "    c = classifiers.get_config('small')\n"
+                    + "".join(f"    c.{k} = {v!r}\n" for k, v in fields.items())
+                    + "    return c\n")
+    killed = str(tmp_path / "killed")
+    env = {**os.environ, "JAX_PLATFORMS": "cpu", "PCMELGAN_HUGEPAGES": "0"}
+    child = subprocess.run([sys.executable, "-c", _KILL_DURING_SAVE, str(spec), killed],
+                           env=env, capture_output=True, text=True, timeout=600)
+    assert child.returncode == -9, child.stderr[-3000:]
+    entries = sorted(os.listdir(os.path.join(killed, "checkpoints")))
+    assert "2" in entries and "4" not in entries, entries
+    assert any(e.startswith("4.") for e in entries), entries  # the save it died in
+    assert open(os.path.join(killed, ".lock")).read().startswith("pid ")  # held when killed
+
+    # the same command again, here with the tests' compiled step; the reference resumes a
+    # clean copy of the step-2 checkpoint alone (one process's program, so equal bit for bit)
+    config = load_config(str(spec))
+    clean = str(tmp_path / "clean")
+    shutil.copytree(os.path.join(killed, "checkpoints", "2"),
+                    os.path.join(clean, "checkpoints", "2"))
+    for run in (killed, clean):
+        final = loop.run(config, run, _light_stage(config, mesh, run, initial, stage.train_step),
+                         mesh)
+        assert final["step"] == 6
+        assert sorted(os.listdir(os.path.join(run, "checkpoints"))) == ["2", "4", "6"]
+    target = sharding.replicate(initial, mesh)
+    states = []
+    for run in (killed, clean):
+        mngr = checkpoints.checkpoint_manager(run, config)
+        states.append(jax.device_get(checkpoints.restore(mngr, 6, target)[0]))
+        mngr.close()
+    for x, y in zip(jax.tree.leaves(states[0]), jax.tree.leaves(states[1]), strict=True):
+        np.testing.assert_array_equal(x, y)
+    assert not all(np.array_equal(x, y) for x, y in
+                   zip(jax.tree.leaves(states[0]), jax.tree.leaves(initial), strict=True))
 
 
 def test_classifiers_early_stopping_and_best_export(tiny_data, tmp_path):

@@ -324,3 +324,71 @@ def test_distortion_hinge_active_in_the_step(inactive):
                  for a, b in zip(jax.tree.leaves(params), jax.tree.leaves(off_params),
                                  strict=True))
     assert change > 1e-6
+
+
+# ----------------------------------------------------------------------------- samples
+
+
+@pytest.fixture(scope="module")
+def sample_inputs(tmp_path_factory, tiny_data) -> dict:
+    """Tiny prepared data, random monitors and a random ngf-4 vocoder (no XLA init)."""
+    from pcmelgan_jax.checkpointing import save_model
+    from pcmelgan_jax.models.registry import numpy_random_variables
+
+    root = tmp_path_factory.mktemp("pcmelgan_samples")
+    for name, k, seed in (("spec_digit", 10, 1), ("spec_gender", 2, 2)):
+        arch = {"num_classes": k, "width": WIDTH}
+        save_model(root / "cls" / "models" / name, "alexnet",
+                   numpy_random_variables("alexnet", seed, **arch), arch=arch)
+    save_model(root / "voc" / "models" / "generator", "melgan_generator",
+               numpy_random_variables("melgan_generator", 3, ngf=4), arch={"ngf": 4})
+    return {"data_dir": tiny_data, "classifiers_workdir": str(root / "cls"),
+            "vocoder_workdir": str(root / "voc")}
+
+
+def test_samples_go_to_tensorboard(sample_inputs, tmp_path):
+    """``write_samples`` of 2 seeds: each seed's panel and wavs in its samples/ and in
+    TensorBoard under ``samples/seed<S>/`` (``samples/`` for a single run: the vocoder test),
+    the audio at 8 kHz."""
+    import os
+
+    from pcmelgan_jax import workdir as run_layout
+    from pcmelgan_jax.audio import SAMPLE_RATE
+    from pcmelgan_jax.logging_utils import MetricWriter, read_summaries
+    from pcmelgan_jax.models.registry import numpy_random_variables
+
+    config = pcmelgan_config.get_config("small")
+    config.update(sample_inputs)
+    config.update(eval_batch_size=8, num_samples=2, discriminator_width=WIDTH, seed=3,
+                  num_seeds=2, worker_threads=0)
+    workdir = str(tmp_path / "run")
+    mesh = sharding.make_mesh(jax.devices()[:1])
+    stage = pcmelgan_stage.PCMelGANStage(config, workdir, mesh)
+
+    def random_network(name: str, seed: int) -> st.NetworkState:  # NumPy: no init compile
+        network, arch = pcmelgan_stage._arch(name, stage.hp)
+        return st.network_state(numpy_random_variables(network, seed, **arch), optax.sgd(0.0))
+
+    # F and G are all that write_samples uses
+    state = seeds_lib.stack_seeds([
+        st.new_train_state({n: random_network(n, s) for n in ("filter", "generator")})
+        for s in stage.seeds])
+    writer = MetricWriter(workdir, enabled=True)
+    stage.write_samples(sharding.replicate(state, mesh), 5, writer)
+    writer.close()
+
+    kinds = [f"{i}_{k}" for i in range(2)
+             for k in ("original", "filtered", "sampled_male", "sampled_female")]
+    for run_dir in stage.run_dirs:
+        folder = os.path.join(run_dir, run_layout.SAMPLES)
+        assert os.path.isfile(os.path.join(folder, "step_0000005.png"))
+        assert sorted(os.listdir(os.path.join(folder, "step_0000005"))) == sorted(
+            f"{k}.wav" for k in kinds)
+    got = read_summaries(os.path.join(workdir, "tensorboard"))
+    assert {step for step, _ in got} == {5}
+    assert sorted(v.tag for _, v in got if v.HasField("image")) == [
+        "samples/seed3/panel", "samples/seed4/panel"]
+    audio = [v for _, v in got if v.HasField("audio")]
+    assert sorted(v.tag for v in audio) == sorted(
+        f"samples/seed{s}/audio/{k}" for s in (3, 4) for k in kinds)
+    assert {v.audio.sample_rate for v in audio} == {SAMPLE_RATE}

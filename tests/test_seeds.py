@@ -41,15 +41,6 @@ SGD_LR = 1e-4
 TXS = {name: optax.sgd(SGD_LR) for name in NETWORKS}  # the same objects: compiled once
 
 
-@pytest.fixture(scope="module")
-def tiny_data(tmp_path_factory) -> str:
-    from pcmelgan_jax.data.prepare import prepare
-    from pcmelgan_jax.data.synth import synthesize_corpus
-
-    root = tmp_path_factory.mktemp("seeds_data")
-    synthesize_corpus(root / "corpus", speakers=SPEAKERS, reps=REPS, seed=0)
-    prepare(root / "corpus", root / "data", "all")
-    return str(root / "data")
 
 
 @pytest.fixture(scope="module")

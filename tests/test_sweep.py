@@ -1,6 +1,9 @@
-"""``pcmelgan-jax sweep``: expansion, printed commands, bad input, resume and failures.
+"""``pcmelgan-jax sweep``: expansion, seed packing, printed commands, bad input, resume,
+failures, and a sweep trained for real through the evaluation (``--jobs``' child processes:
+test_jobs.py; their devices: test_job_devices.py).
 
-No training runs: the in-process training call is replaced by a fake.
+The bookkeeping tests replace training with a fake in process;
+``test_sweep_trains_and_evaluates`` trains for real, 2 jobs at once.
 """
 
 import json
@@ -9,6 +12,7 @@ import shlex
 from pathlib import Path
 
 import ml_collections
+import numpy as np
 import pytest
 
 from pcmelgan_jax import cli, sweep
@@ -27,10 +31,9 @@ def write_sweep(path: Path, body: str) -> str:
     return str(path)
 
 
-@pytest.fixture
-def tiny(tmp_path):
+def write_tiny(folder: Path) -> str:
     """2 eps x 2 seeds + the Filter baseline (pcmelgan.py:small,filter_only) = 8 runs."""
-    return write_sweep(tmp_path / "tiny.py", f"""
+    return write_sweep(folder / "tiny.py", f"""
 c.base = "configs/pcmelgan.py:small"
 c.filter_base = {FILTER_SMALL!r}
 c.axes = {{"eps": [0.1, 0.01]}}
@@ -38,6 +41,11 @@ c.seeds = [0, 1]
 c.overrides = {{"classifiers_workdir": "runs/cls", "num_train_steps": 2}}
 c.filter_only_baseline = True
 """)
+
+
+@pytest.fixture
+def tiny(tmp_path):
+    return write_tiny(tmp_path)
 
 
 def test_expand_eps_config():
@@ -298,3 +306,208 @@ def test_eval_command_finds_the_runs(tiny, tmp_path):
     first = shlex.split(cmds[0])
     assert f"--config.runs={work}/lamb10_seed0,{work}/filter_lamb10_seed0" in first
     assert f"--config.output_dir={work}/eval_lamb10" in first
+
+
+# --------------------------------------------------------------------------- seeds per run
+
+
+def test_seed_chunks():
+    assert sweep.seed_chunks([0, 1, 2], 2) == [(0, 1), (2,)]
+    assert sweep.seed_chunks([0, 2, 3], 2) == [(0,), (2, 3)]  # a run takes consecutive seeds
+    assert sweep.seed_chunks([3, 4, 5, 6], 3) == [(3, 4, 5), (6,)]
+    assert sweep.seed_chunks([1, 0], 2) == [(1,), (0,)]  # the order listed
+    assert sweep.seed_chunks([0, 1], 1) == [(0,), (1,)]
+
+
+def test_seeds_per_run_packs_seeds(tiny, tmp_path, capsys):
+    """--seeds-per-run 2: one run per grid point (and baseline) trains seeds 0 and 1 with
+    num_seeds=2; one printed line per run; --only matches the packed names."""
+    work = str(tmp_path / "sw")
+    runs = sweep.expand_sweep(tiny, work, seeds_per_run=2)
+    assert [r.name for r in runs] == ["eps0.1_seeds0-1", "filter_eps0.1_seeds0-1",
+                                      "eps0.01_seeds0-1", "filter_eps0.01_seeds0-1"]
+    run = runs[1]
+    assert (run.seed, run.seeds, run.baseline) == (0, (0, 1), True)
+    assert list(run.overrides)[-2:] == ["seed", "num_seeds"]
+    assert run.seed_runs() == [os.path.join(work, run.name, f"seed_{s}") for s in (0, 1)]
+    config = sweep.build_config(run)
+    assert (config.seed, config.num_seeds, config.filter_only, config.eps) == (0, 2, True, 0.1)
+    single = sweep.expand_sweep(tiny, work)[0]
+    assert "num_seeds" not in single.overrides and single.seed_runs() == [single.workdir]
+
+    assert cli.main(["sweep", tiny, "--workdir", work, "--print", "--seeds-per-run", "2",
+                     "--only", "eps*"]) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert [shlex.split(line) for line in lines] == [r.argv() for r in runs[::2]]
+    assert shlex.split(lines[0])[-2:] == ["--config.seed=0", "--config.num_seeds=2"]
+
+    # the sweep file's seeds_per_run, overridden by the command line
+    packed = write_sweep(tmp_path / "packed.py", f"c.base = {SMALL!r}\n"
+                         "c.axes = {'eps': [0.1]}\nc.seeds = [0, 1, 2]\nc.seeds_per_run = 2")
+    assert [r.name for r in sweep.expand_sweep(packed, work)] == ["eps0.1_seeds0-1",
+                                                                  "eps0.1_seed2"]
+    assert len(sweep.expand_sweep(packed, work, seeds_per_run=1)) == 3
+    with pytest.raises(sweep.SweepError, match="set num_seeds with"):
+        sweep.expand_sweep(packed, work, overrides=["--config.num_seeds=2"])
+    with pytest.raises(sweep.SweepError, match="seeds_per_run must be an int >= 1"):
+        sweep.expand_sweep(packed, work, seeds_per_run=0)
+    with pytest.raises(SystemExit) as e:
+        cli.main(["sweep", packed, "--workdir", work, "--print", "--seeds-per-run", "0"])
+    assert e.value.code == 2 and "expected an int >= 1" in capsys.readouterr().err
+
+
+def test_other_packings_are_reported(tiny, tmp_path, capsys, monkeypatch):
+    """Seeds of the sweep that lie in WORKDIR under another packing would be evaluated twice
+    by --config.runs=WORKDIR: the sweep says so."""
+    work = tmp_path / "sw"
+    for name in ("eps0.1_seed1", "eps0.1_seed7", "eps0.5_seed0", "notes"):
+        (work / name).mkdir(parents=True)
+    runs = sweep.expand_sweep(tiny, work, seeds_per_run=2)
+    assert sweep.other_packings(runs, work) == ["eps0.1_seed1"]
+    assert sweep.other_packings(sweep.expand_sweep(tiny, work), work) == []
+    monkeypatch.setattr(sweep, "_default_train", _fake_train([]))
+    assert cli.main(["sweep", tiny, "--workdir", str(work), "--seeds-per-run", "2",
+                     "--only", "eps0.01*"]) == 0
+    assert "also holds eps0.1_seed1" in capsys.readouterr().err
+
+
+# --------------------------------------------------------------------------- end to end
+
+TRAIN_OVERRIDES = {  # a few steps of the small config at batch 4
+    "batch_size": 4, "eval_batch_size": 40, "num_train_steps": 2, "eval_every_steps": -1,
+    "samples_every_steps": -1, "log_every_steps": 1, "worker_threads": 0,
+    "async_checkpointing": False, "progress_bar": False, "seeds_strategy": "vmap",
+}
+EVAL_OVERRIDES = [  # tiny attacker budgets
+    "--config.batch_size=16", "--config.num_examples_to_save=1", "--config.baselines=()",
+    "--config.speaker.steps=3", "--config.speaker.batch_size=8", "--config.speaker.width=0.25",
+    "--config.informed.spec_width=0.25", "--config.informed.audio_width=0.25",
+    "--config.informed.spec_steps=3", "--config.informed.audio_steps=3",
+    "--config.informed.batch_size=8", "--config.informed.eval_every=2",
+    "--config.linear.max_iter=10", "--config.bootstrap.num_resamples=50",
+]
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory, tiny_data) -> Path:
+    """A quickstart-shaped folder: the tiny prepared corpus (conftest; 1 F + 1 M speaker per
+    split) as data/, random narrow classifiers and a random narrow vocoder."""
+    from pcmelgan_jax.checkpointing import save_model
+    from pcmelgan_jax.models.registry import numpy_random_variables
+
+    root = tmp_path_factory.mktemp("sweep_corpus")
+    (root / "data").symlink_to(tiny_data, target_is_directory=True)
+    models = root / "random_classifiers" / "models"
+    for name, network, classes, seed in (("spec_digit", "alexnet", 10, 1),
+                                         ("spec_gender", "alexnet", 2, 2),
+                                         ("audio_digit", "audionet", 10, 3),
+                                         ("audio_gender", "audionet", 2, 4)):
+        arch = {"num_classes": classes, "width": 0.25}
+        save_model(models / name, network, numpy_random_variables(network, seed, **arch),
+                   arch=arch)
+    arch = {"ngf": 8}
+    save_model(root / "vocoder" / "models" / "generator", "melgan_generator",
+               numpy_random_variables("melgan_generator", 5, **arch), arch=arch)
+    return root
+
+
+def _train_and_evaluate(corpus: Path, work: Path, base: str, classifiers: Path,
+                        attackers: tuple[str, ...], capsys, filter_baseline: bool = False):
+    """Sweeps eps {0.1, 0.01} x seeds {0, 1} (2 seeds per run, 2 jobs at once), evaluates it
+    with the printed command; returns (sweep.json, results.json, tables.md)."""
+    overrides = {**TRAIN_OVERRIDES, "data_dir": str(corpus / "data"),
+                 "classifiers_workdir": str(classifiers)}
+    spec = write_sweep(work.parent / f"{work.name}.py", f"""
+c.base = {base!r}
+c.axes = {{"eps": [0.1, 0.01]}}
+c.seeds = [0, 1]
+c.overrides = {overrides!r}
+c.filter_only_baseline = {filter_baseline}
+""")
+    code = cli.main(["sweep", spec, "--workdir", str(work), "--seeds-per-run", "2",
+                     "--jobs", "2"])
+    out = capsys.readouterr().out
+    doc = json.loads((work / "sweep.json").read_text())
+    logs = {e["name"]: Path(e["log"]).read_text()[-3000:] for e in doc["runs"] if e["log"]}
+    assert code == 0, (out, logs)
+    (command,) = [line.strip() for line in out.splitlines()
+                  if line.strip().startswith("pcmelgan-jax eval")]
+    assert shlex.split(command)[1:] == ["eval", "--workdir", str(work),
+                                        f"--config.runs={work}"]
+    assert cli.main([*shlex.split(command)[1:], f"--config.vocoder_workdir={corpus / 'vocoder'}",
+                     f"--config.attackers={attackers!r}", *EVAL_OVERRIDES]) == 0
+    results = json.loads((work / "eval" / "results.json").read_text())
+    return doc, results, (work / "eval" / "tables.md").read_text()
+
+
+def _check_groups(doc: dict, results: dict, tables: str, work: Path, columns) -> None:
+    """Two eps rows of two runs each (the seeds of one packed run), numbers in [0, 1] with the
+    sample std over the two seeds."""
+    assert [e["status"] for e in doc["runs"]] == ["done"] * len(doc["runs"])
+    pcmelgan_runs = [e for e in doc["runs"] if not e["baseline"]]
+    assert [e["name"] for e in pcmelgan_runs] == ["eps0.1_seeds0-1", "eps0.01_seeds0-1"]
+    for entry in doc["runs"]:
+        assert entry["seeds"] == [0, 1]
+        for seed, path in zip((0, 1), entry["seed_runs"], strict=True):
+            final = json.loads(Path(path, "final_metrics.json").read_text())
+            assert final["seed"] == seed and final["step"] == 2
+    groups = {g["eps_label"]: g for g in results["groups"]}
+    assert sorted(groups) == ["0.01", "0.1"]
+    for label, group in groups.items():
+        members = [e for e in doc["runs"] if e["point"]["eps"] == float(label)]
+        assert group["num_runs"] == 2 * len(members)
+        assert sorted(group["runs"]) == sorted(p for e in members for p in e["seed_runs"])
+        for domain, condition, metric in columns:
+            value = group[domain][condition][metric]
+            assert len(value["runs"]) == 2  # the two seeds of the packed run
+            assert all(0.0 <= v <= 1.0 for v in (*value["runs"], value["mean"]))
+            assert value["std"] == pytest.approx(np.std(value["runs"], ddof=1))
+        assert f"\n| {label} | " in tables
+    names = sorted(r["run"]["name"] for r in results["runs"])
+    assert names[:2] == ["eps0.01_seeds0-1_seed_0", "eps0.01_seeds0-1_seed_1"]
+    assert (work / "eval" / "examples" / "00_eps0.01_seeds0-1_seed_0").is_dir()
+    assert " ± " in tables
+
+
+def test_sweep_trains_and_evaluates(corpus, tmp_path, capsys, monkeypatch):
+    """End to end, for real: 2 eps x 2 seeds of the Filter (the PCMelGAN stage with
+    filter_only) packed 2 seeds per run, 2 jobs at once, a few steps each; the printed
+    evaluation command makes a table grouped by eps with mean ± std over the seeds."""
+    monkeypatch.setenv("JAX_PLATFORMS", "cpu")
+    # the jobs' programs compile faster unoptimised (2 steps: compile time is the cost)
+    monkeypatch.setenv("XLA_FLAGS", "--xla_backend_optimization_level=0 "
+                       "--xla_llvm_disable_expensive_passes=true")
+    work = tmp_path / "sweep"
+    doc, results, tables = _train_and_evaluate(
+        corpus, work, "configs/pcmelgan.py:small,filter_only", corpus / "random_classifiers",
+        ("fixed",), capsys)
+    _check_groups(doc, results, tables, work, [("spectrogram", "filter", "gender_acc"),
+                                               ("audio", "filter", "digit_acc")])
+    assert all(e["devices"].startswith("cpus ") for e in doc["runs"])
+
+
+@pytest.mark.slow
+def test_sweep_trains_and_evaluates_pcmelgan(corpus, tmp_path, capsys, monkeypatch):
+    """The same with the full PCMelGAN (F, G and both discriminators) and its Filter
+    baseline, on classifiers trained for a few steps, with every attacker."""
+    monkeypatch.setenv("JAX_PLATFORMS", "cpu")
+    classifiers = tmp_path / "classifiers"
+    assert cli.main(["train", "--config", "configs/classifiers.py:small", "--workdir",
+                     str(classifiers), f"--config.data_dir={corpus / 'data'}",
+                     "--config.num_train_steps=4", "--config.batch_size=8",
+                     "--config.eval_every_steps=2", "--config.audio_width=0.25",
+                     "--config.audio_warmup_steps=0", "--config.worker_threads=0",
+                     "--config.async_checkpointing=False", "--config.progress_bar=False"]) == 0
+    work = tmp_path / "sweep"
+    doc, results, tables = _train_and_evaluate(
+        corpus, work, "configs/pcmelgan.py:small", classifiers,
+        ("fixed", "informed", "linear", "features", "speaker"), capsys, filter_baseline=True)
+    assert [e["name"] for e in doc["runs"]] == [
+        "eps0.1_seeds0-1", "filter_eps0.1_seeds0-1", "eps0.01_seeds0-1",
+        "filter_eps0.01_seeds0-1"]
+    _check_groups(doc, results, tables, work, [
+        ("spectrogram", "filter", "gender_acc"), ("spectrogram", "pcmelgan", "gender_acc"),
+        ("audio", "pcmelgan", "digit_acc")])
+    for group in results["groups"]:
+        assert len(group["attacks"]["filter_only"]["informed"]["spectrogram"]["gender_acc"][
+            "runs"]) == 2

@@ -4,7 +4,9 @@
         --config.classifiers_workdir=runs/classifiers --config.vocoder_workdir=runs/vocoder
 
 8 runs of configs/pcmelgan.py:small and :small,filter_only (a few minutes each on 2
-cores); the stage workdirs default to those of the README's training commands.
+cores); the stage workdirs default to those of the README's training commands. ``--jobs 2``
+trains two runs at once, one per core; ``--seeds-per-run 2`` makes 4 runs of 2 seeds each
+(``eps0.01_seeds0-1`` ...).
 """
 
 import ml_collections

@@ -25,7 +25,7 @@ class RunInfo:
     """One trained run: where its models are and what it was trained with."""
 
     path: str
-    name: str
+    name: str  # the folder's name; ``RUN_seed_<S>`` for seed S of a multi-seed run RUN
     eps: float | None
     seed: int | None
     filter_only: bool
@@ -38,6 +38,16 @@ class RunInfo:
 def is_run_dir(path: str | os.PathLike) -> bool:
     """True for a PCMelGAN / Filter-only workdir (it holds ``models/filter``)."""
     return has_model(path, "filter")
+
+
+def run_name(path: str | os.PathLike) -> str:
+    """A run's name in reports: its folder's name, with the multi-seed run's in front for
+    a seed folder (``eps0.05_seeds0-1/seed_0`` -> ``eps0.05_seeds0-1_seed_0``)."""
+    folder, name = os.path.split(os.path.abspath(os.fspath(path)))
+    seed = name.removeprefix("seed_")
+    if seed != name and seed.isdigit() and os.path.isfile(config_path(folder)):
+        return f"{os.path.basename(folder)}_{name}"
+    return name
 
 
 def _split_runs(runs: str | Sequence[str] | None) -> list[str]:
@@ -132,7 +142,7 @@ def resolve_run(
     has_generator = has_model(path, "generator")
     return RunInfo(
         path=path,
-        name=os.path.basename(path.rstrip(os.sep)),
+        name=run_name(path),
         eps=None if eps is None else float(eps),
         seed=run_cfg.get("seed"),
         filter_only=bool(run_cfg.get("filter_only", False)) or not has_generator,

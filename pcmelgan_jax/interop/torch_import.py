@@ -4,7 +4,7 @@ The conversion itself needs only numpy: a state dict is a mapping from the origi
 module's keys (``dconv_down1.0.weight_v``, ``model.3.weight_g``, ``features.0.weight`` ...)
 to arrays. ``convert_state_dict`` maps every key to its Flax variable, transposes kernels to
 channels-last, and fails with a list of the unknown, missing and mis-shaped keys. Reading
-``.pt`` files needs torch (``pip install 'pcmelgan-jax[torch]'``) and always uses
+``.pt`` files needs torch (its CPU wheel: the README's Install section) and always uses
 ``weights_only=True``: a checkpoint never runs code.
 """
 
@@ -312,7 +312,8 @@ def load_torch_state_dict(path: str | os.PathLike) -> dict[str, Any]:
         import torch
     except ImportError:
         raise ImportError(
-            "reading .pt files needs torch: pip install 'pcmelgan-jax[torch]'"
+            "reading .pt files needs torch: pip install torch --index-url "
+            "https://download.pytorch.org/whl/cpu"
         ) from None
     if not os.path.isfile(path):
         raise FileNotFoundError(f"{path}: no such file")

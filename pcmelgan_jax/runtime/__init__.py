@@ -1,1 +1,2 @@
-"""Where programs run: XLA compiler options, the host allocator, the device mesh."""
+"""Where programs run: XLA compiler options, the host allocator, the device mesh, and the
+device subsets of parallel jobs."""

@@ -24,12 +24,16 @@ def maybe_initialize_distributed(config: Any) -> bool:
     """Calls ``jax.distributed.initialize`` when ``config.distributed`` asks for it.
 
     ``config.distributed`` (optional ConfigDict): ``enabled`` (bool), and optionally
-    ``coordinator_address``, ``num_processes``, ``process_id`` (left to JAX's cluster
-    auto-detection when unset). Returns True when it initialised. Call it before any other
-    JAX computation.
+    ``coordinator_address``, ``num_processes``, ``process_id``. Only the fields that are set
+    are passed: with none, ``initialize()`` gets no arguments and JAX detects the cluster
+    (SLURM, Open MPI, Cloud TPU, Kubernetes). Returns True when it initialised; False when
+    not asked or when this process is already initialised (several runs in one process, as
+    in a sweep). Call it before any other JAX computation.
     """
     dist = config.get("distributed") if hasattr(config, "get") else None
     if not dist or not dist.get("enabled", False):
+        return False
+    if jax.distributed.is_initialized():
         return False
     kwargs = {
         k: dist.get(k)

@@ -28,7 +28,7 @@ import optax
 from pcmelgan_jax import workdir as run_layout
 from pcmelgan_jax.audio import denormalize, mel_features, write_audio
 from pcmelgan_jax.checkpointing import load_model, save_model
-from pcmelgan_jax.logging_utils import spectrogram_panel
+from pcmelgan_jax.logging_utils import MetricWriter, spectrogram_panel
 from pcmelgan_jax.models import AlexNet, MelGANGenerator
 from pcmelgan_jax.runtime import compilation, sharding
 from pcmelgan_jax.training import seeds as seeds_lib
@@ -323,16 +323,21 @@ class PCMelGANStage:
             return {k: float(v[0]) for k, v in values.items()}
         return values
 
-    def write_samples(self, state: TrainState, step: int) -> None:
+    def write_samples(self, state: TrainState, step: int, writer: MetricWriter) -> None:
+        """Each seed's panel (PNG) and, with a vocoder, wavs in its ``samples/``; both also to
+        TensorBoard under ``samples/`` (``samples/seed<S>/`` with several seeds)."""
         batch = sharding.to_host(next(iter(stage_lib.eval_batches(self.config, self.mesh))))
         # one female and one male example when the batch has both
         order = np.argsort(batch["gender"][: int(batch["mask"].sum())], kind="stable")
         pick = np.unique(np.concatenate([order[:1], order[-1:]]))[: int(self.config.num_samples)]
         for i, networks in enumerate(self.seed_networks(state)):
             folder = os.path.join(self.run_dirs[i], run_layout.SAMPLES)
-            self._write_samples(networks, self.eval_keys[i], batch, pick, folder, step)
+            tag = "samples" if self.strategy is None else f"samples/seed{self.seeds[i]}"
+            self._write_samples(networks, self.eval_keys[i], batch, pick, folder, step,
+                                writer, tag)
 
-    def _write_samples(self, networks, key, batch, pick, folder: str, step: int) -> None:
+    def _write_samples(self, networks, key, batch, pick, folder: str, step: int,
+                       writer: MetricWriter, tag: str) -> None:
         audio = batch["audio"][pick]
         specs, mean, std = sharding.to_host(self.programs.samples(networks, audio, key))
         if jax.process_index() != 0:  # every process computes (the networks span them all)
@@ -346,13 +351,16 @@ class PCMelGANStage:
             for j in pick
         ]
         titles_shown = [t.replace("_", " ") for t in titles]
-        spectrogram_panel(os.path.join(folder, f"step_{step:07d}.png"), rows, titles_shown, labels)
+        panel = spectrogram_panel(
+            os.path.join(folder, f"step_{step:07d}.png"), rows, titles_shown, labels)
+        writer.write_image(step, f"{tag}/panel", panel)
         if self.vocoder is None:
             return
         for t in titles:
             wav = np.asarray(self.vocode(self.vocoder[1], denormalize(specs[t], mean, std)))
             for i in range(len(pick)):
                 write_audio(os.path.join(folder, f"step_{step:07d}", f"{i}_{t}.wav"), wav[i])
+                writer.write_audio(step, f"{tag}/audio/{i}_{t}", wav[i])
 
     def _recalibrated(self, networks: dict[str, Any], seed: int) -> dict[str, Any]:
         # the seed's own data order from its start, a stream of its own for the noise

@@ -25,7 +25,8 @@ class Stage:
       evaluate: ``(state, step) -> {name: float}`` on the evaluation split, or None.
       after_evaluation: ``(state, step, metrics, bookkeeping) -> stop?``: model selection and
         early stopping; may update the JSON-able ``bookkeeping`` dict (checkpointed).
-      write_samples: ``(state, step) -> None`` (samples/ and TensorBoard), or None.
+      write_samples: ``(state, step, writer) -> None``: samples/ and, through the run's
+        ``MetricWriter`` (a no-op on processes other than 0), TensorBoard; or None.
       finalize: ``(state, bookkeeping) -> {name: value}`` once training ends (exports the
         networks); its result is written to ``WORKDIR/final_metrics.json``.
       bookkeeping: initial JSON-able loop state of the stage (best values, patience...).

@@ -24,6 +24,7 @@ import numpy as np
 from pcmelgan_jax import workdir as run_layout
 from pcmelgan_jax.audio import log_mel, write_audio
 from pcmelgan_jax.checkpointing import save_model
+from pcmelgan_jax.logging_utils import MetricWriter
 from pcmelgan_jax.models import MelGANDiscriminator, MelGANGenerator
 from pcmelgan_jax.runtime import compilation, sharding
 from pcmelgan_jax.training import stage as stage_lib
@@ -258,7 +259,9 @@ class VocoderStage:
             self.export(state, step, metrics["mel_l1"])
         return False
 
-    def write_samples(self, state: TrainState, step: int) -> None:
+    def write_samples(self, state: TrainState, step: int, writer: MetricWriter) -> None:
+        """Real and vocoded wavs of the first evaluation examples, in ``samples/`` and in
+        TensorBoard (``samples/audio/<i>_real``, ``samples/audio/<i>_vocoded``)."""
         # every process computes (the generator spans them all); process 0 writes
         batch = next(iter(stage_lib.eval_batches(self.config, self.mesh)))
         n = min(int(self.config.num_samples), batch["audio"].shape[0])
@@ -269,8 +272,9 @@ class VocoderStage:
             return
         folder = os.path.join(self.workdir, run_layout.SAMPLES, f"step_{step:07d}")
         for i in range(n):
-            write_audio(os.path.join(folder, f"{i}_real.wav"), audio[i])
-            write_audio(os.path.join(folder, f"{i}_vocoded.wav"), fake[i])
+            for kind, wav in (("real", audio[i]), ("vocoded", fake[i])):
+                write_audio(os.path.join(folder, f"{i}_{kind}.wav"), wav)
+                writer.write_audio(step, f"samples/audio/{i}_{kind}", wav)
 
     def finalize(self, state: TrainState, book: dict) -> dict[str, Any]:
         if book.get("best_mel_l1") is None:

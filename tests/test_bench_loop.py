@@ -1,0 +1,46 @@
+"""bench/bench_loop.py: the loop and its step timed on the same stage, JSON and table."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from bench import bench_loop
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory) -> str:
+    return bench_loop.prepare_data(str(tmp_path_factory.mktemp("bench_loop")), speakers=6,
+                                   reps=1)
+
+
+def test_loop_and_step_run_the_same_steps_and_report(data_dir, tmp_path, monkeypatch, capsys):
+    made = []
+
+    def one_small_classifier(*args, **kwargs):
+        config = stage_config(*args, **kwargs)
+        config.update(classifiers=("spec_gender",), batch_size=8, worker_threads=0)
+        made.append(config)
+        return config
+
+    stage_config = bench_loop.stage_config
+    monkeypatch.setattr(bench_loop, "stage_config", one_small_classifier)
+    out = tmp_path / "loop.json"
+    bench_loop.main(["--steps", "3", "--log-every", "2", "--checkpoint-every", "2",
+                     "--repeats", "1", "--data-dir", data_dir, "--out", str(out)])
+    config = made[0]
+    assert (config.num_train_steps, config.log_every_steps, config.checkpoint_every_steps,
+            config.eval_every_steps) == (3, 2, 2, -1)
+    doc = json.loads(out.read_text())
+    (row,) = doc["results"]
+    assert row["stage"] == "classifiers" and row["batch_size"] == 8 and row["steps"] == 3
+    for name in ("loop", "step"):
+        timing = row["timings_ms"][name]
+        assert len(timing["all_ms"]) == 1 and timing["median_ms"] > 0
+        assert row[f"{name}_steps_per_second"] == pytest.approx(3e3 / timing["median_ms"])
+    assert row["loop_fraction"] == pytest.approx(
+        row["loop_steps_per_second"] / row["step_steps_per_second"])
+    assert "jax" in doc["environment"]
+    table = capsys.readouterr().out
+    assert "| classifiers | 8 | 3 |" in table and f"{row['loop_fraction']:.3f} |" in table
