@@ -42,6 +42,7 @@ try:
     ctypes.CDLL(None).prctl(1, int(signal.SIGTERM))
 except (AttributeError, OSError):
     pass
+signal.signal(signal.SIGINT, signal.SIG_DFL)  # a sweep started with & ignores it: jobs must not
 os.execvp(sys.argv[2], sys.argv[2:])
 """
 

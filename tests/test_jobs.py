@@ -131,7 +131,10 @@ def test_interrupting_the_sweep_stops_its_jobs(tiny, tmp_path, fake_python, sig)
     proc = subprocess.Popen(
         [sys.executable, "-m", "pcmelgan_jax.cli", "sweep", tiny, "--workdir", str(work),
          "--jobs", "2", "--python", fake_python], env=env,
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        # as from a terminal: a runner that started the tests in the background (`&`)
+        # leaves SIGINT ignored, and an ignored signal is inherited
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     try:
         deadline = time.time() + 120
         while len(list(work.glob("*/child.json"))) < 2:

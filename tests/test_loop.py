@@ -253,6 +253,29 @@ def _hold_lock(folder: str):
     return holder
 
 
+def test_samples_at_their_interval_and_once_at_the_end(cls_stage, tmp_path):
+    """``write_samples`` gets the run's writer at every ``samples_every_steps`` and once at
+    the end (not twice when the interval divides the last step)."""
+    from pcmelgan_jax.logging_utils import read_summaries
+
+    config, mesh, stage, initial = cls_stage
+    config = _classifier_config(config.data_dir, num_train_steps=4, samples_every_steps=2,
+                                eval_every_steps=-1, checkpoint_every_steps=-1)
+    w = str(tmp_path / "samples")
+    calls = []
+
+    def write_samples(state, step, writer):
+        calls.append(step)
+        writer.write_audio(step, "samples/audio/0_probe", np.zeros(80, np.float32))
+
+    light = _light_stage(config, mesh, w, initial, stage.train_step)
+    loop.run(config, w, dataclasses.replace(light, write_samples=write_samples), mesh)
+    assert calls == [2, 4]
+    tags = [(step, v.tag) for step, v in read_summaries(os.path.join(w, "tensorboard"))
+            if v.HasField("audio")]
+    assert tags == [(2, "samples/audio/0_probe"), (4, "samples/audio/0_probe")]
+
+
 def test_metrics_window_averages_each_metric_over_the_steps_that_reported_it():
     """A metric that appears later (the vocoder's discriminator loss after its start step) is
     averaged over its own steps; health names the first bad step and metric."""

@@ -68,32 +68,29 @@ def test_vocoder_warmup_needs_the_mel_loss(tmp_path):
         vocoder.build_stage(config, str(tmp_path), sharding.make_mesh(jax.devices()[:1]))
 
 
-
-
 def test_vocoder_samples_go_to_tensorboard(tiny_data, tmp_path):
-    """A 2-step run with samples every step: the wavs in samples/ and, at 8 kHz, in
-    TensorBoard under ``samples/audio/<i>_{real,vocoded}`` at each sampled step."""
+    """The stage's samples: real and vocoded wavs in samples/step_<S>/ and, at 8 kHz, in
+    TensorBoard under ``samples/audio/<i>_{real,vocoded}`` (the loop's calls to
+    ``write_samples``: tests/test_loop.py)."""
     import os
 
     from pcmelgan_jax.audio import SAMPLE_RATE
-    from pcmelgan_jax.logging_utils import read_summaries
-    from pcmelgan_jax.training import loop
+    from pcmelgan_jax.logging_utils import MetricWriter, read_summaries
 
     c = vocoder_config.get_config("small")
-    c.data_dir, c.batch_size, c.eval_batch_size, c.num_samples = tiny_data, 2, 8, 2
+    c.data_dir, c.eval_batch_size, c.num_samples = tiny_data, 8, 2
     c.generator.ngf, c.discriminator.num_scales = 4, 1
-    c.num_train_steps = c.discriminator_start_step = 2  # warm-up steps only: one program
-    c.samples_every_steps, c.eval_every_steps, c.log_every_steps = 1, 2, 1
-    c.worker_threads, c.async_checkpointing, c.progress_bar = 0, False, False
     workdir = str(tmp_path / "run")
-    mesh = sharding.make_mesh(jax.devices()[:1])
-    loop.run(c, workdir, vocoder.build_stage(c, workdir, mesh), mesh)
+    stage = vocoder.build_stage(c, workdir, sharding.make_mesh(jax.devices()[:1]))
+    writer = MetricWriter(workdir, enabled=True)
+    for step in (1, 2):
+        stage.write_samples(stage.state, step, writer)
+    writer.close()
     kinds = [f"{i}_{k}" for i in range(2) for k in ("real", "vocoded")]
     assert sorted(os.listdir(os.path.join(workdir, "samples", "step_0000001"))) == [
         f"{k}.wav" for k in kinds]
     audio = [(step, v) for step, v in read_summaries(os.path.join(workdir, "tensorboard"))
              if v.HasField("audio")]
-    # steps 1 and 2 (the last step's samples once: at the end)
     assert sorted((step, v.tag) for step, v in audio) == [
         (s, f"samples/audio/{k}") for s in (1, 2) for k in kinds]
     assert {v.audio.sample_rate for _, v in audio} == {SAMPLE_RATE}
