@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import itertools
 import os
 import tempfile
 from pathlib import Path
@@ -72,7 +73,7 @@ def loop_and_step(config: Any, runs_dir: str) -> dict[str, Any]:
     batch = sharding.shard_batch(next(it), mesh)
     it.close()
     rng = jax.random.key(config.seed)
-    runs = iter(range(1_000_000))
+    runs = itertools.count()
 
     def run_loop() -> int:
         workdir = os.path.join(runs_dir, f"run{next(runs)}")

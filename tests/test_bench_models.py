@@ -92,8 +92,8 @@ def test_rounds_must_be_positive(capsys):
 def test_each_side_runs_in_a_worker_process_of_its_own(tmp_path):
     """A real run (U-Net filter, batch 2, one round of two timed calls): the JAX and PyTorch
     sides ran in two processes, neither of them this one; the same network on both sides.
-    Slow (two processes compile and time every kind of call, ~2 min on 2 cores); the worker
-    machinery stays in the default suite through the failure test below."""
+    Slow (two processes compile and time every kind of call); the worker machinery stays in
+    the default suite through the failure test below."""
     pytest.importorskip("torch")
     out = tmp_path / "models.json"
     bench_models.main(["--only", "unet_filter", "--batch-size", "2", "--repeats", "2",

@@ -20,7 +20,7 @@ from packaging.utils import canonicalize_name
 from packaging.version import Version
 
 ROOT = Path(__file__).resolve().parents[1]
-# quick tests the 3.12 venv runs (about 20 s)
+# the quick tests the 3.12 venv runs
 TESTS_312 = ["tests/test_configs.py", "tests/test_losses.py"]
 
 

@@ -3,7 +3,7 @@ export models and write samples; ``maybe_initialize_distributed``'s arguments.
 
 In the default suite: a 2-process run of a model-free probe stage through ``loop.train``
 (each process runs this file as a script). Slow (``train.py`` runs of two processes each,
-~1 min per run on 2 cores): ``pytest -m slow``.
+real stages compiled in both): ``pytest -m slow``.
 """
 
 from __future__ import annotations

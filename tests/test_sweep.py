@@ -474,7 +474,7 @@ def test_sweep_trains_and_evaluates(corpus, tmp_path, capsys, monkeypatch):
     """End to end, for real: 2 eps x 2 seeds of the Filter (the PCMelGAN stage with
     filter_only) packed 2 seeds per run, 2 jobs at once, a few steps each; the printed
     evaluation command makes a table grouped by eps with mean ± std over the seeds.
-    Slow (~2 min on 2 cores: two U-Net programs compile, then the evaluation)."""
+    Slow: two U-Net programs compile, then the evaluation."""
     monkeypatch.setenv("JAX_PLATFORMS", "cpu")
     # the jobs' programs compile faster unoptimised (2 steps: compile time is the cost)
     monkeypatch.setenv("XLA_FLAGS", "--xla_backend_optimization_level=0 "
