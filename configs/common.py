@@ -68,6 +68,7 @@ def stage_config(stage: str) -> ml_collections.ConfigDict:
     c.num_samples = 2
     c.worker_count = 0  # Grain worker processes
     c.worker_threads = 2  # Grain reader threads
+    c.cache_records = True  # decoded clips kept in memory (~10 KB each); False: decode every read
     c.progress_bar = True
     # typed placeholders (None until set) so that --config.distributed.x=... overrides them
     placeholder = ml_collections.config_dict.placeholder

@@ -35,12 +35,23 @@ def test_loop_and_step_run_the_same_steps_and_report(data_dir, tmp_path, monkeyp
     doc = json.loads(out.read_text())
     (row,) = doc["results"]
     assert row["stage"] == "classifiers" and row["batch_size"] == 8 and row["steps"] == 3
-    for name in ("loop", "step"):
+    ms = {}
+    for name in ("loop", "step", "loop_2x", "step_2x"):
         timing = row["timings_ms"][name]
         assert len(timing["all_ms"]) == 1 and timing["median_ms"] > 0
-        assert row[f"{name}_steps_per_second"] == pytest.approx(3e3 / timing["median_ms"])
+        ms[name] = timing["median_ms"]
+    for name in ("loop", "step"):
+        assert row[f"{name}_steps_per_second"] == pytest.approx(3e3 / ms[name])
+        # steady state: the 3 extra steps of the 2x call over the time they added
+        assert row[f"steady_{name}_steps_per_second"] == pytest.approx(
+            3e3 / (ms[f"{name}_2x"] - ms[name]))
     assert row["loop_fraction"] == pytest.approx(
         row["loop_steps_per_second"] / row["step_steps_per_second"])
+    assert row["steady_fraction"] == pytest.approx(
+        row["steady_loop_steps_per_second"] / row["steady_step_steps_per_second"])
+    assert row["loop_fixed_seconds"] == pytest.approx(
+        ms["loop"] / 1e3 - 3 / row["steady_loop_steps_per_second"])
+    assert row["cache_records"] is True
     assert "jax" in doc["environment"]
     table = capsys.readouterr().out
     assert "| classifiers | 8 | 3 |" in table and f"{row['loop_fraction']:.3f} |" in table

@@ -520,6 +520,44 @@ def test_resume_mid_epoch(built):
         other.set_state(state)
 
 
+def test_cached_records_decode_once_and_give_the_same_batches(built, tmp_path):
+    import pickle
+
+    from pcmelgan_jax.data import pipeline
+
+    data_dir, _ = built
+    kwargs = dict(split="train", batch_size=8, seed=3, worker_threads=0)
+    decoded = _take(pipeline.make_dataset(data_dir, cache_records=False, **kwargs), 12)
+    cached = pipeline.make_dataset(data_dir, **kwargs)
+    assert _same(decoded, _take(cached, 12))  # 2.4 epochs: the later ones from memory
+    shared = pipeline.cached_source(pipeline.load_source(data_dir, split="train"), "train")
+    assert shared.num_cached == len(shared) == 40  # every record once, no more
+
+    reads = []
+
+    class Counting:
+        def __len__(self):
+            return len(shared.source)
+
+        def __getitem__(self, i):
+            reads.append(i)
+            return shared.source[i]
+
+    counted = pipeline.CachedRecords(Counting())
+    for _ in range(3):
+        assert counted[7]["digit"] == shared[7]["digit"]
+    assert reads == [7] and set(counted[7]) == set(pipeline.CachedRecords.FIELDS)
+    # a Grain worker process gets the source, not the records read so far
+    assert pickle.loads(pickle.dumps(shared)).num_cached == 0
+    # the same files share one cache; a copy of the dataset prepared elsewhere has its own
+    again = pipeline.cached_source(pipeline.load_source(data_dir, split="train"), "train")
+    assert again is shared
+    copy = tmp_path / "copy"
+    shutil.copytree(data_dir, copy)
+    other = pipeline.cached_source(pipeline.load_source(copy, split="train"), "train")
+    assert other is not shared and other.num_cached == 0
+
+
 def test_eval_keeps_every_example_with_mask(built):
     from pcmelgan_jax.data.pipeline import make_dataset
 

@@ -133,3 +133,24 @@ def test_accuracy_by_hand():
     labels = jnp.array([0, 0, 0])
     np.testing.assert_allclose(losses.accuracy(logits, labels), 2 / 3, rtol=1e-6)
     np.testing.assert_allclose(losses.accuracy(logits, labels, jnp.array([1.0, 1.0, 0.0])), 0.5)
+
+
+def test_label_mean_gap_by_hand():
+    """Elements (2 each): label 1 rows [1, 3], [3, 5] (mean [2, 4]); label 0 row [2, 0].
+    Gap [0, 4]: RMS sqrt((0 + 16) / 2) = sqrt(8)."""
+    x = jnp.array([[1.0, 3.0], [2.0, 0.0], [3.0, 5.0]])[:, :, None]  # (B, 2, 1)
+    labels = jnp.array([1, 0, 1])
+    np.testing.assert_allclose(losses.label_mean_gap(x, labels), math.sqrt(8), rtol=1e-5)
+    # equal class means: nothing linear to learn, whatever the spread within a class
+    same = jnp.array([[0.0, 1.0], [2.0, 3.0], [1.0, 2.0], [1.0, 2.0]])
+    np.testing.assert_allclose(losses.label_mean_gap(same, jnp.array([1, 1, 0, 0])), 0.0,
+                               atol=1e-5)
+    # one label only: 0, with a finite gradient
+    one = jnp.array([0, 0, 0])
+    assert float(losses.label_mean_gap(x, one)) == 0.0
+    grad = jax.grad(lambda v: losses.label_mean_gap(v, one))(x)
+    assert np.all(np.isfinite(grad)) and not np.any(grad)
+    # the gradient closes the gap: a step against it moves the label-1 mean toward label 0's
+    g = jax.grad(lambda v: losses.label_mean_gap(v, labels))(x)
+    moved = x - 0.1 * g
+    assert float(losses.label_mean_gap(moved, labels)) < math.sqrt(8)

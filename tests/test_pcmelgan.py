@@ -22,6 +22,7 @@ from pcmelgan_jax.training import pcmelgan, pcmelgan_stage
 from pcmelgan_jax.training import seeds as seeds_lib
 from pcmelgan_jax.training import stage as stage_lib
 from pcmelgan_jax.training import state as st
+from pcmelgan_jax.training.losses import label_mean_gap
 
 WIDTH = 0.25  # narrow AlexNets: the same code paths, a fraction of the compile time
 LAMB = 100.0
@@ -162,6 +163,8 @@ def test_pcmelgan_step_follows_the_update_order(pcm):
         x2, _ = gen.apply(nets["generator"].variables(), x1b, jax.random.normal(k_z2, (b, 10)),
                           s_sampled, train=True, mutable=["batch_stats"])
         out["generator/distortion"] = jnp.mean(jnp.abs(x2 - x))
+        out["generator/gender_mean_gap"] = label_mean_gap(x2, s)  # the TRUE gender, not s'
+        out["filter/gender_mean_gap"] = label_mean_gap(x1, s)
         gd_logits = gd.apply({"params": nets["generator_discriminator"].params}, x2, train=True,
                              rngs={"dropout": k_d2})
         out["generator/adversarial"] = softmax_cross_entropy(gd_logits, s_sampled)
@@ -286,10 +289,11 @@ def test_small_pcmelgan_config_keeps_the_papers_filter_learning_rates():
 # ----------------------------------------------------------------------------- distortion hinge
 
 
-def _step(eps: float):
-    """(metrics, F's parameters after) of one filter-only step with ``eps``, from one init."""
+def _step(eps: float, mean_gap_weight: float = 0.0):
+    """(metrics, F's parameters after) of one filter-only step with ``eps`` and
+    ``mean_gap_weight``, from one init."""
     hp = pcmelgan.PCMelGANHyper(eps=eps, lamb=LAMB, filter_only=True,
-                                discriminator_width=WIDTH)
+                                discriminator_width=WIDTH, mean_gap_weight=mean_gap_weight)
     txs = {"filter": optax.sgd(1e-2), "filter_discriminator": optax.sgd(1e-2)}
     key = jax.random.key(0, impl="rbg")
     arch = {"filter": ("unet_filter", {}),
@@ -306,20 +310,22 @@ def inactive():
     return _step(eps=10.0)  # above any reachable distortion: the hinge is zero
 
 
-def test_distortion_hinge_active_in_the_step(inactive):
+def test_distortion_hinge_and_mean_gap_active_in_the_step(inactive):
     off_metrics, off_params = inactive
     distortion = float(off_metrics["filter/distortion"])
+    gap = float(off_metrics["filter/gender_mean_gap"])
     np.testing.assert_allclose(off_metrics["filter/loss"], off_metrics["filter/adversarial"],
                                rtol=1e-6)
-    eps = 0.5 * distortion
-    metrics, params = _step(eps)
-    # the forward pass before F's update does not depend on eps
+    eps, weight = 0.5 * distortion, 3.0
+    metrics, params = _step(eps, mean_gap_weight=weight)  # one program for both penalties
+    # the forward pass before F's update depends on neither setting
     np.testing.assert_allclose(metrics["filter/distortion"], distortion, rtol=1e-6)
+    np.testing.assert_allclose(metrics["filter/gender_mean_gap"], gap, rtol=1e-6)
     penalty = float(metrics["filter/loss"]) - float(metrics["filter/adversarial"])
-    want = LAMB * (distortion - eps) ** 2  # = 25 * distortion^2
-    assert want > 1e-3
+    want = LAMB * (distortion - eps) ** 2 + weight * gap  # = 25 * distortion^2 + 3 * gap
+    assert LAMB * (distortion - eps) ** 2 > 1e-3 and weight * gap > 1e-3
     np.testing.assert_allclose(penalty, want, rtol=1e-4)
-    # the hinge's gradient changes F's update
+    # the penalties' gradients change F's update
     change = max(float(np.max(np.abs(a - b)))
                  for a, b in zip(jax.tree.leaves(params), jax.tree.leaves(off_params),
                                  strict=True))

@@ -30,6 +30,7 @@ __all__ = [
     "generator_discriminator_loss",
     "generator_hinge_loss",
     "l1",
+    "label_mean_gap",
     "mean_entropy",
     "softmax_cross_entropy",
 ]
@@ -57,6 +58,23 @@ def distortion_penalty(x_out: Array, x: Array, eps: float, lamb: float) -> tuple
     """(the distortion hinge of L1(x_out, x), L1(x_out, x))."""
     distortion = l1(x_out, x)
     return distortion_hinge(distortion, eps, lamb), distortion
+
+
+def label_mean_gap(x: Array, labels: Array) -> Array:
+    """Root mean square over the elements of x of the gap between the batch means of x for
+    binary label 1 and label 0: (B, ...) and (B,) in {0, 1} -> ().
+
+    No linear classifier of x does better than chance on the label exactly when these two
+    class-conditional means are equal (linear guardedness), so driving the gap to zero removes
+    what a linear attacker, the weakest informed one, could learn. 0 when a label is absent
+    from the batch."""
+    x = x.astype(jnp.float32).reshape(x.shape[0], -1)
+    ones = (labels == 1).astype(jnp.float32)
+    zeros = 1.0 - ones
+    n1, n0 = jnp.sum(ones), jnp.sum(zeros)
+    gap = ones @ x / jnp.maximum(n1, 1.0) - zeros @ x / jnp.maximum(n0, 1.0)
+    both = (n1 > 0) & (n0 > 0)
+    return jnp.where(both, jnp.sqrt(jnp.mean(jnp.square(gap)) + 1e-12), 0.0)
 
 
 def mean_entropy(logits: Array) -> Array:

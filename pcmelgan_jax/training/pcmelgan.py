@@ -4,10 +4,11 @@ discriminators FD (2 classes: the gender) and GD (3 classes: female, male, fake)
 Each batch runs one update per network, in this order (``pcmelgan_step``):
 
 1. F, to fool FD (flipped-gender cross-entropy, or FD's entropy with ``entropy``) while
-   staying within ``eps`` of x (the distortion hinge);
+   staying within ``eps`` of x (the distortion hinge), with ``mean_gap_weight`` also closing
+   the gap between the batch's male and female mean outputs;
 2. a fresh train-mode F pass gives x1 (F's batch statistics move, its weights do not);
    G, from x1 and a sampled gender s', to make GD predict s', its distortion measured
-   against the ORIGINAL x;
+   against the ORIGINAL x (and its true-gender mean gap with ``mean_gap_weight``);
 3. FD on stop_gradient(x1) with the true gender;
 4. GD on real x with the true gender and on stop_gradient(x2) as fake, weight 0.5 each.
 
@@ -31,6 +32,7 @@ from pcmelgan_jax.training.losses import (
     distortion_penalty,
     filter_adversarial_loss,
     generator_discriminator_loss,
+    label_mean_gap,
     mean_entropy,
     softmax_cross_entropy,
 )
@@ -67,6 +69,9 @@ class PCMelGANHyper:
     lamb: float = 100.0
     noise_dim: int = 10
     entropy: bool = False  # F maximises FD's entropy instead of the flipped-label CE
+    # weight of the gender mean gap (label_mean_gap) of F's and G's outputs in their losses
+    # (0: the original's losses)
+    mean_gap_weight: float = 0.0
     filter_only: bool = False  # the Filter baseline: F and FD only
     discriminator_width: float = 1.0  # AlexNet width of FD and GD (1.0 = the original)
     monitor_widths: tuple = ()  # ((classifier name, AlexNet width), ...) of the monitors
@@ -104,6 +109,7 @@ def hyper(config: Any, monitor_widths: dict[str, float] | None = None) -> PCMelG
         lamb=float(config.lamb),
         noise_dim=int(config.noise_dim),
         entropy=bool(config.entropy),
+        mean_gap_weight=float(config.get("mean_gap_weight", 0.0)),
         filter_only=bool(config.filter_only),
         discriminator_width=float(config.get("discriminator_width", 1.0)),
         monitor_widths=tuple(sorted((monitor_widths or {}).items())),
@@ -136,13 +142,15 @@ def update_filter(
         fd_logits = fd.apply({"params": fd_params}, x1, train=True, rngs=_dropout(k_dropout))
         adv = filter_adversarial_loss(fd_logits, gender, hp.entropy)
         penalty, dist = distortion_penalty(x1, x, hp.eps, hp.lamb)
-        return adv + penalty, (mut["batch_stats"], adv, dist, mean_entropy(fd_logits))
+        gap = label_mean_gap(x1, gender)
+        loss = adv + penalty + hp.mean_gap_weight * gap
+        return loss, (mut["batch_stats"], adv, dist, mean_entropy(fd_logits), gap)
 
-    (loss, (stats, adv, dist, fd_entropy)), grads = jax.value_and_grad(
+    (loss, (stats, adv, dist, fd_entropy, gap)), grads = jax.value_and_grad(
         loss_fn, has_aux=True
     )(f_net.params)
     metrics = {"filter/loss": loss, "filter/adversarial": adv, "filter/distortion": dist,
-               "filter/fd_entropy": fd_entropy}
+               "filter/fd_entropy": fd_entropy, "filter/gender_mean_gap": gap}
     return apply_gradients(f_net, grads, tx, batch_stats=stats), metrics
 
 
@@ -158,12 +166,13 @@ def filter_pass(
 
 
 def update_generator(
-    g_net: NetworkState, gd_params: Any, x1: Array, x: Array, keys: tuple[Array, Array, Array],
-    *, hp: PCMelGANHyper, tx: Any,
+    g_net: NetworkState, gd_params: Any, x1: Array, x: Array, gender: Array,
+    keys: tuple[Array, Array, Array], *, hp: PCMelGANHyper, tx: Any,
 ) -> tuple[NetworkState, Array, Array, Metrics]:
     """G's update: x2 = G(x1, z, s') should make GD (``gd_params``, train mode) predict the
-    sampled gender s', within ``eps`` of the ORIGINAL x. ``keys``: (s', G's noise, GD's
-    dropout). Returns (G, stop_gradient(x2), s', metrics)."""
+    sampled gender s', within ``eps`` of the ORIGINAL x (and, with ``mean_gap_weight``, keep
+    no mean gap for the TRUE ``gender``). ``keys``: (s', G's noise, GD's dropout). Returns
+    (G, stop_gradient(x2), s', metrics)."""
     k_gender, k_noise, k_dropout = keys
     gen, gd = hp.generator(), hp.discriminators()[1]
     sampled = jax.random.randint(k_gender, (x.shape[0],), 0, 2)
@@ -176,13 +185,15 @@ def update_generator(
         gd_logits = gd.apply({"params": gd_params}, x2, train=True, rngs=_dropout(k_dropout))
         adv = softmax_cross_entropy(gd_logits, sampled)
         penalty, dist = distortion_penalty(x2, x, hp.eps, hp.lamb)
-        return adv + penalty, (x2, mut["batch_stats"], adv, dist, gd_logits)
+        gap = label_mean_gap(x2, gender)
+        loss = adv + penalty + hp.mean_gap_weight * gap
+        return loss, (x2, mut["batch_stats"], adv, dist, gd_logits, gap)
 
-    (loss, (x2, stats, adv, dist, gd_logits)), grads = jax.value_and_grad(
+    (loss, (x2, stats, adv, dist, gd_logits, gap)), grads = jax.value_and_grad(
         loss_fn, has_aux=True
     )(g_net.params)
     metrics = {"generator/loss": loss, "generator/adversarial": adv,
-               "generator/distortion": dist,
+               "generator/distortion": dist, "generator/gender_mean_gap": gap,
                "monitor/gd_sampled_gender_acc": accuracy(gd_logits, sampled)}
     g_net = apply_gradients(g_net, grads, tx, batch_stats=stats)
     return g_net, jax.lax.stop_gradient(x2), sampled, metrics
@@ -267,8 +278,8 @@ def pcmelgan_step(
     nets["filter"], x1 = filter_pass(nets["filter"], x, k_z1b, hp)
     if not hp.filter_only:
         nets["generator"], x2, sampled, g_metrics = update_generator(
-            nets["generator"], nets["generator_discriminator"].params, x1, x, (k_s, k_z2, k_d2),
-            hp=hp, tx=txs["generator"])
+            nets["generator"], nets["generator_discriminator"].params, x1, x, s,
+            (k_s, k_z2, k_d2), hp=hp, tx=txs["generator"])
         metrics.update(g_metrics)
     nets["filter_discriminator"], fd_metrics = update_filter_discriminator(
         nets["filter_discriminator"], x1, s, k_d3, hp=hp, tx=txs["filter_discriminator"])

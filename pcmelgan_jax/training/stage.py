@@ -83,6 +83,7 @@ def make_train_iterator(config: Any, seed: int | None = None):
         train=True,
         worker_count=config.get("worker_count", 0),
         worker_threads=config.get("worker_threads", 0),
+        cache_records=config.get("cache_records", True),
     )
 
 
@@ -98,6 +99,7 @@ def eval_batches(config: Any, mesh, split: str | None = None) -> Iterator[dict]:
         batch_size=config.eval_batch_size // jax.process_count(),
         seed=config.seed,
         train=False,
+        cache_records=config.get("cache_records", True),
     )
     try:
         for batch in it:
