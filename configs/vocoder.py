@@ -22,7 +22,12 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.learning_rate_discriminator = 1e-4
     c.feature_matching_weight = 10.0
     c.mel_loss_weight = 0.0  # optional mel-reconstruction L1 (off = the original's losses)
-    c.discriminator_start_step = 0  # > 0: G warms up on the mel loss alone for these steps
+    # optional multi-resolution STFT loss against the real audio (off = the original's losses);
+    # unlike the mel L1 it also constrains the fine spectral and temporal structure of the wave
+    c.stft_loss_weight = 0.0
+    # its (n_fft, hop, win) triples: 16, 32 and 64 ms Hann windows at 8 kHz, hop a quarter
+    c.stft_resolutions = ((128, 32, 128), (256, 64, 256), (512, 128, 512))
+    c.discriminator_start_step = 0  # > 0: G warms up on the mel/STFT losses alone for these steps
     c.generator = ml_collections.ConfigDict(
         {"ngf": 32, "n_residual_layers": 3, "ratios": (8, 8, 2, 2)}
     )

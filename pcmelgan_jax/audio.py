@@ -162,10 +162,15 @@ def hann_window(win_length: int = WIN_LENGTH) -> np.ndarray:
     return window
 
 
-def stft_magnitude(audio: jax.Array, n_fft: int = N_FFT, hop_length: int = HOP_LENGTH) -> jax.Array:
+def stft_magnitude(
+    audio: jax.Array, n_fft: int = N_FFT, hop_length: int = HOP_LENGTH,
+    win_length: int | None = None,
+) -> jax.Array:
     """|STFT| of reflect-padded audio, no centring. (..., T) -> (..., n_fft//2+1, frames).
 
     The pad is (n_fft - hop) / 2 samples on each side, so T samples give T // hop frames.
+    A Hann window of ``win_length`` (default ``n_fft``) samples sits in the middle of each
+    ``n_fft``-sample frame, zeros either side (as ``torch.stft``).
     """
     audio = jnp.asarray(audio, jnp.float32)
     pad = (n_fft - hop_length) // 2
@@ -173,7 +178,12 @@ def stft_magnitude(audio: jax.Array, n_fft: int = N_FFT, hop_length: int = HOP_L
     padded = jnp.pad(audio, widths, mode="reflect")
     n_frames = (padded.shape[-1] - n_fft) // hop_length + 1
     index = np.arange(n_frames)[:, None] * hop_length + np.arange(n_fft)[None, :]
-    frames = padded[..., index] * jnp.asarray(hann_window(n_fft))  # (..., frames, n_fft)
+    win_length = n_fft if win_length is None else win_length
+    if not 0 < win_length <= n_fft:
+        raise ValueError(f"stft: win_length must be in (0, n_fft={n_fft}], got {win_length}")
+    left = (n_fft - win_length) // 2
+    window = np.pad(hann_window(win_length), (left, n_fft - win_length - left))
+    frames = padded[..., index] * jnp.asarray(window)  # (..., frames, n_fft)
     spectrum = jnp.fft.rfft(frames, axis=-1)
     power = jnp.real(spectrum) ** 2 + jnp.imag(spectrum) ** 2
     # sqrt with a zero (not NaN) gradient where the magnitude is exactly 0

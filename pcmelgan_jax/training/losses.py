@@ -1,8 +1,8 @@
 """Every training loss, as pure functions of arrays.
 
-Logits are (B, K), labels (B,) int; spectrograms (B, 80, 32, 1); each loss returns a float32
-scalar. The MelGAN discriminator outputs are, per scale, the list of its layers' feature maps
-with the score map last.
+Logits are (B, K), labels (B,) int; spectrograms (B, 80, 32, 1); waveforms (B, T); each loss
+returns a float32 scalar (the STFT loss a tuple of them). The MelGAN discriminator outputs
+are, per scale, the list of its layers' feature maps with the score map last.
 """
 
 from __future__ import annotations
@@ -12,15 +12,22 @@ from collections.abc import Sequence
 import jax
 import jax.numpy as jnp
 
+from pcmelgan_jax.audio import stft_magnitude
+
 # the classifiers' cross-entropy (optional label smoothing) lives beside the models, which
 # the evaluation's attackers also train with
 from pcmelgan_jax.models.classifiers import softmax_cross_entropy
 
 Array = jax.Array
 FAKE = 2  # GD's class for generated spectrograms (0 and 1 are the genders)
+# (n_fft, hop, win) of the multi-resolution STFT loss: 16, 32 and 64 ms windows at 8 kHz
+STFT_RESOLUTIONS = ((128, 32, 128), (256, 64, 256), (512, 128, 512))
+STFT_POWER_FLOOR = 1e-7  # |S|^2 is clamped here before the sqrt (Parallel WaveGAN's floor)
 
 __all__ = [
     "FAKE",
+    "STFT_POWER_FLOOR",
+    "STFT_RESOLUTIONS",
     "accuracy",
     "discriminator_hinge_loss",
     "distortion_hinge",
@@ -32,6 +39,7 @@ __all__ = [
     "l1",
     "label_mean_gap",
     "mean_entropy",
+    "multi_resolution_stft_loss",
     "softmax_cross_entropy",
 ]
 
@@ -124,3 +132,37 @@ def feature_matching_loss(real: Sequence[list], fake: Sequence[list], n_layers: 
         for rs, fs in zip(real, fake, strict=True)
         for r, f in zip(rs[:-1], fs[:-1], strict=True)
     )
+
+
+def _frobenius(x: Array) -> Array:
+    """Frobenius norm over the last two axes, with a zero (not NaN) gradient at 0."""
+    sq = jnp.sum(jnp.square(x), axis=(-2, -1))
+    positive = sq > 0
+    return jnp.where(positive, jnp.sqrt(jnp.where(positive, sq, 1.0)), 0.0)
+
+
+def multi_resolution_stft_loss(
+    fake: Array, real: Array, resolutions: Sequence[Sequence[int]] = STFT_RESOLUTIONS,
+    power_floor: float = STFT_POWER_FLOOR,
+) -> tuple[Array, Array, Array]:
+    """Parallel WaveGAN's multi-resolution STFT loss of waveforms (..., T):
+    (spectral convergence + log magnitude, spectral convergence, log magnitude), each the
+    mean over ``resolutions`` of (n_fft, hop, win).
+
+    Per resolution, with M = max(|STFT|, sqrt(power_floor)) (``audio.stft_magnitude``: Hann
+    window, reflect padding of (n_fft - hop) / 2 samples each side, no centring):
+    spectral convergence ||M_real - M_fake||_F / ||M_real||_F per clip, averaged over clips,
+    and log magnitude mean |log M_real - log M_fake|. The floor keeps both terms and their
+    gradients finite on silent (all-zero) audio. ``real`` is a constant (no gradient).
+    """
+    real = jax.lax.stop_gradient(real)
+    floor = jnp.sqrt(jnp.float32(power_floor))
+    convergence, log_magnitude = [], []
+    for n_fft, hop, win in resolutions:
+        m_fake, m_real = (
+            jnp.maximum(stft_magnitude(a, n_fft, hop, win), floor) for a in (fake, real)
+        )
+        convergence.append(jnp.mean(_frobenius(m_real - m_fake) / _frobenius(m_real)))
+        log_magnitude.append(l1(jnp.log(m_fake), jnp.log(m_real)))
+    sc, mag = jnp.mean(jnp.stack(convergence)), jnp.mean(jnp.stack(log_magnitude))
+    return sc + mag, sc, mag

@@ -1,9 +1,10 @@
 """Stage ``vocoder``: MelGAN on real log-mels of real audio.
 
 Hinge loss, feature matching (weight ``config.feature_matching_weight``), optional
-mel-reconstruction loss (``config.mel_loss_weight``, 0 = off as in the original). With
-``config.discriminator_start_step`` = N > 0 the first N steps are a warm-up that trains the
-generator on the mel-reconstruction loss alone (``vocoder_warmup_step``). Every evaluation
+mel-reconstruction loss (``config.mel_loss_weight``) and multi-resolution STFT loss against the
+real audio (``config.stft_loss_weight`` at ``config.stft_resolutions``), both 0 = off as in the
+original. With ``config.discriminator_start_step`` = N > 0 the first N steps are a warm-up that
+trains the generator on the mel and STFT losses alone (``vocoder_warmup_step``). Every evaluation
 measures the mel L1 between the input log-mel and the log-mel re-analysed from the generated
 audio on ``config.eval_split`` (the validation split); the best generator by it is exported
 to ``WORKDIR/models/generator`` (its discriminator of the same step to
@@ -29,10 +30,12 @@ from pcmelgan_jax.models import MelGANDiscriminator, MelGANGenerator
 from pcmelgan_jax.runtime import compilation, sharding
 from pcmelgan_jax.training import stage as stage_lib
 from pcmelgan_jax.training.losses import (
+    STFT_RESOLUTIONS,
     discriminator_hinge_loss,
     feature_matching_loss,
     generator_hinge_loss,
     l1,
+    multi_resolution_stft_loss,
 )
 from pcmelgan_jax.training.seeds import jit_step
 from pcmelgan_jax.training.state import (
@@ -54,6 +57,8 @@ class VocoderHyper:
 
     feature_matching_weight: float = 10.0
     mel_loss_weight: float = 0.0  # optional L1(log-mel(G(s)), s); 0 = the original's losses
+    stft_loss_weight: float = 0.0  # optional multi-resolution STFT loss(G(s), x); 0 = off
+    stft_resolutions: tuple = STFT_RESOLUTIONS  # its (n_fft, hop, win) triples
     generator_arch: tuple = ()
     discriminator_arch: tuple = ()
 
@@ -80,25 +85,39 @@ def update_discriminator(
     return apply_gradients(d_net, grads, tx), real_features, {"discriminator/loss": loss}
 
 
-def generator_audio_gradient(
-    fake: Array, mel: Array, d_params: Any, real_features: list, hp: VocoderHyper
+def reconstruction_losses(
+    fake: Array, audio: Array, mel: Array, hp: VocoderHyper
 ) -> tuple[Array, dict[str, Array]]:
-    """The gradient of G's loss (hinge + feature matching + optional mel L1, scored by the
-    updated D) with respect to the generated audio ``fake``, and G's metrics."""
+    """``hp.mel_loss_weight`` x L1(log-mel(fake), mel) + ``hp.stft_loss_weight`` x the
+    multi-resolution STFT loss of (fake, audio), and its terms as metrics (``mel_l1``,
+    ``stft/spectral_convergence``, ``stft/log_magnitude``). A term of weight 0 is left out of
+    the loss, so it is measured but not differentiated."""
+    mel_err = l1(log_mel(fake), mel)
+    stft, sc, mag = multi_resolution_stft_loss(fake, audio, hp.stft_resolutions)
+    weighted = ((hp.mel_loss_weight, mel_err), (hp.stft_loss_weight, stft))
+    loss = sum((w * term for w, term in weighted if w), jnp.zeros((), jnp.float32))
+    return loss, {"mel_l1": mel_err, "stft/spectral_convergence": sc, "stft/log_magnitude": mag}
+
+
+def generator_audio_gradient(
+    fake: Array, audio: Array, mel: Array, d_params: Any, real_features: list, hp: VocoderHyper
+) -> tuple[Array, dict[str, Array]]:
+    """The gradient of G's loss (hinge + feature matching, scored by the updated D, + the
+    optional mel and STFT losses against the real ``audio`` and its log-mel ``mel``) with
+    respect to the generated audio ``fake``, and G's metrics."""
     disc = hp.discriminator()
 
     def loss_fn(fake_audio):
         out = disc.apply({"params": d_params}, fake_audio)
         adv = generator_hinge_loss(out)
         fm = feature_matching_loss(real_features, out, disc.n_layers)
-        mel_err = l1(log_mel(fake_audio), mel)
-        loss = adv + hp.feature_matching_weight * fm + hp.mel_loss_weight * mel_err
-        return loss, (adv, fm, mel_err)
+        recon, recon_metrics = reconstruction_losses(fake_audio, audio, mel, hp)
+        loss = adv + hp.feature_matching_weight * fm + recon
+        return loss, {"generator/adversarial": adv, "generator/feature_matching": fm,
+                      **recon_metrics}
 
-    (loss, (adv, fm, mel_err)), grad = jax.value_and_grad(loss_fn, has_aux=True)(fake)
-    metrics = {"generator/loss": loss, "generator/adversarial": adv,
-               "generator/feature_matching": fm, "mel_l1": mel_err}
-    return grad, metrics
+    (loss, metrics), grad = jax.value_and_grad(loss_fn, has_aux=True)(fake)
+    return grad, {"generator/loss": loss, **metrics}
 
 
 def vocoder_step(
@@ -107,7 +126,8 @@ def vocoder_step(
 ) -> tuple[TrainState, dict[str, Array]]:
     """MelGAN: D update on (x, stop_gradient(G(s))), then G update (hinge + feature matching
     against D's pre-update real features, as the original). ``s`` = log-mel of the real audio
-    (B, 80, 32). Metrics include ``mel_l1`` = L1(s, log-mel(G(s)))."""
+    (B, 80, 32). Metrics include ``mel_l1`` = L1(s, log-mel(G(s))) and the STFT loss's
+    terms (computed, and logged, whatever its weight)."""
     del rng  # deterministic networks
     g_net, d_net = state.networks["generator"], state.networks["discriminator"]
     audio = batch["audio"]
@@ -117,7 +137,8 @@ def vocoder_step(
     d_net, real_features, d_metrics = update_discriminator(
         d_net, audio, fake, hp, txs["discriminator"]
     )
-    fake_grad, g_metrics = generator_audio_gradient(fake, mel, d_net.params, real_features, hp)
+    fake_grad, g_metrics = generator_audio_gradient(
+        fake, audio, mel, d_net.params, real_features, hp)
     (g_grads,) = g_vjp(fake_grad)
     g_net = apply_gradients(g_net, g_grads, txs["generator"])
     networks = {"generator": g_net, "discriminator": d_net}
@@ -128,20 +149,20 @@ def vocoder_warmup_step(
     state: TrainState, batch: Mapping[str, Array], rng: Array, *, hp: VocoderHyper,
     txs: Mapping[str, Any],
 ) -> tuple[TrainState, dict[str, Array]]:
-    """MelGAN warm-up: a G update on the mel-reconstruction loss alone
-    (``hp.mel_loss_weight`` x L1(log-mel(G(s)), s)); D is left untouched. Metrics
-    ``generator/loss`` and ``mel_l1``."""
+    """MelGAN warm-up: a G update on the reconstruction losses alone
+    (``hp.mel_loss_weight`` x L1(log-mel(G(s)), s) + ``hp.stft_loss_weight`` x STFT loss);
+    D is left untouched. Metrics ``generator/loss``, ``mel_l1`` and ``stft/...``."""
     del rng
     gen, g_net = hp.generator(), state.networks["generator"]
-    mel = log_mel(batch["audio"])
+    audio = batch["audio"]
+    mel = log_mel(audio)
 
     def loss_fn(g_params):
-        mel_err = l1(log_mel(gen.apply({"params": g_params}, mel)), mel)
-        return hp.mel_loss_weight * mel_err, mel_err
+        return reconstruction_losses(gen.apply({"params": g_params}, mel), audio, mel, hp)
 
-    (loss, mel_err), grads = jax.value_and_grad(loss_fn, has_aux=True)(g_net.params)
+    (loss, recon_metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(g_net.params)
     networks = {**state.networks, "generator": apply_gradients(g_net, grads, txs["generator"])}
-    metrics = {"generator/loss": loss, "mel_l1": mel_err}
+    metrics = {"generator/loss": loss, **recon_metrics}
     return TrainState(step=state.step + 1, networks=networks), metrics
 
 
@@ -160,6 +181,9 @@ def hyper(config: Any) -> VocoderHyper:
     return VocoderHyper(
         feature_matching_weight=float(config.feature_matching_weight),
         mel_loss_weight=float(config.mel_loss_weight),
+        stft_loss_weight=float(config.get("stft_loss_weight", 0.0)),
+        stft_resolutions=tuple(
+            tuple(int(v) for v in r) for r in config.get("stft_resolutions", STFT_RESOLUTIONS)),
         generator_arch=_hashable(config.generator),
         discriminator_arch=_hashable(config.discriminator),
     )
@@ -184,13 +208,14 @@ def update_best(book: dict, step: int, mel_l1: float) -> bool:
 
 
 def _warmup_steps(config: Any, hp: VocoderHyper) -> int:
-    """``config.discriminator_start_step`` (0 if unset), checked against the mel loss weight."""
+    """``config.discriminator_start_step`` (0 if unset), checked against the reconstruction
+    loss weights."""
     warmup_steps = int(config.get("discriminator_start_step", 0) or 0)
-    if warmup_steps > 0 and hp.mel_loss_weight <= 0:
+    if warmup_steps > 0 and hp.mel_loss_weight <= 0 and hp.stft_loss_weight <= 0:
         raise ValueError(
             f"vocoder config: discriminator_start_step={warmup_steps} trains the generator on "
-            "the mel-reconstruction loss alone first, so mel_loss_weight must be > 0 (it is "
-            f"{hp.mel_loss_weight})"
+            "the reconstruction losses alone first, so mel_loss_weight or stft_loss_weight must "
+            f"be > 0 (they are {hp.mel_loss_weight} and {hp.stft_loss_weight})"
         )
     return warmup_steps
 
