@@ -24,8 +24,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.lamb = 100.0  # weight of the distortion penalty
     c.noise_dim = 10
     c.entropy = False  # F maximises FD's entropy instead of the flipped-label cross-entropy
-    # > 0: F's and G's losses add this times the gender mean gap of their outputs (the RMS
-    # difference of the batch's female and male means; 0 when no linear attacker can learn)
+    # > 0: F's and G's losses add this times the gender mean gap of their outputs (squared
+    # difference of female and male means, unbiased; 0 when no linear attacker can learn)
     c.mean_gap_weight = 0.0
     c.filter_only = variant.filter_only  # the paper's Filter baseline: F and FD only
     c.discriminator_width = 1.0  # AlexNet width of FD and GD (1.0 = the original)

@@ -136,24 +136,31 @@ def test_accuracy_by_hand():
 
 
 def test_label_mean_gap_by_hand():
-    """Elements (2 each): label 1 rows [1, 3], [3, 5] (mean [2, 4]); label 0 row [2, 0].
-    Gap [0, 4]: RMS sqrt((0 + 16) / 2) = sqrt(8)."""
-    x = jnp.array([[1.0, 3.0], [2.0, 0.0], [3.0, 5.0]])[:, :, None]  # (B, 2, 1)
-    labels = jnp.array([1, 0, 1])
-    np.testing.assert_allclose(losses.label_mean_gap(x, labels), math.sqrt(8), rtol=1e-5)
-    # equal class means: nothing linear to learn, whatever the spread within a class
-    same = jnp.array([[0.0, 1.0], [2.0, 3.0], [1.0, 2.0], [1.0, 2.0]])
-    np.testing.assert_allclose(losses.label_mean_gap(same, jnp.array([1, 1, 0, 0])), 0.0,
-                               atol=1e-5)
-    # one label only: 0, with a finite gradient
-    one = jnp.array([0, 0, 0])
+    """Label 1 rows [1, 3], [3, 5]: means [2, 4], unbiased variances [2, 2]; label 0 rows
+    [2, 0], [4, 2]: means [3, 1], variances [2, 2]; 2 rows each. Per element
+    gap^2 - v1/2 - v0/2 = [1 - 2, 9 - 2] = [-1, 7]: mean 3."""
+    x = jnp.array([[1.0, 3.0], [2.0, 0.0], [3.0, 5.0], [4.0, 2.0]])[:, :, None]  # (B, 2, 1)
+    labels = jnp.array([1, 0, 1, 0])
+    np.testing.assert_allclose(losses.label_mean_gap(x, labels), 3.0, rtol=1e-5)
+    # unbiased: over many batches drawn with equal class means it averages to 0, while the
+    # plain squared gap of batch means would average to the sampling noise
+    rng = np.random.default_rng(0)
+    draws = jnp.asarray(rng.standard_normal((4000, 8, 5)), jnp.float32)
+    split = jnp.array([0, 1] * 4)
+    estimates = jax.vmap(lambda b: losses.label_mean_gap(b, split))(draws)
+    assert abs(float(jnp.mean(estimates))) < 0.01  # noise alone: 2 * 1/4 = 0.5 per element
+    shifted = draws + 0.5 * split[None, :, None]  # true gap 0.5 in every element: 0.25
+    np.testing.assert_allclose(
+        float(jnp.mean(jax.vmap(lambda b: losses.label_mean_gap(b, split))(shifted))), 0.25,
+        atol=0.02)
+    # fewer than 2 rows of a label: 0, with a finite (zero) gradient
+    one = jnp.array([0, 0, 0, 1])
     assert float(losses.label_mean_gap(x, one)) == 0.0
     grad = jax.grad(lambda v: losses.label_mean_gap(v, one))(x)
     assert np.all(np.isfinite(grad)) and not np.any(grad)
-    # the gradient closes the gap: a step against it moves the label-1 mean toward label 0's
+    # the gradient closes the gap
     g = jax.grad(lambda v: losses.label_mean_gap(v, labels))(x)
-    moved = x - 0.1 * g
-    assert float(losses.label_mean_gap(moved, labels)) < math.sqrt(8)
+    assert float(losses.label_mean_gap(x - 0.05 * g, labels)) < 3.0
 
 
 def _numpy_stft_loss(fake, real, resolutions, power_floor=1e-7):

@@ -316,14 +316,14 @@ def test_distortion_hinge_and_mean_gap_active_in_the_step(inactive):
     gap = float(off_metrics["filter/gender_mean_gap"])
     np.testing.assert_allclose(off_metrics["filter/loss"], off_metrics["filter/adversarial"],
                                rtol=1e-6)
-    eps, weight = 0.5 * distortion, 3.0
+    eps, weight = 0.5 * distortion, 1e4
     metrics, params = _step(eps, mean_gap_weight=weight)  # one program for both penalties
     # the forward pass before F's update depends on neither setting
     np.testing.assert_allclose(metrics["filter/distortion"], distortion, rtol=1e-6)
     np.testing.assert_allclose(metrics["filter/gender_mean_gap"], gap, rtol=1e-6)
     penalty = float(metrics["filter/loss"]) - float(metrics["filter/adversarial"])
-    want = LAMB * (distortion - eps) ** 2 + weight * gap  # = 25 * distortion^2 + 3 * gap
-    assert LAMB * (distortion - eps) ** 2 > 1e-3 and weight * gap > 1e-3
+    want = LAMB * (distortion - eps) ** 2 + weight * gap  # = 25 * distortion^2 + 1e4 * gap
+    assert LAMB * (distortion - eps) ** 2 > 1e-3 and abs(weight * gap) > 1e-3, (distortion, gap)
     np.testing.assert_allclose(penalty, want, rtol=1e-4)
     # the penalties' gradients change F's update
     change = max(float(np.max(np.abs(a - b)))

@@ -82,12 +82,11 @@ def vocoded(vocoder: tuple, batch_size: int):
     return apply
 
 
-def filter_and_generator(
-    filt: tuple, gen: tuple | None, vocoder: tuple, seed: int, batch_size: int,
-    split: SplitData,
-) -> tuple[Outputs, Outputs | None]:
-    """F's output x1 = F(x, z1) and G's x2 = G(x1, z2, s') (None for a filter-only run) for
-    one split, with the noise of ``batch_noise(seed, offset + i)`` for batch i."""
+def filter_and_generator_spectrograms(
+    filt: tuple, gen: tuple | None, seed: int, batch_size: int, split: SplitData,
+) -> tuple[np.ndarray, np.ndarray | None, np.ndarray | None]:
+    """(x1 = F(x, z1), x2 = G(x1, z2, s'), s') for one split, (N, 80, 32, 1) each (x2 and s'
+    None without ``gen``), with the noise of ``batch_noise(seed, offset + i)`` for batch i."""
     noise_dim = filt[0].noise_dim
     x1s, x2s, sampled = [], [], []
     for i, rows, n in padded_batches(len(split), batch_size):
@@ -99,11 +98,23 @@ def filter_and_generator(
             x2 = unet_apply(gen[0], gen[1], x1, jnp.asarray(z2), jnp.asarray(s_new))
             x2s.append(np.asarray(x2)[:n])
             sampled.append(s_new[:n])
+    if gen is None:
+        return np.concatenate(x1s), None, None
+    return np.concatenate(x1s), np.concatenate(x2s), np.concatenate(sampled)
+
+
+def filter_and_generator(
+    filt: tuple, gen: tuple | None, vocoder: tuple, seed: int, batch_size: int,
+    split: SplitData,
+) -> tuple[Outputs, Outputs | None]:
+    """F's output x1 = F(x, z1) and G's x2 = G(x1, z2, s') (None for a filter-only run) for
+    one split (``filter_and_generator_spectrograms``), vocoded."""
+    x1, x2, sampled = filter_and_generator_spectrograms(filt, gen, seed, batch_size, split)
 
     def outputs(x: np.ndarray, s: np.ndarray | None) -> Outputs:
         audio = vocode_all(vocoder, x, split.mean, split.std, batch_size)
         return Outputs(x, audio, log_mels(audio, batch_size)[0], s)
 
-    first = outputs(np.concatenate(x1s), None)
-    second = outputs(np.concatenate(x2s), np.concatenate(sampled)) if gen is not None else None
+    first = outputs(x1, None)
+    second = outputs(x2, sampled) if x2 is not None else None
     return first, second

@@ -69,20 +69,31 @@ def distortion_penalty(x_out: Array, x: Array, eps: float, lamb: float) -> tuple
 
 
 def label_mean_gap(x: Array, labels: Array) -> Array:
-    """Root mean square over the elements of x of the gap between the batch means of x for
-    binary label 1 and label 0: (B, ...) and (B,) in {0, 1} -> ().
+    """Unbiased estimate, from one batch, of the mean over the elements of x of the squared
+    difference between the means of x for binary label 1 and for label 0:
+    (B, ...) and (B,) in {0, 1} -> ().
 
-    No linear classifier of x does better than chance on the label exactly when these two
-    class-conditional means are equal (linear guardedness), so driving the gap to zero removes
-    what a linear attacker, the weakest informed one, could learn. 0 when a label is absent
-    from the batch."""
+    Per element, (m1 - m0)^2 - v1 / n1 - v0 / n0 (batch means m, unbiased variances v,
+    counts n): the plain squared gap of batch means also counts the batch's sampling noise
+    (v / n), whose gradient would shrink every output toward its class mean instead of
+    closing the gap. No linear classifier of x beats chance on the label exactly when the two
+    class-conditional means are equal (linear guardedness), so driving this to zero removes
+    what a linear attacker could learn. Can be negative; 0 unless each label has 2+ rows.
+    """
     x = x.astype(jnp.float32).reshape(x.shape[0], -1)
     ones = (labels == 1).astype(jnp.float32)
     zeros = 1.0 - ones
     n1, n0 = jnp.sum(ones), jnp.sum(zeros)
-    gap = ones @ x / jnp.maximum(n1, 1.0) - zeros @ x / jnp.maximum(n0, 1.0)
-    both = (n1 > 0) & (n0 > 0)
-    return jnp.where(both, jnp.sqrt(jnp.mean(jnp.square(gap)) + 1e-12), 0.0)
+
+    def mean_and_noise(w, n):
+        mean = w @ x / jnp.maximum(n, 1.0)
+        var = w @ jnp.square(x - mean) / jnp.maximum(n - 1.0, 1.0)
+        return mean, var / jnp.maximum(n, 1.0)
+
+    m1, noise1 = mean_and_noise(ones, n1)
+    m0, noise0 = mean_and_noise(zeros, n0)
+    estimate = jnp.mean(jnp.square(m1 - m0) - noise1 - noise0)
+    return jnp.where((n1 >= 2) & (n0 >= 2), estimate, 0.0)
 
 
 def mean_entropy(logits: Array) -> Array:

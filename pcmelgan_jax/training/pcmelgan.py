@@ -69,7 +69,8 @@ class PCMelGANHyper:
     lamb: float = 100.0
     noise_dim: int = 10
     entropy: bool = False  # F maximises FD's entropy instead of the flipped-label CE
-    # weight of the gender mean gap (label_mean_gap) of F's and G's outputs in their losses
+    # weight of the gender mean gap (losses.label_mean_gap) of F's and G's outputs in their
+    # losses
     # (0: the original's losses)
     mean_gap_weight: float = 0.0
     filter_only: bool = False  # the Filter baseline: F and FD only

@@ -1,0 +1,168 @@
+"""A quick privacy probe of trained runs on the VALIDATION speakers (for choosing settings).
+
+    .venv/bin/python -m bench.privacy_probe --data-dir DIR --classifiers-workdir DIR \
+        [--vocoder VOCODER_WORKDIR ...] [--out bench/results/privacy_probe.json] [RUN ...]
+
+For each run (a PCMelGAN or Filter-only run folder holding ``models/filter`` and perhaps
+``models/generator``) the Filter's output x1 = F(x) and, for a full run, PCMelGAN's
+x2 = G(x1, s') are computed for the training and the validation speakers (the noise of
+``eval.py``), then scored in the spectrogram domain:
+
+- ``linear_gender`` / ``linear_digit``: the linear attacker (``evaluation.linear``: logistic
+  regression on the normalised log-mel grid, trained on the training speakers' outputs with
+  their true labels, L2 strength chosen on the validation speakers) on the validation outputs;
+- ``fixed_gender`` / ``fixed_digit`` (and ``fixed_sampled_gender`` for x2 against s'): the
+  fixed spectrogram classifiers of ``--classifiers-workdir``;
+- ``distortion``: mean |output - x|; ``gender_gap_rms``: the RMS over the grid of the
+  difference between the male and the female mean output (what a linear attacker exploits).
+
+With ``--vocoder`` (repeatable): the fixed AudioNets (``audio_digit``, ``audio_gender`` of
+``--classifiers-workdir``) on the validation speakers' original clips and on their copies
+vocoded by each vocoder workdir's ``models/generator`` (the vocoder's own loss of content).
+
+The test speakers are never touched: ``eval.py`` reports those, once the settings are chosen.
+Writes ``--out`` (JSON, atomically) and prints a markdown table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from pcmelgan_jax.workdir import write_json_atomic
+
+ROOT = Path(__file__).resolve().parents[1]
+BATCH = 50
+
+
+def spectrogram_outputs(run: str, split: Any) -> dict[str, tuple[np.ndarray, np.ndarray | None]]:
+    """{"filter": (x1, None)[, "pcmelgan": (x2, s')]} of ``run`` on ``split``."""
+    from pcmelgan_jax.checkpointing import load_network
+    from pcmelgan_jax.evaluation.conditions import filter_and_generator_spectrograms
+    from pcmelgan_jax.workdir import model_dir
+
+    filt = load_network(model_dir(run, "filter"), "unet_filter")
+    generator_dir = model_dir(run, "generator")
+    gen = (load_network(generator_dir, "unet_generator")
+           if os.path.isdir(generator_dir) else None)
+    x1, x2, sampled = filter_and_generator_spectrograms(filt, gen, 0, BATCH, split)
+    out = {"filter": (x1, None)}
+    if x2 is not None:
+        out["pcmelgan"] = (x2, sampled)
+    return out
+
+
+def linear_accuracy(train_x: np.ndarray, train_y: np.ndarray, val_x: np.ndarray,
+                    val_y: np.ndarray, num_classes: int) -> float:
+    """The linear attacker's accuracy on the validation rows."""
+    from pcmelgan_jax.evaluation.linear import fit_logistic_regression
+
+    flat = lambda a: a.reshape(len(a), -1)
+    model = fit_logistic_regression(flat(train_x), train_y, flat(val_x), val_y, num_classes,
+                                    max_iter=200)
+    return float(np.mean(model.predict(flat(val_x)) == val_y))
+
+
+def gender_gap_rms(x: np.ndarray, gender: np.ndarray) -> float:
+    """RMS over the elements of (male mean - female mean)."""
+    return float(np.sqrt(np.mean((x[gender == 1].mean(0) - x[gender == 0].mean(0)) ** 2)))
+
+
+def probe(run: str, train: Any, val: Any, fixed: dict) -> dict[str, dict[str, float]]:
+    from pcmelgan_jax.evaluation.classifier import predict
+
+    out = {}
+    train_out, val_out = spectrogram_outputs(run, train), spectrogram_outputs(run, val)
+    for name, (val_x, sampled) in val_out.items():
+        train_x = train_out[name][0]
+        fixed_pred = {t: predict("alexnet", *fixed[t], val_x, BATCH) for t in fixed}
+        row = {
+            "linear_gender": linear_accuracy(train_x, train.gender, val_x, val.gender, 2),
+            "linear_digit": linear_accuracy(train_x, train.digit, val_x, val.digit, 10),
+            "fixed_gender": float(np.mean(fixed_pred["gender"] == val.gender)),
+            "fixed_digit": float(np.mean(fixed_pred["digit"] == val.digit)),
+            "distortion": float(np.mean(np.abs(val_x - val.x))),
+            "gender_gap_rms": gender_gap_rms(val_x, val.gender),
+        }
+        if sampled is not None:
+            row["fixed_sampled_gender"] = float(np.mean(fixed_pred["gender"] == sampled))
+        out[name] = row
+    return out
+
+
+def vocoder_probe(vocoders: list[str], val: Any, classifiers_workdir: str) -> dict:
+    """{"real clips" | vocoder: {"audionet_digit", "audionet_gender"}} on ``val``."""
+    from pcmelgan_jax.checkpointing import load_network
+    from pcmelgan_jax.evaluation.classifier import predict
+    from pcmelgan_jax.evaluation.conditions import vocode_all
+    from pcmelgan_jax.workdir import model_dir
+
+    nets = {t: load_network(model_dir(classifiers_workdir, f"audio_{t}"), "audionet")
+            for t in ("digit", "gender")}
+
+    def scores(audio):
+        return {f"audionet_{t}": float(np.mean(
+            predict("audionet", *nets[t], audio, BATCH) == getattr(val, t))) for t in nets}
+
+    out = {"real clips": scores(val.clips)}
+    for workdir in vocoders:
+        voc = load_network(model_dir(workdir, "generator"), "melgan_generator")
+        out[os.path.abspath(workdir)] = scores(vocode_all(voc, val.x, val.mean, val.std, BATCH))
+    return out
+
+
+def markdown(results: dict) -> str:
+    cols = ("linear_gender", "linear_digit", "fixed_gender", "fixed_digit",
+            "fixed_sampled_gender", "distortion", "gender_gap_rms")
+    lines = ["| run | output | " + " | ".join(cols) + " |", "|---|---|" + "---:|" * len(cols)]
+    for run, outputs in results.items():
+        for name, row in outputs.items():
+            cells = [f"{row[c]:.3f}" if c in row else "" for c in cols]
+            lines.append(f"| {run} | {name} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("runs", nargs="*", help="run folders (models/filter[, models/generator])")
+    p.add_argument("--vocoder", action="append", default=[],
+                   help="a vocoder workdir (models/generator) to probe; repeatable")
+    p.add_argument("--data-dir", required=True, help="prepared TFDS data")
+    p.add_argument("--dataset", default="audio_mnist/all")
+    p.add_argument("--classifiers-workdir", required=True,
+                   help="holds models/spec_digit and models/spec_gender")
+    p.add_argument("--out", default=str(ROOT / "bench" / "results" / "privacy_probe.json"))
+    args = p.parse_args(argv)
+    from pcmelgan_jax.checkpointing import load_network
+    from pcmelgan_jax.evaluation.data import load_split
+    from pcmelgan_jax.workdir import model_dir
+
+    train = load_split(args.data_dir, args.dataset, "train", BATCH)
+    val = load_split(args.data_dir, args.dataset, "validation", BATCH)
+    fixed = {t: load_network(model_dir(args.classifiers_workdir, f"spec_{t}"), "alexnet")
+             for t in ("gender", "digit")}
+    results = {"untransformed": {"real": {
+        "linear_gender": linear_accuracy(train.x, train.gender, val.x, val.gender, 2),
+        "linear_digit": linear_accuracy(train.x, train.digit, val.x, val.digit, 10),
+        "gender_gap_rms": gender_gap_rms(val.x, val.gender), "distortion": 0.0,
+    }}}
+    for run in args.runs:
+        results[os.path.abspath(run)] = probe(run, train, val, fixed)
+        print(markdown({run: results[os.path.abspath(run)]}).splitlines()[-1], flush=True)
+    vocoders = vocoder_probe(args.vocoder, val, args.classifiers_workdir) if args.vocoder else {}
+    write_json_atomic(args.out, {"data_dir": os.path.abspath(args.data_dir),
+                                 "results": results, "vocoders": vocoders})
+    print(markdown(results))
+    if vocoders:
+        print("\n| vocoder | AudioNet digit | AudioNet gender |\n|---|---:|---:|")
+        for name, row in vocoders.items():
+            print(f"| {name} | {row['audionet_digit']:.3f} | {row['audionet_gender']:.3f} |")
+    print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()

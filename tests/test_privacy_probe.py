@@ -1,0 +1,34 @@
+"""bench/privacy_probe.py: the validation-split probe's numbers."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from bench import privacy_probe
+
+
+def test_gender_gap_rms_by_hand():
+    # male rows [1, 3], [3, 5] (mean [2, 4]); female [2, 0] (mean [2, 0]): gap [0, 4], RMS sqrt(8)
+    x = np.array([[1.0, 3.0], [2.0, 0.0], [3.0, 5.0]])
+    assert privacy_probe.gender_gap_rms(x, np.array([1, 0, 1])) == pytest.approx(np.sqrt(8))
+
+
+def test_linear_accuracy_finds_a_linear_cue_and_nothing_in_noise():
+    rng = np.random.default_rng(0)
+    y_train, y_val = rng.integers(0, 2, 200), rng.integers(0, 2, 100)
+    noise = lambda n: rng.standard_normal((n, 4, 3))
+    cue = lambda x, y: x + 3.0 * y[:, None, None] * (np.arange(3) == 1)  # one column shifted
+    got = privacy_probe.linear_accuracy(cue(noise(200), y_train), y_train,
+                                        cue(noise(100), y_val), y_val, 2)
+    assert got >= 0.95
+    chance = privacy_probe.linear_accuracy(noise(200), y_train, noise(100), y_val, 2)
+    assert 0.3 <= chance <= 0.7
+
+
+def test_markdown_has_a_row_per_output():
+    table = privacy_probe.markdown({"run": {"filter": {"linear_gender": 0.5, "distortion": 0.1},
+                                            "pcmelgan": {"fixed_sampled_gender": 0.9}}})
+    lines = table.splitlines()
+    assert len(lines) == 4 and lines[2].startswith("| run | filter | 0.500 |")
+    assert "0.900" in lines[3] and lines[3].count("|") == lines[0].count("|")
