@@ -16,6 +16,21 @@ jax.config.update("jax_num_cpu_devices", 4)
 
 import pytest  # noqa: E402
 
+# The files with the longest runs (module fixtures that train, many compiled programs) go
+# first, in this order; the rest follow in their usual order. With the README's two xdist
+# workers taking a file at a time, the longest-first order keeps one worker from running a
+# long file alone at the end. Only the order of files changes, never that within a file.
+LONGEST_FIRST = (
+    "test_seeds.py", "test_pcmelgan.py", "test_evaluation_attackers.py",
+    "test_evaluation.py", "test_inference.py", "test_mixed_precision.py", "test_layers.py",
+    "test_models.py", "test_vocoder.py", "test_compilation.py", "test_loop.py",
+)
+
+
+def pytest_collection_modifyitems(session, config, items):
+    rank = {name: i for i, name in enumerate(LONGEST_FIRST)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # stable
+
 
 @pytest.fixture
 def conv_groups():
