@@ -132,28 +132,31 @@ class CachedRecords:
         return len(self._records)
 
 
-# (dataset directory, split, its files' (name, size, mtime)) -> CachedRecords of this process
-_CACHED_SOURCES: dict[tuple, CachedRecords] = {}
+# (dataset directory, split) -> (its files' (name, size, mtime), CachedRecords of this process)
+_CACHED_SOURCES: dict[tuple[str, str], tuple[tuple, CachedRecords]] = {}
 
 
-def _split_files_key(source, split: str) -> tuple:
-    """What identifies ``split``'s files on disk: a dataset prepared again gets a new cache."""
-    folder = os.fspath(source.dataset_info.data_dir)
+def _split_files(folder: str, split: str) -> tuple:
+    """``split``'s files in ``folder`` as (name, size, mtime): a dataset prepared again
+    differs."""
     stats = []
     for name in sorted(os.listdir(folder)):
         if f"-{split}." in name:
             st = os.stat(os.path.join(folder, name))
             stats.append((name, st.st_size, st.st_mtime_ns))
-    return (os.path.realpath(folder), split, tuple(stats))
+    return tuple(stats)
 
 
 def cached_source(source, split: str) -> CachedRecords:
     """The process-wide ``CachedRecords`` of ``source`` (a TFDS source of ``split``), created
-    on first use and shared by every later iterator over the same files."""
-    key = _split_files_key(source, split)
-    if key not in _CACHED_SOURCES:
-        _CACHED_SOURCES[key] = CachedRecords(source)
-    return _CACHED_SOURCES[key]
+    on first use and shared by every later iterator over the same files; files prepared
+    again replace it."""
+    folder = os.fspath(source.dataset_info.data_dir)
+    key, files = (os.path.realpath(folder), split), _split_files(folder, split)
+    held = _CACHED_SOURCES.get(key)
+    if held is None or held[0] != files:
+        held = _CACHED_SOURCES[key] = (files, CachedRecords(source))
+    return held[1]
 
 
 def load_source(data_dir: str | os.PathLike, dataset: str = DEFAULT_DATASET, split: str = "train"):
