@@ -11,14 +11,22 @@ x2 = G(x1, s') are computed for the training and the validation speakers (the no
 - ``linear_gender`` / ``linear_digit``: the linear attacker (``evaluation.linear``: logistic
   regression on the normalised log-mel grid, trained on the training speakers' outputs with
   their true labels, L2 strength chosen on the validation speakers) on the validation outputs;
+- ``fresh_gender``: the fresh-speaker attacker (``attackers.fresh``): the same regression
+  trained on some validation speakers' outputs and scored on the others (speaker-disjoint
+  folds, both genders in each), pooled: what an attacker with speakers of their own finds;
 - ``fixed_gender`` / ``fixed_digit`` (and ``fixed_sampled_gender`` for x2 against s'): the
   fixed spectrogram classifiers of ``--classifiers-workdir``;
 - ``distortion``: mean |output - x|; ``gender_gap_rms``: the RMS over the grid of the
   difference between the male and the female mean output (what a linear attacker exploits).
 
+With ``--linear-eraser``: every output also after a linear gender eraser fitted on its
+training-split output (``evaluation.erasure``), as ``<output>+eraser``.
+
 With ``--vocoder`` (repeatable): the fixed AudioNets (``audio_digit``, ``audio_gender`` of
 ``--classifiers-workdir``) on the validation speakers' original clips and on their copies
-vocoded by each vocoder workdir's ``models/generator`` (the vocoder's own loss of content).
+vocoded by each vocoder workdir's ``models/generator`` (the vocoder's own loss of content),
+and the mean |log-mel difference| to the originals; ``--griffin-lim`` adds the training-free
+Griffin-Lim inversion as a vocoder.
 
 The test speakers are never touched: ``eval.py`` reports those, once the settings are chosen.
 Writes ``--out`` (JSON, atomically) and prints a markdown table.
@@ -37,6 +45,7 @@ from pcmelgan_jax.workdir import write_json_atomic
 
 ROOT = Path(__file__).resolve().parents[1]
 BATCH = 50
+DEFAULT_L2_GRID = (1e-4, 1e-3, 1e-2, 1e-1, 1.0)  # the evaluation's (configs/eval.py)
 
 
 def spectrogram_outputs(run: str, split: Any) -> dict[str, tuple[np.ndarray, np.ndarray | None]]:
@@ -70,51 +79,107 @@ def gender_gap_rms(x: np.ndarray, gender: np.ndarray) -> float:
     return float(np.sqrt(np.mean((x[gender == 1].mean(0) - x[gender == 0].mean(0)) ** 2)))
 
 
-def probe(run: str, train: Any, val: Any, fixed: dict) -> dict[str, dict[str, float]]:
+def fresh_accuracy(val_x: np.ndarray, val: Any, labels: np.ndarray, num_classes: int) -> float:
+    """The fresh-speaker attacker's accuracy: logistic regression trained on some validation
+    speakers' outputs, scored on the others (speaker-disjoint folds, ``attackers.fresh``)."""
+    from pcmelgan_jax.evaluation.attackers import fit_cross_validated, speaker_folds
+
+    folds, _ = speaker_folds(val)
+    flat = np.asarray(val_x, np.float32).reshape(len(val_x), -1)
+    return fit_cross_validated(flat, labels, folds, num_classes, DEFAULT_L2_GRID, 200)[1]
+
+
+def scores(train_x: np.ndarray, val_x: np.ndarray, train: Any, val: Any, fixed: dict,
+           sampled: np.ndarray | None) -> dict[str, float]:
+    """One output's row (module docstring) from its training- and validation-split arrays."""
     from pcmelgan_jax.evaluation.classifier import predict
+
+    fixed_pred = {t: predict("alexnet", *fixed[t], val_x, BATCH) for t in fixed}
+    row = {
+        "linear_gender": linear_accuracy(train_x, train.gender, val_x, val.gender, 2),
+        "linear_digit": linear_accuracy(train_x, train.digit, val_x, val.digit, 10),
+        "fresh_gender": fresh_accuracy(val_x, val, val.gender, 2),
+        "fixed_gender": float(np.mean(fixed_pred["gender"] == val.gender)),
+        "fixed_digit": float(np.mean(fixed_pred["digit"] == val.digit)),
+        "distortion": float(np.mean(np.abs(val_x - val.x))),
+        "gender_gap_rms": gender_gap_rms(val_x, val.gender),
+    }
+    if sampled is not None:
+        row["fixed_sampled_gender"] = float(np.mean(fixed_pred["gender"] == sampled))
+    return row
+
+
+def probe(run: str, train: Any, val: Any, fixed: dict,
+          linear_eraser: bool = False) -> dict[str, dict[str, float]]:
+    """Rows for the run's outputs (and with ``linear_eraser`` each output after a linear
+    gender eraser fitted on its training-split output: ``"<output>+eraser"``)."""
+    from pcmelgan_jax.evaluation.erasure import fit_linear_eraser
 
     out = {}
     train_out, val_out = spectrogram_outputs(run, train), spectrogram_outputs(run, val)
     for name, (val_x, sampled) in val_out.items():
         train_x = train_out[name][0]
-        fixed_pred = {t: predict("alexnet", *fixed[t], val_x, BATCH) for t in fixed}
-        row = {
-            "linear_gender": linear_accuracy(train_x, train.gender, val_x, val.gender, 2),
-            "linear_digit": linear_accuracy(train_x, train.digit, val_x, val.digit, 10),
-            "fixed_gender": float(np.mean(fixed_pred["gender"] == val.gender)),
-            "fixed_digit": float(np.mean(fixed_pred["digit"] == val.digit)),
-            "distortion": float(np.mean(np.abs(val_x - val.x))),
-            "gender_gap_rms": gender_gap_rms(val_x, val.gender),
-        }
-        if sampled is not None:
-            row["fixed_sampled_gender"] = float(np.mean(fixed_pred["gender"] == sampled))
-        out[name] = row
+        out[name] = scores(train_x, val_x, train, val, fixed, sampled)
+        if linear_eraser:
+            eraser = fit_linear_eraser(train_x, train.gender)
+            out[f"{name}+eraser"] = scores(eraser(train_x), eraser(val_x), train, val, fixed,
+                                           sampled)
     return out
 
 
-def vocoder_probe(vocoders: list[str], val: Any, classifiers_workdir: str) -> dict:
-    """{"real clips" | vocoder: {"audionet_digit", "audionet_gender"}} on ``val``."""
+def griffin_lim(x: np.ndarray, mean: np.ndarray, std: np.ndarray,
+               iterations: int = 32) -> np.ndarray:
+    """Training-free inversion of normalised log-mels (N, 80, 32) to audio (N, 8192): the
+    mel filter bank's least-squares inverse (clipped at 0), then Griffin-Lim on our STFT's
+    frames (reflect-padded, not centred), peak-normalised as the clips."""
+    import librosa
+
+    from pcmelgan_jax import audio as audio_lib
+
+    basis = audio_lib.mel_basis()
+    pad = (audio_lib.N_FFT - audio_lib.HOP_LENGTH) // 2
+    out = np.zeros((len(x), audio_lib.SEGMENT_LENGTH), np.float32)
+    for i in range(len(x)):
+        mel = 10.0 ** (x[i] * 3.0 * std[i] + mean[i])
+        magnitude = np.maximum(np.linalg.lstsq(basis, mel, rcond=None)[0], 0.0)
+        y = librosa.griffinlim(magnitude, n_iter=iterations, hop_length=audio_lib.HOP_LENGTH,
+                               win_length=audio_lib.N_FFT, n_fft=audio_lib.N_FFT, center=False,
+                               length=audio_lib.SEGMENT_LENGTH + 2 * pad, random_state=0)
+        y = y[pad:pad + audio_lib.SEGMENT_LENGTH]
+        out[i] = audio_lib.PEAK * y / max(float(np.abs(y).max()), 1e-9)
+    return out
+
+
+def vocoder_probe(vocoders: list[str], val: Any, classifiers_workdir: str,
+                  with_griffin_lim: bool = False) -> dict:
+    """{"real clips" | vocoder [| "griffin-lim"]: {"audionet_digit", "audionet_gender",
+    "mel_l1"}} on ``val`` (``mel_l1``: mean |log-mel of the audio - the original's|)."""
     from pcmelgan_jax.checkpointing import load_network
     from pcmelgan_jax.evaluation.classifier import predict
     from pcmelgan_jax.evaluation.conditions import vocode_all
+    from pcmelgan_jax.evaluation.data import log_mels
     from pcmelgan_jax.workdir import model_dir
 
     nets = {t: load_network(model_dir(classifiers_workdir, f"audio_{t}"), "audionet")
             for t in ("digit", "gender")}
 
-    def scores(audio):
-        return {f"audionet_{t}": float(np.mean(
+    def audio_scores(audio):
+        row = {f"audionet_{t}": float(np.mean(
             predict("audionet", *nets[t], audio, BATCH) == getattr(val, t))) for t in nets}
+        return {**row, "mel_l1": float(np.mean(np.abs(log_mels(audio, BATCH)[0] - val.x)))}
 
-    out = {"real clips": scores(val.clips)}
+    out = {"real clips": audio_scores(val.clips)}
     for workdir in vocoders:
         voc = load_network(model_dir(workdir, "generator"), "melgan_generator")
-        out[os.path.abspath(workdir)] = scores(vocode_all(voc, val.x, val.mean, val.std, BATCH))
+        out[os.path.abspath(workdir)] = audio_scores(
+            vocode_all(voc, val.x, val.mean, val.std, BATCH))
+    if with_griffin_lim:
+        out["griffin-lim (32 iterations)"] = audio_scores(griffin_lim(val.x, val.mean, val.std))
     return out
 
 
 def markdown(results: dict) -> str:
-    cols = ("linear_gender", "linear_digit", "fixed_gender", "fixed_digit",
+    cols = ("linear_gender", "linear_digit", "fresh_gender", "fixed_gender", "fixed_digit",
             "fixed_sampled_gender", "distortion", "gender_gap_rms")
     lines = ["| run | output | " + " | ".join(cols) + " |", "|---|---|" + "---:|" * len(cols)]
     for run, outputs in results.items():
@@ -133,6 +198,11 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--dataset", default="audio_mnist/all")
     p.add_argument("--classifiers-workdir", required=True,
                    help="holds models/spec_digit and models/spec_gender")
+    p.add_argument("--griffin-lim", action="store_true",
+                   help="also probe the training-free Griffin-Lim inversion as a vocoder")
+    p.add_argument("--linear-eraser", action="store_true",
+                   help="also score each output after a linear gender eraser fitted on its "
+                        "training-split output")
     p.add_argument("--out", default=str(ROOT / "bench" / "results" / "privacy_probe.json"))
     args = p.parse_args(argv)
     from pcmelgan_jax.checkpointing import load_network
@@ -146,19 +216,22 @@ def main(argv: list[str] | None = None) -> None:
     results = {"untransformed": {"real": {
         "linear_gender": linear_accuracy(train.x, train.gender, val.x, val.gender, 2),
         "linear_digit": linear_accuracy(train.x, train.digit, val.x, val.digit, 10),
+        "fresh_gender": fresh_accuracy(val.x, val, val.gender, 2),
         "gender_gap_rms": gender_gap_rms(val.x, val.gender), "distortion": 0.0,
     }}}
     for run in args.runs:
-        results[os.path.abspath(run)] = probe(run, train, val, fixed)
+        results[os.path.abspath(run)] = probe(run, train, val, fixed, args.linear_eraser)
         print(markdown({run: results[os.path.abspath(run)]}).splitlines()[-1], flush=True)
-    vocoders = vocoder_probe(args.vocoder, val, args.classifiers_workdir) if args.vocoder else {}
+    vocoders = (vocoder_probe(args.vocoder, val, args.classifiers_workdir, args.griffin_lim)
+                if args.vocoder or args.griffin_lim else {})
     write_json_atomic(args.out, {"data_dir": os.path.abspath(args.data_dir),
                                  "results": results, "vocoders": vocoders})
     print(markdown(results))
     if vocoders:
-        print("\n| vocoder | AudioNet digit | AudioNet gender |\n|---|---:|---:|")
+        print("\n| vocoder | AudioNet digit | AudioNet gender | mel L1 |\n|---|---:|---:|---:|")
         for name, row in vocoders.items():
-            print(f"| {name} | {row['audionet_digit']:.3f} | {row['audionet_gender']:.3f} |")
+            print(f"| {name} | {row['audionet_digit']:.3f} | {row['audionet_gender']:.3f} "
+                  f"| {row['mel_l1']:.3f} |")
     print(f"wrote {args.out}")
 
 

@@ -1,4 +1,5 @@
-"""The evaluation protocol: fixed, informed, linear, feature and speaker attackers.
+"""The evaluation protocol: fixed, informed, linear, feature, fresh-speaker and speaker
+attackers.
 
     python eval.py --config configs/eval.py --workdir DIR [--config.runs=RUN1,RUN2,...]
     python eval.py --config configs/eval.py:small --workdir DIR    # the quickstart's budgets
@@ -42,11 +43,17 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.speaker.width = 1.0  # AlexNet width multiplier
     c.speaker.seed = 0
     c.speaker.retrain = False
-    # Attackers (pcmelgan_jax.evaluation.attackers): fixed, informed, linear, features, speaker.
-    c.attackers = ("fixed", "informed", "linear", "features", "speaker")
+    # Attackers (pcmelgan_jax.evaluation.attackers): fixed, informed, linear, features, fresh,
+    # speaker.
+    c.attackers = ("fixed", "informed", "linear", "features", "fresh", "speaker")
     c.baselines = ("mcadams", "pitch_shift")  # beside the vocoded original, always evaluated
     c.mcadams_coefficient = 0.8  # VoicePrivacy's B2 setting
     c.pitch_shift_semitones = 4.0  # male up, female down
+    # Also attack PCMelGAN's output after a linear gender eraser fitted on the training
+    # speakers' outputs (evaluation.erasure): a check of what the attackers can show (those
+    # that learn from the training speakers are blind to it by construction), not a setting.
+    c.linear_eraser = False
+    c.eraser_shrinkage = 0.01  # of the eraser's covariance towards its mean eigenvalue
     c.attack_repetitions = 0  # > 0: attackers learn from repetitions < N per speaker and digit
     # The informed attacker: AlexNet / AudioNet retrained on anonymised speech (train split),
     # the parameters of the best validation accuracy kept.
@@ -61,7 +68,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.informed.learning_rate = 1e-4
     c.informed.eval_every = 200
     c.informed.seed = 0
-    # The linear and feature attackers' logistic regression: L2 strength chosen on validation.
+    # The linear, feature and fresh attackers' logistic regression: L2 strength chosen on
+    # validation (fresh: by cross-validation over the validation speakers).
     c.linear = ml_collections.ConfigDict()
     c.linear.l2_grid = (1e-4, 1e-3, 1e-2, 1e-1, 1.0)
     c.linear.max_iter = 300

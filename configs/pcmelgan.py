@@ -27,6 +27,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     # > 0: F's and G's losses add this times the gender mean gap of their outputs (squared
     # difference of female and male means, unbiased; 0 when no linear attacker can learn)
     c.mean_gap_weight = 0.0
+    c.fd_reset_every = 0  # > 0: FD (and its optimizer state) re-initialised every N steps
     c.filter_only = variant.filter_only  # the paper's Filter baseline: F and FD only
     c.discriminator_width = 1.0  # AlexNet width of FD and GD (1.0 = the original)
     c.compute_dtype = "float32"  # or "bfloat16": bf16 compute, float32 params and optimizer state

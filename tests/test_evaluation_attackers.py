@@ -1,7 +1,8 @@
 """The attackers against anonymisers whose answer is known, on synthetic speakers whose
 gender is their pitch and whose digit is a spectral band: one that replaces every clip by
 noise (informed gender ~0.5, digit ~0.1), the identity (informed ~ fixed ~ 1), one that
-swaps the genders deterministically (fixed ~0, informed ~1); and the speaker EER."""
+swaps the genders deterministically (fixed ~0, informed ~1); the fresh-speaker attacker and
+the linear eraser; and the speaker EER."""
 
 from __future__ import annotations
 
@@ -17,7 +18,7 @@ from pcmelgan_jax.evaluation.data import SplitData, log_mels
 from pcmelgan_jax.evaluation.report import summarize_trees
 
 BATCH = 16
-SPEAKERS = {"train": (3, 3), "validation": (1, 1), "test": (2, 2)}  # (female, male)
+SPEAKERS = {"train": (3, 3), "validation": (2, 2), "test": (2, 2)}  # (female, male)
 REPS = 2
 
 
@@ -68,7 +69,7 @@ def make_world():
         TrainSettings(steps=60, batch_size=BATCH, learning_rate=1e-3))
     ctx = protocol.Context(("", "", "", ""), models, splits, (spk_model, spk_vars), {})
     cfg = {"batch_size": BATCH,
-           "attackers": ("fixed", "informed", "linear", "features", "speaker"),
+           "attackers": ("fixed", "informed", "linear", "features", "fresh", "speaker"),
            "informed": {"spec_width": 0.25, "audio_width": 0.25, "spec_steps": 60,
                         "audio_steps": 40, "spec_warmup_steps": 20, "audio_warmup_steps": 20,
                         "batch_size": BATCH, "learning_rate": 1e-3, "eval_every": 20,
@@ -83,7 +84,7 @@ def world():
 
 
 def _noise(split: SplitData) -> np.ndarray:
-    rng = np.random.default_rng(len(split))
+    rng = np.random.default_rng([len(split), ("train", "validation", "test").index(split.name)])
     return rng.standard_normal(split.clips.shape).astype(np.float32) * 0.3
 
 
@@ -125,7 +126,8 @@ def test_identity_informed_matches_fixed_and_real(world):
         assert fixed["mean"] >= 0.9 and informed["mean"] >= 0.9, (domain, task)
         assert abs(informed["mean"] - fixed["mean"]) <= 0.1, (domain, task)
     for attacker, domain in (("linear", "spectrogram"), ("linear", "audio"),
-                             ("features", "audio")):
+                             ("features", "audio"), ("fresh", "spectrogram"),
+                             ("fresh", "audio")):
         for task in ("gender_acc", "digit_acc"):
             assert a[attacker][domain][task]["mean"] >= 0.9, (attacker, domain, task)
     spk = a["speaker"]["spectrogram"]
@@ -134,7 +136,7 @@ def test_identity_informed_matches_fixed_and_real(world):
 
 def test_noise_leaves_nothing_to_learn(world):
     a = _attack(world, conditions.waveform_condition(_noise, BATCH))
-    for attacker in ("informed", "linear", "features"):
+    for attacker in ("informed", "linear", "features", "fresh"):
         for domain, values in a[attacker].items():
             assert _within(values["gender_acc"], 0.5), (attacker, domain, values)
             assert _within(values["digit_acc"], 0.1), (attacker, domain, values)
@@ -148,10 +150,81 @@ def test_gender_swap_fools_fixed_not_informed(world):
         assert a["fixed"][domain]["gender_acc"]["mean"] <= 0.1, domain
         assert a["informed"][domain]["gender_acc"]["mean"] >= 0.9, domain
         assert a["linear"][domain]["gender_acc"]["mean"] >= 0.9, domain
+        assert a["fresh"][domain]["gender_acc"]["mean"] >= 0.9, domain
     assert a["fixed"]["spectrogram"]["digit_acc"]["mean"] >= 0.9  # the digit is kept
     assert a["features"]["audio"]["gender_acc"]["mean"] >= 0.9
     spk = a["speaker"]["spectrogram"]  # the voices are other speakers' voices
     assert spk["eer_ignorant"]["mean"] > spk["eer_informed"]["mean"]
+
+
+def test_linear_eraser_blinds_the_linear_attacker_to_real_speech(world):
+    """Real speech with the gender erased linearly (fitted on the training speakers): the
+    linear attacker, which learns from those speakers, is at chance; the digit stays."""
+    from pcmelgan_jax.evaluation.erasure import fit_linear_eraser
+
+    ctx, _ = world
+    eraser = fit_linear_eraser(ctx.splits["train"].x, ctx.splits["train"].gender)
+
+    def erased(split: SplitData) -> conditions.Outputs:
+        x = eraser(split.x)
+        return conditions.Outputs(x, split.clips, x)
+
+    a = _attack(world, erased)
+    assert _within(a["linear"]["spectrogram"]["gender_acc"], 0.5)
+    assert a["linear"]["spectrogram"]["digit_acc"]["mean"] >= 0.9
+    real = _attack(world, conditions.real)
+    assert real["linear"]["spectrogram"]["gender_acc"]["mean"] >= 0.9
+
+
+def test_speaker_folds_deal_each_gender_to_every_fold():
+    from pcmelgan_jax.evaluation.attackers import speaker_folds
+
+    rng = np.random.default_rng(2)
+    split = _split("validation", 20, rng)  # 2 female, 2 male speakers
+    folds, kind = speaker_folds(split)
+    assert kind == "speakers"
+    for f in (0, 1):
+        held = split.subset(folds == f)
+        assert sorted(set(held.gender.tolist())) == [0, 1]
+        assert len(set(held.speaker.tolist())) == 2
+        # a speaker's utterances never straddle folds
+        assert not set(held.speaker.tolist()) & set(split.speaker[folds != f].tolist())
+    one_each = split.subset(np.isin(split.speaker, [20, 22]))  # 1 female, 1 male
+    folds, kind = speaker_folds(one_each)
+    assert kind == "repetitions"
+    np.testing.assert_array_equal(folds, one_each.repetition % 2)
+    single = one_each.subset(one_each.repetition == 0)
+    folds, kind = speaker_folds(single)
+    assert kind == "utterances"
+    np.testing.assert_array_equal(folds, np.arange(len(single)) % 2)
+    with pytest.raises(ValueError, match="1 utterances for 2 folds"):
+        speaker_folds(single.subset(np.arange(1)))
+
+
+def test_cross_validated_fit_pools_the_held_out_folds():
+    """The chosen strength's pooled accuracy is recomputed by hand from per-fold fits, and
+    the final model is refitted on every row at that strength."""
+    from pcmelgan_jax.evaluation.attackers import fit_cross_validated
+    from pcmelgan_jax.evaluation.linear import fit_logistic_regression
+
+    rng = np.random.default_rng(3)
+    y = np.repeat([0, 1], 40)
+    x = rng.normal(size=(80, 6)) + 0.6 * y[:, None] * np.array([1, 0, 0, 0, 0, 1])
+    folds = np.tile([0, 1], 40)
+    grid = (1e-3, 1.0, 30.0)
+    model, cv = fit_cross_validated(x, y, folds, 2, grid, 200)
+    by_hand = []
+    for l2 in grid:
+        correct = 0
+        for f in (0, 1):
+            m = fit_logistic_regression(x[folds != f], y[folds != f], x[folds == f],
+                                        y[folds == f], 2, l2_grid=(l2,), max_iter=200)
+            correct += (m.predict(x[folds == f]) == y[folds == f]).sum()
+        by_hand.append(correct / len(y))
+    best = max(i for i, v in enumerate(by_hand) if v == max(by_hand))
+    assert model.l2 == grid[best] and cv == pytest.approx(by_hand[best])
+    refit = fit_logistic_regression(x, y, x, y, 2, l2_grid=(grid[best],), max_iter=200)
+    np.testing.assert_allclose(model.weights, refit.weights)
 
 
 def test_equal_error_rate_hand_cases():

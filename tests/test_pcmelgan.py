@@ -289,17 +289,22 @@ def test_small_pcmelgan_config_keeps_the_papers_filter_learning_rates():
 # ----------------------------------------------------------------------------- distortion hinge
 
 
+def _filter_only_networks(txs: dict) -> dict:
+    """F and a narrow FD initialised from key 0, with optimizer states of ``txs``."""
+    key = jax.random.key(0, impl="rbg")
+    arch = {"filter": ("unet_filter", {}),
+            "filter_discriminator": ("alexnet", {"num_classes": 2, "width": WIDTH})}
+    return {n: st.network_state(st.init_variables(a, kw, jax.random.fold_in(key, i)), txs[n])
+            for i, (n, (a, kw)) in enumerate(arch.items())}
+
+
 def _step(eps: float, mean_gap_weight: float = 0.0):
     """(metrics, F's parameters after) of one filter-only step with ``eps`` and
     ``mean_gap_weight``, from one init."""
     hp = pcmelgan.PCMelGANHyper(eps=eps, lamb=LAMB, filter_only=True,
                                 discriminator_width=WIDTH, mean_gap_weight=mean_gap_weight)
     txs = {"filter": optax.sgd(1e-2), "filter_discriminator": optax.sgd(1e-2)}
-    key = jax.random.key(0, impl="rbg")
-    arch = {"filter": ("unet_filter", {}),
-            "filter_discriminator": ("alexnet", {"num_classes": 2, "width": WIDTH})}
-    nets = {n: st.network_state(st.init_variables(a, kw, jax.random.fold_in(key, i)), txs[n])
-            for i, (n, (a, kw)) in enumerate(arch.items())}
+    nets = _filter_only_networks(txs)
     step = seeds_lib.jit_step(pcmelgan.pcmelgan_step, hp=hp, txs=txs)
     state, metrics = step(st.new_train_state(nets), _batch(8), jax.random.key(7))
     return jax.device_get(metrics), jax.device_get(state.networks["filter"].params)
@@ -330,6 +335,41 @@ def test_distortion_hinge_and_mean_gap_active_in_the_step(inactive):
                  for a, b in zip(jax.tree.leaves(params), jax.tree.leaves(off_params),
                                  strict=True))
     assert change > 1e-6
+
+
+def test_filter_discriminator_restarts_every_n_steps():
+    """With ``fd_reset_every`` 2, FD after step 1 is the trained one; after step 2 it is a fresh
+    init from ``reset_key`` (optimizer state zeroed) while F keeps training; 0 never resets."""
+    txs = {"filter": optax.adam(1e-3), "filter_discriminator": optax.adam(1e-3)}
+    nets = _filter_only_networks(txs)
+    rng, batch = jax.random.key(7), _batch(8)
+
+    def run(every: int):
+        hp = pcmelgan.PCMelGANHyper(filter_only=True, discriminator_width=WIDTH,
+                                    fd_reset_every=every)
+        step = jax.jit(functools.partial(pcmelgan.pcmelgan_step, hp=hp, txs=txs))
+        state = st.new_train_state(nets)
+        states = []
+        for _ in range(2):
+            state, _ = step(state, batch, rng)
+            states.append(jax.device_get(state))
+        return hp, states
+
+    hp, (one, two) = run(2)
+    _, (plain_one, plain_two) = run(0)
+    chex.assert_trees_all_close(one.networks["filter_discriminator"].params,
+                                plain_one.networks["filter_discriminator"].params)
+    fd = hp.discriminators()[0]
+    fresh = fd.init({"params": pcmelgan.reset_key(rng, jnp.int32(1))},
+                    jnp.zeros((1, 80, 32, 1)), train=False)["params"]
+    chex.assert_trees_all_close(two.networks["filter_discriminator"].params, fresh)
+    assert int(jax.tree.leaves(two.networks["filter_discriminator"].opt_state)[0]) == 0
+    chex.assert_trees_all_close(two.networks["filter"].params,
+                                plain_two.networks["filter"].params)
+    changed = jax.tree.leaves(jax.tree.map(
+        lambda a, b: np.max(np.abs(a - b)), plain_two.networks["filter_discriminator"].params,
+        fresh))
+    assert max(changed) > 1e-3
 
 
 # ----------------------------------------------------------------------------- samples

@@ -8,6 +8,12 @@
   same way: cheap, and a floor for ``informed``.
 - ``features``: a logistic regression on hand-made features (median F0, MFCC statistics),
   audio domain only.
+- ``fresh``: the linear attacker trained on speakers the anonymiser never saw (the
+  validation speakers' anonymised clips, its L2 strength chosen by speaker-disjoint
+  cross-validation among them): an attacker who anonymises labelled recordings of their own.
+  The attackers above train on the anonymiser's own training speakers, so an anonymiser
+  fitted to those speakers (e.g. a linear eraser fitted on their outputs) can blind them
+  without hiding anything from this one. Not part of ``strongest`` (fewer training speakers).
 - ``strongest``: per domain and task, whichever learned attacker (informed, linear,
   features) did best on the validation speakers: the leak a careful attacker would report.
 
@@ -28,7 +34,8 @@ from pcmelgan_jax.evaluation.conditions import Outputs
 from pcmelgan_jax.evaluation.data import SplitData, pad_rows, padded_batches
 
 TASKS = {"digit": 10, "gender": 2}  # task -> number of classes
-ATTACKERS = ("fixed", "informed", "linear", "features")
+ATTACKERS = ("fixed", "informed", "linear", "features", "fresh")
+CV_FOLDS = 2  # the fresh attacker's cross-validation folds
 
 
 @dataclasses.dataclass(frozen=True)
@@ -146,6 +153,65 @@ def features(outs: Mapping[str, Outputs], splits: Mapping[str, SplitData],
 
     feats = {s: acoustic_features(o.audio, audio_lib.SAMPLE_RATE) for s, o in outs.items()}
     return {"audio": _logistic(feats, splits, cfg)}
+
+
+def speaker_folds(split: SplitData, num_folds: int = CV_FOLDS) -> tuple[np.ndarray, str]:
+    """A fold index per utterance and how the folds were made: each gender's speakers dealt
+    to the folds in turn (``"speakers"``: every fold holds both genders); when a gender has
+    fewer speakers than folds, the repetitions (``"repetitions"``: speakers shared), or, with
+    a single repetition, alternate utterances (``"utterances"``)."""
+    folds = np.zeros(len(split), np.int32)
+    by_gender = [sorted(set(split.speaker[split.gender == g].tolist())) for g in (0, 1)]
+    if min(len(s) for s in by_gender) >= num_folds:
+        for speakers in by_gender:
+            for k, s in enumerate(speakers):
+                folds[split.speaker == s] = k % num_folds
+        return folds, "speakers"
+    if len(split) < num_folds:
+        raise ValueError(f"{split.name}: {len(split)} utterances for {num_folds} folds")
+    if len(set(split.repetition.tolist())) >= num_folds:
+        return (split.repetition % num_folds).astype(np.int32), "repetitions"
+    return (np.arange(len(split)) % num_folds).astype(np.int32), "utterances"
+
+
+def fit_cross_validated(x: np.ndarray, y: np.ndarray, folds: np.ndarray, num_classes: int,
+                        l2_grid: Any, max_iter: int) -> tuple[Any, float]:
+    """Logistic regression on all of (x, y) at the L2 strength with the best pooled
+    accuracy over the held-out folds (ties: the stronger). Returns (model, that accuracy)."""
+    from pcmelgan_jax.evaluation.linear import fit_logistic_regression
+
+    grid = sorted(float(v) for v in l2_grid)
+    correct = np.zeros(len(grid))
+    for f in np.unique(folds):
+        held = folds == f
+        model = fit_logistic_regression(x[~held], y[~held], x[held], y[held], num_classes,
+                                        l2_grid=grid, max_iter=max_iter)
+        correct += [acc * held.sum() for _, acc in model.grid_val_accuracy]
+    best = int(np.flatnonzero(correct >= correct.max() - 1e-9).max())
+    model = fit_logistic_regression(x, y, x, y, num_classes, l2_grid=(grid[best],),
+                                    max_iter=max_iter)
+    return model, float(correct[best] / len(y))
+
+
+def fresh(outs: Mapping[str, Outputs], splits: Mapping[str, SplitData],
+          cfg: Mapping[str, Any]) -> tuple[dict, dict]:
+    """The linear attacker trained on the validation speakers (see the module docstring),
+    scored on the test speakers, in both domains. Returns (scores, logs)."""
+    val, test = splits["validation"], splits["test"]
+    folds, kind = speaker_folds(val)
+    result: dict[str, dict[str, Scores]] = {}
+    logs: dict[str, Any] = {"folds": kind}
+    for domain, field in (("spectrogram", "spec"), ("audio", "audio_x")):
+        result[domain] = {}
+        for task, classes in TASKS.items():
+            model, cv_accuracy = fit_cross_validated(
+                _flat(getattr(outs["validation"], field)), getattr(val, task), folds, classes,
+                cfg["l2_grid"], int(cfg["max_iter"]))
+            result[domain][f"{task}_acc"] = scores(
+                model.predict(_flat(getattr(outs["test"], field))), getattr(test, task), test,
+                cv_accuracy)
+            logs[f"{domain}/{task}"] = {"l2": model.l2, "cv_accuracy": cv_accuracy}
+    return result, logs
 
 
 def strongest(tree: Mapping[str, Any]) -> tuple[dict, dict]:

@@ -85,8 +85,9 @@ def vocoded(vocoder: tuple, batch_size: int):
 def filter_and_generator_spectrograms(
     filt: tuple, gen: tuple | None, seed: int, batch_size: int, split: SplitData,
 ) -> tuple[np.ndarray, np.ndarray | None, np.ndarray | None]:
-    """(x1 = F(x, z1), x2 = G(x1, z2, s'), s') for one split, (N, 80, 32, 1) each (x2 and s'
-    None without ``gen``), with the noise of ``batch_noise(seed, offset + i)`` for batch i."""
+    """(x1 = F(x, z1), x2 = G(x1, z2, s'), s') for one split: (N, 80, 32), (N, 80, 32), (N,)
+    (x2 and s' None without ``gen``), with the noise of ``batch_noise(seed, offset + i)``
+    for batch i."""
     noise_dim = filt[0].noise_dim
     x1s, x2s, sampled = [], [], []
     for i, rows, n in padded_batches(len(split), batch_size):
@@ -118,3 +119,19 @@ def filter_and_generator(
     first = outputs(x1, None)
     second = outputs(x2, sampled) if x2 is not None else None
     return first, second
+
+
+def linearly_erased(outs: dict[str, Outputs], splits: dict[str, SplitData], vocoder: tuple,
+                    batch_size: int, shrinkage: float) -> dict[str, Outputs]:
+    """A condition's spectrograms after a linear gender eraser fitted on its training-split
+    output (``erasure``), vocoded again: blind to attackers that learn from the training
+    speakers by construction, so it tells what they can and cannot show."""
+    from pcmelgan_jax.evaluation.erasure import fit_linear_eraser
+
+    eraser = fit_linear_eraser(outs["train"].spec, splits["train"].gender, shrinkage)
+    erased = {}
+    for name, out in outs.items():
+        spec = eraser(out.spec)
+        audio = vocode_all(vocoder, spec, splits[name].mean, splits[name].std, batch_size)
+        erased[name] = Outputs(spec, audio, log_mels(audio, batch_size)[0], out.sampled_gender)
+    return erased

@@ -7,7 +7,8 @@ baselines (the vocoded original, McAdams, a gender-flipping pitch shift) and, pe
 run, the Filter's output x1 = F(x, z1) and PCMelGAN's x2 = G(x1, z2, s'), s' uniform in
 {0, 1}. Each is applied to the train, validation and test splits. Attackers
 (``attackers``, ``speaker``) are scored on the test speakers; those that learn do so on the
-training speakers and select on the validation speakers. Runs are grouped by ``eps``.
+training speakers and select on the validation speakers (the ``fresh`` attacker learns on
+the validation speakers, cross-validated among them). Runs are grouped by ``eps``.
 
 Outputs in ``OUT`` (default ``WORKDIR/eval``): ``results.json`` (schema in the README),
 ``tables.md``, ``privacy_utility.png`` (informed and strongest attacker) and
@@ -125,6 +126,9 @@ def attack(outs: Mapping[str, conditions.Outputs], ctx: Context, cfg: Mapping[st
     if "features" in wanted:
         tree["features"] = timed("features", lambda: attackers.features(outs, ctx.splits,
                                                                         cfg["linear"]))
+    if "fresh" in wanted:
+        tree["fresh"], logs["fresh"] = timed("fresh", lambda: attackers.fresh(
+            outs, ctx.splits, cfg["linear"]))
     if "speaker" in wanted:
         tree["speaker"] = {"spectrogram": timed("speaker", lambda: speaker.speaker_attack(
             ctx.splits["train"], ctx.splits["test"], outs["train"].spec, outs["test"].spec,
@@ -194,6 +198,10 @@ def evaluate_run(run: RunInfo, ctx: Context, cfg: Mapping[str, Any]) -> dict[str
         outs["filter"][s] = first
         if second is not None:
             outs["pcmelgan"][s] = second
+    if cfg.get("linear_eraser") and outs["pcmelgan"]:
+        outs["pcmelgan_erased"] = conditions.linearly_erased(
+            outs["pcmelgan"], ctx.splits, ctx.models.vocoder, batch_size,
+            float(cfg.get("eraser_shrinkage", 1e-2)))
     result: dict[str, Any] = {"attacks": {}, "fid": {}, "logs": {}, "test": {}}
     for name, by_split in outs.items():
         if not by_split:
@@ -225,7 +233,8 @@ def group_results(eps: float | None, members: Sequence[dict], ctx: Context,
     baselines of ``ctx``, whose untransformed and vocoded rows fill the reference entries."""
     full = [m for m in members if not m["run"].filter_only]
     only = [m for m in members if m["run"].filter_only]
-    sources = {"filter": full or only, "pcmelgan": full, "filter_only": only if full else []}
+    sources = {"filter": full or only, "pcmelgan": full, "filter_only": only if full else [],
+               "pcmelgan_erased": [m for m in full if "pcmelgan_erased" in m["attacks"]]}
     attacks = {name: report.summarize_trees(
                    [m["attacks"]["filter" if name == "filter_only" else name] for m in ms], boot)
                for name, ms in sources.items() if ms}

@@ -27,12 +27,15 @@ STRONG_ENOUGH = 0.9  # an informed attacker below this gender accuracy on real s
 CONDITION_LABELS = {"real": "untransformed", "vocoded_real": "vocoded original",
                     "mcadams": "McAdams (0.8)", "pitch_shift": "pitch shift (gender flip)",
                     "filter": "Filter", "pcmelgan": "PCMelGAN",
-                    "filter_only": "Filter (filter-only runs)"}
+                    "filter_only": "Filter (filter-only runs)",
+                    "pcmelgan_erased": "PCMelGAN + linear eraser fitted on the training speakers"}
 ATTACKER_TITLES = {
     "fixed": "Fixed classifiers (ignorant attacker: trained on real speech)",
     "informed": "Informed attacker (same architectures retrained on anonymised speech)",
     "linear": "Linear attacker (logistic regression on the log-mel grid)",
     "features": "Feature attacker (median F0 and MFCC statistics, logistic regression)",
+    "fresh": "Fresh-speaker attacker (the linear attacker trained on the validation speakers, "
+             "whom the anonymiser never saw)",
     "strongest": "Strongest learned attacker (per cell, the one best on the validation speakers)",
 }
 
@@ -188,7 +191,7 @@ def condition_rows(results: Mapping[str, Any]) -> list[tuple[str, str, Mapping[s
     rows = [(name, CONDITION_LABELS.get(name, name), attacks)
             for name, attacks in results.get("baselines", {}).items()]
     for g in results["groups"]:
-        for name in ("filter", "pcmelgan", "filter_only"):
+        for name in ("filter", "pcmelgan", "filter_only", "pcmelgan_erased"):
             if name in g.get("attacks", {}):
                 rows.append((name, f"{CONDITION_LABELS[name]}, eps {g['eps_label']}",
                              g["attacks"][name]))
@@ -290,7 +293,7 @@ def plot_privacy_utility(results: Mapping[str, Any], path: str,
     fig, axes = plt.subplots(len(attackers), 2, figsize=(11, 4.6 * len(attackers)),
                              squeeze=False)
     styles = {"filter": ("o", "tab:blue"), "pcmelgan": ("s", "tab:orange"),
-              "filter_only": ("D", "tab:cyan")}
+              "filter_only": ("D", "tab:cyan"), "pcmelgan_erased": ("p", "darkred")}
     others = iter(zip("*^vPXh<>", ("black", "gray", "tab:green", "tab:red", "tab:purple",
                                     "tab:brown", "tab:pink", "tab:olive"), strict=True))
     for name in results.get("baselines", {}):

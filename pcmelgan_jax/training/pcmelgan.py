@@ -9,7 +9,8 @@ Each batch runs one update per network, in this order (``pcmelgan_step``):
 2. a fresh train-mode F pass gives x1 (F's batch statistics move, its weights do not);
    G, from x1 and a sampled gender s', to make GD predict s', its distortion measured
    against the ORIGINAL x (and its true-gender mean gap with ``mean_gap_weight``);
-3. FD on stop_gradient(x1) with the true gender;
+3. FD on stop_gradient(x1) with the true gender (with ``fd_reset_every`` = N > 0, FD and
+   its optimizer state start afresh after every N-th step: an adversary F has not tracked);
 4. GD on real x with the true gender and on stop_gradient(x2) as fake, weight 0.5 each.
 
 With ``filter_only`` only F and FD train (the Filter baseline).
@@ -44,6 +45,7 @@ Metrics = dict[str, Array]
 # config value -> computation dtype of the networks (parameters and optimizer state are
 # float32 either way)
 COMPUTE_DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
+RESET_SALT = 0x5EED  # folded into the step's key for FD's re-initialisation (other keys kept)
 
 
 def compute_dtype(name: str, field: str = "compute_dtype") -> Any:
@@ -73,6 +75,7 @@ class PCMelGANHyper:
     # losses
     # (0: the original's losses)
     mean_gap_weight: float = 0.0
+    fd_reset_every: int = 0  # > 0: FD re-initialised after every N-th step (0: never)
     filter_only: bool = False  # the Filter baseline: F and FD only
     discriminator_width: float = 1.0  # AlexNet width of FD and GD (1.0 = the original)
     monitor_widths: tuple = ()  # ((classifier name, AlexNet width), ...) of the monitors
@@ -111,6 +114,7 @@ def hyper(config: Any, monitor_widths: dict[str, float] | None = None) -> PCMelG
         noise_dim=int(config.noise_dim),
         entropy=bool(config.entropy),
         mean_gap_weight=float(config.get("mean_gap_weight", 0.0)),
+        fd_reset_every=int(config.get("fd_reset_every", 0)),
         filter_only=bool(config.filter_only),
         discriminator_width=float(config.get("discriminator_width", 1.0)),
         monitor_widths=tuple(sorted((monitor_widths or {}).items())),
@@ -215,6 +219,21 @@ def update_filter_discriminator(
     return apply_gradients(fd_net, grads, tx), metrics
 
 
+def reset_key(rng: Array, step: Array) -> Array:
+    """The key of FD's re-initialisation after ``step`` (``rng``: the run's key)."""
+    return jax.random.fold_in(jax.random.fold_in(rng, step), RESET_SALT)
+
+
+def reset_filter_discriminator(
+    fd_net: NetworkState, x1: Array, key: Array, reset: Array, *, hp: PCMelGANHyper, tx: Any
+) -> NetworkState:
+    """FD with freshly initialised parameters (from ``key``) and optimizer state where
+    ``reset`` is true, else ``fd_net`` unchanged."""
+    params = hp.discriminators()[0].init({"params": key}, x1[:1], train=False)["params"]
+    fresh = NetworkState(params=params, opt_state=tx.init(params), batch_stats=fd_net.batch_stats)
+    return jax.tree.map(lambda new, old: jnp.where(reset, new, old), fresh, fd_net)
+
+
 def update_generator_discriminator(
     gd_net: NetworkState, x: Array, x2: Array, gender: Array, keys: tuple[Array, Array],
     *, hp: PCMelGANHyper, tx: Any,
@@ -268,6 +287,7 @@ def pcmelgan_step(
     run's key (``state.step`` is folded in); ``monitors`` {"spec_digit", "spec_gender":
     AlexNet params} (optional) give the fixed classifiers' accuracies."""
     nets = dict(state.networks)
+    run_rng = rng
     rng = jax.random.fold_in(rng, state.step)
     k_z1, k_z1b, k_z2, k_s, k_d1, k_d2, k_d3, k_d4, k_d5 = jax.random.split(rng, 9)
     x, s = spectrogram_batch(batch["audio"]), batch["gender"]
@@ -285,6 +305,10 @@ def pcmelgan_step(
     nets["filter_discriminator"], fd_metrics = update_filter_discriminator(
         nets["filter_discriminator"], x1, s, k_d3, hp=hp, tx=txs["filter_discriminator"])
     metrics.update(fd_metrics)
+    if hp.fd_reset_every > 0:
+        nets["filter_discriminator"] = reset_filter_discriminator(
+            nets["filter_discriminator"], x1, reset_key(run_rng, state.step),
+            (state.step + 1) % hp.fd_reset_every == 0, hp=hp, tx=txs["filter_discriminator"])
     metrics.update(monitor_metrics(monitors, x1, labels, "monitor/filter", hp))
     if not hp.filter_only:
         nets["generator_discriminator"], gd_metrics = update_generator_discriminator(
