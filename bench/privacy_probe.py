@@ -45,7 +45,6 @@ from pcmelgan_jax.workdir import write_json_atomic
 
 ROOT = Path(__file__).resolve().parents[1]
 BATCH = 50
-DEFAULT_L2_GRID = (1e-4, 1e-3, 1e-2, 1e-1, 1.0)  # the evaluation's (configs/eval.py)
 
 
 def spectrogram_outputs(run: str, split: Any) -> dict[str, tuple[np.ndarray, np.ndarray | None]]:
@@ -83,6 +82,7 @@ def fresh_accuracy(val_x: np.ndarray, val: Any, labels: np.ndarray, num_classes:
     """The fresh-speaker attacker's accuracy: logistic regression trained on some validation
     speakers' outputs, scored on the others (speaker-disjoint folds, ``attackers.fresh``)."""
     from pcmelgan_jax.evaluation.attackers import fit_cross_validated, speaker_folds
+    from pcmelgan_jax.evaluation.linear import DEFAULT_L2_GRID
 
     folds, _ = speaker_folds(val)
     flat = np.asarray(val_x, np.float32).reshape(len(val_x), -1)

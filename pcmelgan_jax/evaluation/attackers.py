@@ -203,13 +203,12 @@ def fresh(outs: Mapping[str, Outputs], splits: Mapping[str, SplitData],
     logs: dict[str, Any] = {"folds": kind}
     for domain, field in (("spectrogram", "spec"), ("audio", "audio_x")):
         result[domain] = {}
+        x_val, x_test = (_flat(getattr(outs[s], field)) for s in ("validation", "test"))
         for task, classes in TASKS.items():
             model, cv_accuracy = fit_cross_validated(
-                _flat(getattr(outs["validation"], field)), getattr(val, task), folds, classes,
-                cfg["l2_grid"], int(cfg["max_iter"]))
+                x_val, getattr(val, task), folds, classes, cfg["l2_grid"], int(cfg["max_iter"]))
             result[domain][f"{task}_acc"] = scores(
-                model.predict(_flat(getattr(outs["test"], field))), getattr(test, task), test,
-                cv_accuracy)
+                model.predict(x_test), getattr(test, task), test, cv_accuracy)
             logs[f"{domain}/{task}"] = {"l2": model.l2, "cv_accuracy": cv_accuracy}
     return result, logs
 

@@ -72,6 +72,14 @@ def vocode_all(vocoder: tuple, x: np.ndarray, mean: np.ndarray, std: np.ndarray,
     return np.concatenate(out)
 
 
+def vocoded_outputs(vocoder: tuple, x: np.ndarray, split: SplitData, batch_size: int,
+                    sampled_gender: np.ndarray | None = None) -> Outputs:
+    """Outputs of spectrograms ``x`` of ``split``'s utterances: vocoded with the utterances'
+    normalisation statistics, the audio analysed again into log-mels."""
+    audio = vocode_all(vocoder, x, split.mean, split.std, batch_size)
+    return Outputs(x, audio, log_mels(audio, batch_size)[0], sampled_gender)
+
+
 def vocoded(vocoder: tuple, batch_size: int):
     """The vocoded original (identity through the vocoder): the vocoder's own leak."""
 
@@ -111,13 +119,9 @@ def filter_and_generator(
     """F's output x1 = F(x, z1) and G's x2 = G(x1, z2, s') (None for a filter-only run) for
     one split (``filter_and_generator_spectrograms``), vocoded."""
     x1, x2, sampled = filter_and_generator_spectrograms(filt, gen, seed, batch_size, split)
-
-    def outputs(x: np.ndarray, s: np.ndarray | None) -> Outputs:
-        audio = vocode_all(vocoder, x, split.mean, split.std, batch_size)
-        return Outputs(x, audio, log_mels(audio, batch_size)[0], s)
-
-    first = outputs(x1, None)
-    second = outputs(x2, sampled) if x2 is not None else None
+    first = vocoded_outputs(vocoder, x1, split, batch_size)
+    second = (vocoded_outputs(vocoder, x2, split, batch_size, sampled)
+              if x2 is not None else None)
     return first, second
 
 
@@ -129,9 +133,5 @@ def linearly_erased(outs: dict[str, Outputs], splits: dict[str, SplitData], voco
     from pcmelgan_jax.evaluation.erasure import fit_linear_eraser
 
     eraser = fit_linear_eraser(outs["train"].spec, splits["train"].gender, shrinkage)
-    erased = {}
-    for name, out in outs.items():
-        spec = eraser(out.spec)
-        audio = vocode_all(vocoder, spec, splits[name].mean, splits[name].std, batch_size)
-        erased[name] = Outputs(spec, audio, log_mels(audio, batch_size)[0], out.sampled_gender)
-    return erased
+    return {name: vocoded_outputs(vocoder, eraser(out.spec), splits[name], batch_size,
+                                  out.sampled_gender) for name, out in outs.items()}

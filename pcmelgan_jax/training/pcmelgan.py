@@ -72,8 +72,7 @@ class PCMelGANHyper:
     noise_dim: int = 10
     entropy: bool = False  # F maximises FD's entropy instead of the flipped-label CE
     # weight of the gender mean gap (losses.label_mean_gap) of F's and G's outputs in their
-    # losses
-    # (0: the original's losses)
+    # losses (0: the original's losses)
     mean_gap_weight: float = 0.0
     fd_reset_every: int = 0  # > 0: FD re-initialised after every N-th step (0: never)
     filter_only: bool = False  # the Filter baseline: F and FD only
