@@ -127,29 +127,6 @@ def probe(run: str, train: Any, val: Any, fixed: dict,
     return out
 
 
-def griffin_lim(x: np.ndarray, mean: np.ndarray, std: np.ndarray,
-               iterations: int = 32) -> np.ndarray:
-    """Training-free inversion of normalised log-mels (N, 80, 32) to audio (N, 8192): the
-    mel filter bank's least-squares inverse (clipped at 0), then Griffin-Lim on our STFT's
-    frames (reflect-padded, not centred), peak-normalised as the clips."""
-    import librosa
-
-    from pcmelgan_jax import audio as audio_lib
-
-    basis = audio_lib.mel_basis()
-    pad = (audio_lib.N_FFT - audio_lib.HOP_LENGTH) // 2
-    out = np.zeros((len(x), audio_lib.SEGMENT_LENGTH), np.float32)
-    for i in range(len(x)):
-        mel = 10.0 ** (x[i] * 3.0 * std[i] + mean[i])
-        magnitude = np.maximum(np.linalg.lstsq(basis, mel, rcond=None)[0], 0.0)
-        y = librosa.griffinlim(magnitude, n_iter=iterations, hop_length=audio_lib.HOP_LENGTH,
-                               win_length=audio_lib.N_FFT, n_fft=audio_lib.N_FFT, center=False,
-                               length=audio_lib.SEGMENT_LENGTH + 2 * pad, random_state=0)
-        y = y[pad:pad + audio_lib.SEGMENT_LENGTH]
-        out[i] = audio_lib.PEAK * y / max(float(np.abs(y).max()), 1e-9)
-    return out
-
-
 def vocoder_probe(vocoders: list[str], val: Any, classifiers_workdir: str,
                   with_griffin_lim: bool = False) -> dict:
     """{"real clips" | vocoder [| "griffin-lim"]: {"audionet_digit", "audionet_gender",
@@ -158,6 +135,7 @@ def vocoder_probe(vocoders: list[str], val: Any, classifiers_workdir: str,
     from pcmelgan_jax.evaluation.classifier import predict
     from pcmelgan_jax.evaluation.conditions import vocode_all
     from pcmelgan_jax.evaluation.data import log_mels
+    from pcmelgan_jax.evaluation.inference import griffin_lim_vocoder, melgan_vocoder
     from pcmelgan_jax.workdir import model_dir
 
     nets = {t: load_network(model_dir(classifiers_workdir, f"audio_{t}"), "audionet")
@@ -170,11 +148,12 @@ def vocoder_probe(vocoders: list[str], val: Any, classifiers_workdir: str,
 
     out = {"real clips": audio_scores(val.clips)}
     for workdir in vocoders:
-        voc = load_network(model_dir(workdir, "generator"), "melgan_generator")
+        voc = melgan_vocoder(*load_network(model_dir(workdir, "generator"), "melgan_generator"))
         out[os.path.abspath(workdir)] = audio_scores(
             vocode_all(voc, val.x, val.mean, val.std, BATCH))
     if with_griffin_lim:
-        out["griffin-lim (32 iterations)"] = audio_scores(griffin_lim(val.x, val.mean, val.std))
+        out["griffin-lim (32 iterations)"] = audio_scores(
+            vocode_all(griffin_lim_vocoder(32), val.x, val.mean, val.std, BATCH))
     return out
 
 

@@ -25,7 +25,11 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     # WORKDIR itself; "none" = the baselines only)
     c.runs = ""
     c.classifiers_workdir = ""  # holds models/spec_{digit,gender}, models/audio_{...}
-    c.vocoder_workdir = ""  # holds models/generator (MelGAN)
+    c.vocoder_workdir = ""  # holds models/generator (MelGAN); unused with Griffin-Lim
+    # What turns spectrograms into audio for the audio-domain attackers: "melgan" (the trained
+    # vocoder in vocoder_workdir, the paper's) or "griffin_lim" (training-free inversion).
+    c.vocoder = "melgan"
+    c.griffin_lim_iterations = 32
     c.data_dir = ""  # TFDS data_dir
     c.dataset = ""  # e.g. "audio_mnist/all"
     c.eps = ml_collections.config_dict.placeholder(float)  # eps of runs without a config.json
@@ -84,4 +88,6 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         c.informed.update(spec_width=0.25, audio_width=0.5, spec_steps=250, audio_steps=100,
                           batch_size=32, learning_rate=1e-3, eval_every=50)
         c.linear.max_iter = 200
+        # the small MelGAN loses most of the content (bench/privacy.md, vocoder lever)
+        c.vocoder = "griffin_lim"
     return c

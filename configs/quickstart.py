@@ -1,9 +1,11 @@
 """The quickstart: the small config of every stage (``pcmelgan-jax quickstart``).
 
-    pcmelgan-jax quickstart --workdir DIR --config.pcmelgan.eps=0.1 --config.vocoder.num_epochs=2
+    pcmelgan-jax quickstart --workdir DIR --config.pcmelgan.eps=0.1
+    pcmelgan-jax quickstart --workdir DIR --config.eval.vocoder=melgan --config.vocoder.num_epochs=2
 
 The quickstart wires the stages' folders (data, classifiers, vocoder, runs) to DIR before the
-``--config.STAGE.FIELD=VALUE`` overrides are applied.
+``--config.STAGE.FIELD=VALUE`` overrides are applied. The MelGAN vocoder is trained only when
+the evaluation vocodes with it (``eval.vocoder``; the small evaluation uses Griffin-Lim).
 """
 
 from __future__ import annotations

@@ -162,34 +162,50 @@ def hann_window(win_length: int = WIN_LENGTH) -> np.ndarray:
     return window
 
 
-def stft_magnitude(
+def frame_window(n_fft: int = N_FFT, win_length: int | None = None) -> np.ndarray:
+    """The ``n_fft``-sample analysis window: a Hann window of ``win_length`` (default
+    ``n_fft``) samples in the middle, zeros either side (as ``torch.stft``). (n_fft,)."""
+    win_length = n_fft if win_length is None else win_length
+    if not 0 < win_length <= n_fft:
+        raise ValueError(f"stft: win_length must be in (0, n_fft={n_fft}], got {win_length}")
+    left = (n_fft - win_length) // 2
+    return np.pad(hann_window(win_length), (left, n_fft - win_length - left))
+
+
+def frame_index(n_samples: int, n_fft: int = N_FFT, hop_length: int = HOP_LENGTH) -> np.ndarray:
+    """Sample index of every frame of a padded signal of ``n_samples``. (frames, n_fft)."""
+    n_frames = (n_samples - n_fft) // hop_length + 1
+    return np.arange(n_frames)[:, None] * hop_length + np.arange(n_fft)[None, :]
+
+
+def stft(
     audio: jax.Array, n_fft: int = N_FFT, hop_length: int = HOP_LENGTH,
     win_length: int | None = None,
 ) -> jax.Array:
-    """|STFT| of reflect-padded audio, no centring. (..., T) -> (..., n_fft//2+1, frames).
+    """Complex STFT of reflect-padded audio, no centring. (..., T) -> (..., n_fft//2+1, frames).
 
-    The pad is (n_fft - hop) / 2 samples on each side, so T samples give T // hop frames.
-    A Hann window of ``win_length`` (default ``n_fft``) samples sits in the middle of each
-    ``n_fft``-sample frame, zeros either side (as ``torch.stft``).
+    The pad is (n_fft - hop) / 2 samples on each side, so T samples give T // hop frames;
+    the window is ``frame_window(n_fft, win_length)``.
     """
     audio = jnp.asarray(audio, jnp.float32)
     pad = (n_fft - hop_length) // 2
     widths = [(0, 0)] * (audio.ndim - 1) + [(pad, pad)]
     padded = jnp.pad(audio, widths, mode="reflect")
-    n_frames = (padded.shape[-1] - n_fft) // hop_length + 1
-    index = np.arange(n_frames)[:, None] * hop_length + np.arange(n_fft)[None, :]
-    win_length = n_fft if win_length is None else win_length
-    if not 0 < win_length <= n_fft:
-        raise ValueError(f"stft: win_length must be in (0, n_fft={n_fft}], got {win_length}")
-    left = (n_fft - win_length) // 2
-    window = np.pad(hann_window(win_length), (left, n_fft - win_length - left))
-    frames = padded[..., index] * jnp.asarray(window)  # (..., frames, n_fft)
-    spectrum = jnp.fft.rfft(frames, axis=-1)
+    index = frame_index(padded.shape[-1], n_fft, hop_length)
+    frames = padded[..., index] * jnp.asarray(frame_window(n_fft, win_length))
+    return jnp.swapaxes(jnp.fft.rfft(frames, axis=-1), -1, -2)
+
+
+def stft_magnitude(
+    audio: jax.Array, n_fft: int = N_FFT, hop_length: int = HOP_LENGTH,
+    win_length: int | None = None,
+) -> jax.Array:
+    """|STFT| (``stft``). (..., T) -> (..., n_fft//2+1, frames)."""
+    spectrum = stft(audio, n_fft, hop_length, win_length)
     power = jnp.real(spectrum) ** 2 + jnp.imag(spectrum) ** 2
     # sqrt with a zero (not NaN) gradient where the magnitude is exactly 0
     positive = power > 0
-    magnitude = jnp.where(positive, jnp.sqrt(jnp.where(positive, power, 1.0)), 0.0)
-    return jnp.swapaxes(magnitude, -1, -2)
+    return jnp.where(positive, jnp.sqrt(jnp.where(positive, power, 1.0)), 0.0)
 
 
 def log_mel(audio: jax.Array) -> jax.Array:

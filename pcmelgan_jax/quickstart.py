@@ -3,9 +3,12 @@
     pcmelgan-jax quickstart --workdir DIR [--manual-dir AudioMNIST/data] \
         [--config.STAGE.FIELD=VALUE ...]    (e.g. --config.pcmelgan.eps=0.1)
 
-1. ``DIR/corpus``: a synthetic 24-speaker corpus when no ``--manual-dir`` is given;
+1. ``DIR/corpus``: a synthetic corpus (48 speakers x 10 digits x 5) when no ``--manual-dir``
+   is given;
 2. ``DIR/data``: the prepared TFDS dataset;
-3. ``DIR/classifiers``, ``DIR/vocoder``, ``DIR/pcmelgan``: the three training stages;
+3. ``DIR/classifiers``, ``DIR/pcmelgan`` (and ``DIR/vocoder``, a MelGAN, only with
+   ``--config.eval.vocoder=melgan``; the small evaluation vocodes with Griffin-Lim): the
+   training stages;
 4. ``DIR/eval``: the evaluation.
 
 STAGE is classifiers, vocoder, pcmelgan or eval (the fields of configs/quickstart.py).
@@ -28,6 +31,11 @@ from pcmelgan_jax import workdir as run_folder
 from pcmelgan_jax.config_files import ConfigError, apply_overrides, load_config
 
 STAGES = ("classifiers", "vocoder", "pcmelgan")
+# The synthetic corpus: as many utterances as synth-data's default (24 x 10 repetitions) over
+# twice the speakers, so that each gender has 4 test and 4 validation speakers (narrower
+# intervals) and 16 training speakers to generalise from.
+SPEAKERS = 48
+REPS = 5
 QUICKSTART_CONFIG = "configs/quickstart.py"
 
 
@@ -46,7 +54,17 @@ def stage_configs(workdir: str, overrides: list[str] | None = None, seed: int = 
         runs=os.path.join(workdir, "pcmelgan"), classifiers_workdir=pcm.classifiers_workdir,
         vocoder_workdir=pcm.vocoder_workdir, dataset=config.classifiers.dataset,
         output_dir=os.path.join(workdir, "eval"))
-    return apply_overrides(config, overrides or [], QUICKSTART_CONFIG)
+    wired_vocoder = pcm.vocoder_workdir
+    config = apply_overrides(config, overrides or [], QUICKSTART_CONFIG)
+    if "vocoder" not in stages(config) and config.pcmelgan.vocoder_workdir == wired_vocoder:
+        config.pcmelgan.vocoder_workdir = ""  # no MelGAN is trained: no audio samples
+    return config
+
+
+def stages(config: Any) -> tuple[str, ...]:
+    """The training stages the quickstart runs: the MelGAN only when the evaluation vocodes
+    with it (``eval.vocoder``; the small config's Griffin-Lim needs no training)."""
+    return tuple(s for s in STAGES if s != "vocoder" or config.eval.vocoder == "melgan")
 
 
 def _corpus_complete(corpus_dir: str) -> bool:
@@ -59,7 +77,7 @@ def _train_stages(workdir: str, configs: Any, summary: dict, timed: Callable) ->
     """Trains the stages not finished before; their final metrics go to ``summary``."""
     from pcmelgan_jax.commands import train_stage
 
-    for stage in STAGES:
+    for stage in stages(configs):
         stage_dir = os.path.join(workdir, stage)
         if run_folder.is_complete(stage_dir):
             print(f"[quickstart] {stage} already trained ({stage_dir})", flush=True)
@@ -73,8 +91,8 @@ def run_quickstart(
     workdir: str,
     manual_dir: str | None = None,
     overrides: list[str] | None = None,
-    speakers: int = 24,
-    reps: int = 10,
+    speakers: int = SPEAKERS,
+    reps: int = REPS,
     seed: int = 0,
 ) -> dict:
     """Runs (or resumes) the whole pipeline in ``workdir``; returns the summary it writes to
@@ -166,8 +184,10 @@ def add_parser(subparsers) -> None:
     p.add_argument(
         "--manual-dir", default=None, help="AudioMNIST data folder (default: synthesise)"
     )
-    p.add_argument("--speakers", type=int, default=24, help="synthetic speakers (default 24)")
-    p.add_argument("--reps", type=int, default=10, help="synthetic repetitions (default 10)")
+    p.add_argument("--speakers", type=int, default=SPEAKERS,
+                   help=f"synthetic speakers (default {SPEAKERS})")
+    p.add_argument("--reps", type=int, default=REPS,
+                   help=f"synthetic repetitions (default {REPS})")
     p.add_argument("--seed", type=int, default=0)
     # --config.STAGE.FIELD=VALUE (e.g. --config.pcmelgan.eps=0.1): see cli.main
     p.set_defaults(func=_run, overrides=[])

@@ -4,8 +4,10 @@ vocoder chunks of long files, and the runner that batches them.
 A file is cut into windows of 8192 samples with 50 % overlap; each window's transformed log-mel
 is crossfaded into one log-mel of the whole file (``frame_weights``), which is vocoded whole
 (one window) or in chunks of ``CHUNK_FRAMES`` frames with ``CONTEXT_FRAMES`` of context on each
-side (``vocoder_chunks``, ``chunk_audio``). ``Runner`` does this for many files at once; the
-models come in as a ``WindowModels`` (``anonymize.Anonymizer``).
+side (``vocoder_chunks``, ``chunk_audio``), or, for a vocoder whose output must not be cut into
+chunks (``WindowModels.whole_file_vocoder``: Griffin-Lim), whole, padded with silence to a
+multiple of ``WHOLE_FILE_FRAMES`` (``whole_file_mel``). ``Runner`` does this for many files at
+once; the models come in as a ``WindowModels`` (``anonymize.Anonymizer``).
 """
 
 from __future__ import annotations
@@ -30,6 +32,10 @@ FRAMES = audio_lib.N_FRAMES  # 32 frames per window
 CHUNK_FRAMES = 120
 CONTEXT_FRAMES = 8  # frames of context on each side of a chunk (cut off after vocoding)
 MAX_VOCODER_QUEUE = 8  # vocoder calls queued for the worker thread before the reader waits
+# a file vocoded whole is padded to a multiple of this many frames: one compiled program per
+# 2 s of audio instead of one per length
+WHOLE_FILE_FRAMES = 64
+SILENT_LOG_MEL = float(np.log10(audio_lib.LOG_FLOOR))  # the log-mel of silence, every bin
 
 
 def window_starts(length: int, window: int = WINDOW, hop: int = HOP) -> tuple[list[int], int]:
@@ -60,6 +66,13 @@ def vocoder_chunks(
     n = -(-mel.shape[1] // chunk)
     padded = np.pad(mel, [(0, 0), (context, n * chunk - mel.shape[1] + context)], mode="reflect")
     return np.stack([padded[:, j * chunk : j * chunk + chunk + 2 * context] for j in range(n)])
+
+
+def whole_file_mel(mel: np.ndarray, multiple: int = WHOLE_FILE_FRAMES) -> np.ndarray:
+    """A log-mel (80, F) padded at the end with the log-mel of silence to a multiple of
+    ``multiple`` frames; vocode it and keep the audio of the first F frames."""
+    extra = -mel.shape[1] % multiple
+    return np.pad(mel, [(0, 0), (0, extra)], constant_values=SILENT_LOG_MEL)
 
 
 def chunk_audio(audio: np.ndarray, frames: int, context: int = CONTEXT_FRAMES) -> np.ndarray:
@@ -141,6 +154,11 @@ class WindowModels(Protocol):
     vocoder_thread: bool  # vocode on a worker thread
 
     @property
+    def whole_file_vocoder(self) -> bool:
+        """Vocode a longer file in one call once all of it is blended (else in chunks)."""
+        ...
+
+    @property
     def noise_dim(self) -> int: ...
 
     def transform_mels(self, windows: np.ndarray, z1: np.ndarray, z2: np.ndarray,
@@ -166,7 +184,8 @@ class Runner:
     each file's log-mels and vocodes on a worker thread (XLA:CPU runs the U-Net and the
     vocoder programs at once, which keeps both cores busier than either alone): one-window
     files whole, in fixed-size batches shared between files; longer files in chunks, one per
-    call, each queued as soon as the frames it spans are blended. Vocoder results are taken,
+    call, each queued as soon as the frames it spans are blended, or, with a
+    ``whole_file_vocoder``, in one call once all their frames are. Vocoder results are taken,
     and files written, in this thread in submission order, so the output does not depend on
     timing. ``flush`` finishes all work, ``close`` ends the worker."""
 
@@ -190,7 +209,7 @@ class Runner:
                 self.windows.append((job, k))
                 job.pending.append(k)
             else:  # a silent window: the log-mel of silence
-                job.add_mel(k, np.full((audio_lib.N_MELS, FRAMES), np.log10(audio_lib.LOG_FLOOR)))
+                job.add_mel(k, np.full((audio_lib.N_MELS, FRAMES), SILENT_LOG_MEL))
         self._blended(job)
         self._drain(final=False)
 
@@ -232,10 +251,17 @@ class Runner:
 
     def _blended(self, job: Job) -> None:
         """Queues what ``job``'s blend makes ready: a one-window file once blended, the chunks
-        of a longer file whose frames are (chunk j spans frames [120 j - 8, 120 j + 128))."""
+        of a longer file whose frames are (chunk j spans frames [120 j - 8, 120 j + 128)), or
+        a longer file whole once blended (``whole_file_vocoder``)."""
         if job.frames == FRAMES:
             if not job.pending:
                 self.singles.append((job, job.mel()))
+            return
+        if self.model.whole_file_vocoder:
+            if not job.pending:
+                size = job.padded.size
+                self._vocode(whole_file_mel(job.mel())[None],
+                             lambda audio: self._finish(job, audio[0, :size]))
             return
         if job.chunks is None:
             n = -(-job.frames // CHUNK_FRAMES)
@@ -275,7 +301,7 @@ class Runner:
         """Up to vocoder_batch_size one-window files in one call, padded with silence."""
         vb = self.model.vocoder_batch_size
         items = [self.singles.popleft() for _ in range(min(vb, len(self.singles)))]
-        mels = np.full((vb, audio_lib.N_MELS, FRAMES), np.log10(audio_lib.LOG_FLOOR), np.float32)
+        mels = np.full((vb, audio_lib.N_MELS, FRAMES), SILENT_LOG_MEL, np.float32)
         for i, (_, mel) in enumerate(items):
             mels[i] = mel
 

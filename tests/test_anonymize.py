@@ -4,9 +4,11 @@ layout."""
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import os
+import shutil
 import types
 from pathlib import Path
 
@@ -14,7 +16,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from pcmelgan_jax import anonymize, streaming
+from pcmelgan_jax import anonymize, griffin_lim, streaming
 from pcmelgan_jax.anonymize import AnonymizeError, Anonymizer, anonymize_file, anonymize_path
 from pcmelgan_jax.checkpointing import save_model
 from pcmelgan_jax.cli import main as cli_main
@@ -84,12 +86,14 @@ class SampleHold(Anonymizer):
     centre, and the "vocoder" repeats each frame's value for its 256 samples. Overlapping
     windows then agree exactly, so the output must equal the input sampled at the frame
     centres: this checks window and frame alignment, the blend, chunking, the centring of
-    short clips and the level restoration, without a network."""
+    short clips and the level restoration, without a network. ``vocoder_kind`` griffin-lim:
+    longer files are vocoded whole (padded to WHOLE_FILE_FRAMES), as Griffin-Lim needs."""
 
-    def __init__(self, batch_size: int = 3, vocoder_batch_size: int = 2):
+    def __init__(self, batch_size: int = 3, vocoder_batch_size: int = 2,
+                 vocoder_kind: str = "melgan"):
         module = types.SimpleNamespace(noise_dim=10)
         super().__init__((module, None), None, (None, None), "", "", batch_size,
-                         vocoder_batch_size)
+                         vocoder_batch_size, vocoder_kind=vocoder_kind)
         self.calls = {"windows": 0, "vocoder": 0}
 
     def transform_mels(self, windows, z1, z2, cond):
@@ -100,18 +104,22 @@ class SampleHold(Anonymizer):
 
     def vocode(self, mels, context=0):
         self.calls["vocoder"] += 1
-        # a batch of one-window files, or one chunk (context, chunk, context) of a longer file
-        chunk = (1, 80, streaming.CHUNK_FRAMES + 2 * streaming.CONTEXT_FRAMES)
-        assert (mels.shape, context) in (((self.vocoder_batch_size, 80, 32), 0),
-                                         (chunk, streaming.CONTEXT_FRAMES))
+        if self.whole_file_vocoder and mels.shape[2] != 32:  # a longer file in one call
+            assert mels.shape[0] == 1 and context == 0
+            assert mels.shape[2] % streaming.WHOLE_FILE_FRAMES == 0
+        else:  # a batch of one-window files, or one chunk (context, chunk, context)
+            chunk = (1, 80, streaming.CHUNK_FRAMES + 2 * streaming.CONTEXT_FRAMES)
+            assert (mels.shape, context) in (((self.vocoder_batch_size, 80, 32), 0),
+                                             (chunk, streaming.CONTEXT_FRAMES))
         return np.repeat(mels[:, 0, context : mels.shape[2] - context], 256, axis=1)
 
 
+@pytest.mark.parametrize("vocoder_kind", ["melgan", "griffin-lim"])
 @pytest.mark.parametrize("seconds", [0.05, 1.024, 1.5, 3.0, 9.3])
-def test_windowing_blend_and_level_with_a_sample_and_hold_model(tmp_path, seconds):
+def test_windowing_blend_and_level_with_a_sample_and_hold_model(tmp_path, seconds, vocoder_kind):
     src = write(tmp_path / "in.wav", tone(seconds, 8000) * 0.5, 8000)
     x, _ = sf.read(src, dtype="float32")
-    fake = SampleHold()
+    fake = SampleHold(vocoder_kind=vocoder_kind)
     out = anonymize_file(src, tmp_path / "out.wav", model=fake)
     y, sr = sf.read(out, dtype="float32")
     assert sr == 8000 and y.shape == x.shape
@@ -122,6 +130,8 @@ def test_windowing_blend_and_level_with_a_sample_and_hold_model(tmp_path, second
     held = np.repeat(padded[128::256], 256)[offset : offset + x.size]
     np.testing.assert_allclose(y, held, atol=1e-4)  # 16-bit output
     assert fake.calls["windows"] == -(-len(starts) // 3)
+    if vocoder_kind == "griffin-lim":  # one call for the whole file, however long
+        assert fake.calls["vocoder"] == 1
 
 
 def test_silence_stays_silent_without_model_calls(tmp_path):
@@ -274,6 +284,75 @@ def test_refuses_out_inside_in_and_bad_arguments(tmp_path, workdir, capsys):
         write(tmp_path / "exists.wav", tone(0.1, 8000), 8000)
         anonymize_file(src / "a.wav", tmp_path / "exists.wav", workdir)
     assert os.listdir(tmp_path / "empty") == []
+
+
+def test_bad_vocoder_arguments_are_one_line_errors(tmp_path, workdir, capsys):
+    src = write(tmp_path / "a.wav", tone(0.5, 8000), 8000)
+    rc = cli_main(["anonymize", str(src), str(tmp_path / "o.wav"), "--workdir", str(workdir),
+                   "--vocoder", "griffin-lim", "--griffin-lim-iterations", "0"])
+    assert rc == 2
+    assert capsys.readouterr().err == (
+        "anonymize: error: --griffin-lim-iterations must be a whole number >= 1, got 0\n")
+    with pytest.raises(AnonymizeError, match="--vocoder must be one of melgan, griffin-lim"):
+        anonymize_path(src, tmp_path / "o.wav", workdir, vocoder="wavenet")
+    with pytest.raises(AnonymizeError, match="--griffin-lim-iterations"):
+        Anonymizer.from_workdir(workdir, vocoder="griffin-lim", griffin_lim_iterations=-3)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.wav"]  # nothing written
+
+
+def test_griffin_lim_vocodes_a_long_file_whole_without_a_vocoder_folder(tmp_path, workdir,
+                                                                         model):
+    """``--vocoder griffin-lim`` in a workdir with F and G alone: outputs of the inputs'
+    lengths, the same on a second run, and a long file's audio is Griffin-Lim on its whole
+    blended log-mel (no chunk seams)."""
+    run = tmp_path / "run"
+    shutil.copytree(workdir / "pcmelgan", run / "pcmelgan")  # the fixture's F and G, no vocoder
+    src = tmp_path / "in"
+    lengths = {"long": 40000, "short": 5600}  # 9 windows (160 frames: 2 MelGAN chunks); 1
+    for i, (name, n) in enumerate(lengths.items()):
+        write(src / f"{name}.wav", tone(n / 8000, 8000, seed=i), 8000)
+    for out in ("a", "b"):
+        rc = cli_main(["anonymize", str(src), str(tmp_path / out), "--workdir", str(run),
+                       "--vocoder", "griffin-lim", "--vocoder-workdir", str(tmp_path / "none"),
+                       "--batch-size", str(BATCH), "--vocoder-batch-size", str(BATCH),
+                       "--seed", "2", "--quiet"])
+        assert rc == 0
+    for name, n in lengths.items():
+        y, sr = sf.read(tmp_path / "a" / f"{name}.wav", dtype="float32")
+        assert sr == 8000 and y.shape == (n,) and np.max(np.abs(y)) > 0
+        assert digest(tmp_path / "a" / f"{name}.wav") == digest(tmp_path / "b" / f"{name}.wav")
+    with pytest.raises(AnonymizeError, match="no MelGAN vocoder found"):
+        anonymize_path(src, tmp_path / "c", run)
+
+    # the expectation, from the models' window function and griffin_lim alone
+    x, _ = sf.read(src / "long.wav", dtype="float32")
+    peak = np.max(np.abs(x))
+    padded = np.zeros(40960, np.float32)  # 9 windows of 8192 at a hop of 4096
+    padded[: x.size] = x * (0.95 / peak)
+    windows = np.stack([padded[k * 4096 : k * 4096 + 8192] for k in range(9)])
+    z1, z2, cond = anonymize._file_noise(2, "long.wav", model.noise_dim, "random")
+    mels = []
+    for i in range(0, 9, BATCH):  # the runner's batches: BATCH windows, zero rows after
+        batch = np.zeros((BATCH, 8192), np.float32)
+        batch[: len(windows[i : i + BATCH])] = windows[i : i + BATCH]
+        mels.append(model.transform_mels(batch, np.tile(z1, (BATCH, 1)), np.tile(z2, (BATCH, 1)),
+                                         np.full(BATCH, cond, np.int32)))
+    mels = np.concatenate(mels)[:9]
+    weight = np.sin(np.pi * (np.arange(32) + 0.5) / 32) ** 2
+    total, weights = np.zeros((80, 160)), np.zeros(160)
+    for k in range(9):
+        total[:, 16 * k : 16 * k + 32] += weight * mels[k]
+        weights[16 * k : 16 * k + 32] += weight
+    mel = np.full((80, 192), np.log10(1e-5), np.float32)  # padded with silence to 3 x 64
+    mel[:, :160] = total / weights
+    want = np.asarray(griffin_lim.vocode(mel[None]))[0, : x.size] * (peak / 0.95)
+    y, _ = sf.read(tmp_path / "a" / "long.wav", dtype="float32")
+    np.testing.assert_allclose(y, want, atol=1e-4)  # 16-bit output
+    # and the Anonymizer's Griffin-Lim keeps frames [context, T - context), as MelGAN's does
+    gl = dataclasses.replace(model, vocoder=None, vocoder_dir=None, vocoder_kind="griffin-lim")
+    short = np.asarray(griffin_lim.vocode(np.repeat(mel[None, :, :32], BATCH, axis=0)))
+    np.testing.assert_array_equal(gl.vocode(np.repeat(mel[None, :, :32], BATCH, axis=0), 4),
+                                  short[:, 4 * 256 : -4 * 256])
 
 
 def test_filter_only_run_and_single_file_into_a_folder(tmp_path, workdir):

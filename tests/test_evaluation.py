@@ -435,6 +435,42 @@ def test_eval_py_sweep_groups_by_eps(quickstart, quick_results, monkeypatch):
     assert "| Filter (filter-only runs), eps 0.05 |" in md
 
 
+def test_griffin_lim_evaluation_needs_no_vocoder(quickstart, tmp_path):
+    """``vocoder=griffin_lim``: the vocoded original is the Griffin-Lim inversion of the test
+    clips (the fixed AudioNet's accuracy on it recomputed here), the tables say so, and a
+    run without a MelGAN resolves; an unknown vocoder is refused before any work."""
+    from pcmelgan_jax import griffin_lim
+    from pcmelgan_jax.audio import denormalize
+    from pcmelgan_jax.checkpointing import load_model
+    from pcmelgan_jax.evaluation.classifier import predict
+    from pcmelgan_jax.evaluation.data import load_split
+
+    out = tmp_path / "eval"
+    res = evaluation.run_evaluation(eval_config(
+        vocoder="griffin_lim", griffin_lim_iterations=4, runs="none", output_dir=str(out),
+        vocoder_workdir=str(tmp_path / "absent"), attackers=("fixed",), baselines=(),
+        num_examples_to_save=0), quickstart)
+    test = load_split(str(quickstart / "data"), "audio_mnist/all", "test", BATCH)
+    audio = np.asarray(griffin_lim.vocode(denormalize(test.x, test.mean, test.std), 4))
+    net = load_model(quickstart / "classifiers" / "models" / "audio_digit")
+    expected = float(np.mean(predict("audionet", *net, audio, BATCH) == test.digit))
+    got = res["baselines"]["vocoded_real"]["fixed"]["audio"]["digit_acc"]["mean"]
+    assert got == pytest.approx(expected, abs=1 / 40)  # batched vs whole: one clip at most
+    assert "Griffin-Lim (4 iterations" in (out / "tables.md").read_text()
+    run = tmp_path / "r"
+    (run / "models" / "filter").mkdir(parents=True)
+    (run / "models" / "filter" / "model.json").write_text("{}")
+    os.makedirs(tmp_path / "classifiers")
+    os.makedirs(tmp_path / "data")
+    info = evaluation.resolve_run(str(run), str(tmp_path), {"vocoder": "griffin_lim"})
+    assert info.vocoder_workdir is None
+    with pytest.raises(evaluation.EvaluationError, match="vocoder must be one of"):
+        evaluation.run_evaluation(eval_config(vocoder="hifigan", runs="none"), quickstart)
+    with pytest.raises(evaluation.EvaluationError, match="griffin_lim_iterations must be >= 1"):
+        evaluation.run_evaluation(eval_config(vocoder="griffin_lim", griffin_lim_iterations=0,
+                                              runs="none"), quickstart)
+
+
 def test_find_runs_one_and_two_levels_down(tmp_path):
     """A sweep folder stands for its runs, and for the seed runs of a num_seeds run inside it
     (SWEEP/RUN/seed_<S>/); a folder that is itself a run is not searched further."""

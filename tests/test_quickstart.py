@@ -27,6 +27,18 @@ def test_stage_configs_wiring_and_typed_overrides(tmp_path):
         quickstart.stage_configs(str(tmp_path), ["--config.classifiers.num_epochs=abc"])
 
 
+def test_the_melgan_stage_runs_only_when_the_evaluation_vocodes_with_it(tmp_path):
+    """The small evaluation vocodes with Griffin-Lim: no MelGAN is trained and the PCMelGAN
+    stage gets no vocoder; ``--config.eval.vocoder=melgan`` brings both back."""
+    c = quickstart.stage_configs(str(tmp_path))
+    assert c.eval.vocoder == "griffin_lim"
+    assert quickstart.stages(c) == ("classifiers", "pcmelgan")
+    assert c.pcmelgan.vocoder_workdir == ""
+    c = quickstart.stage_configs(str(tmp_path), ["--config.eval.vocoder=melgan"])
+    assert quickstart.stages(c) == ("classifiers", "vocoder", "pcmelgan")
+    assert c.pcmelgan.vocoder_workdir == c.eval.vocoder_workdir == str(tmp_path / "vocoder")
+
+
 @pytest.mark.parametrize("args, message", [
     (["--config.pcmelgan.nope=1"], "'pcmelgan.nope' is not a field"),
     (["--config.vocoder.num_epochs=two"], "vocoder.num_epochs='two'"),

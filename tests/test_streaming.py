@@ -1,5 +1,6 @@
 """The windowing of ``pcmelgan_jax.streaming``: window offsets, the crossfade weights and the
-vocoder chunks of long files (the runner is tested through ``anonymize`` in test_anonymize)."""
+vocoder chunks of long files and the whole-file padding (the runner is tested through
+``anonymize`` in test_anonymize)."""
 
 import numpy as np
 
@@ -36,3 +37,12 @@ def test_make_job_centres_a_short_clip_and_restores_the_level():
     assert job.offset == (8192 - 1000) // 2
     np.testing.assert_allclose(job.padded[job.offset : job.offset + 1000], 0.95)
     np.testing.assert_allclose(job.result(job.padded), audio, rtol=1e-6)
+
+
+def test_whole_file_mel_pads_with_silence_to_a_multiple_of_the_bucket():
+    mel = np.arange(80 * 100, dtype=np.float32).reshape(80, 100)
+    padded = streaming.whole_file_mel(mel, multiple=64)
+    assert padded.shape == (80, 128) and padded.dtype == np.float32
+    np.testing.assert_array_equal(padded[:, :100], mel)
+    np.testing.assert_allclose(padded[:, 100:], np.log10(1e-5))  # the log-mel of silence
+    assert streaming.whole_file_mel(padded, multiple=64).shape == (80, 128)

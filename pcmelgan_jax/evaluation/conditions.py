@@ -17,7 +17,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from pcmelgan_jax.evaluation.data import SplitData, log_mels, pad_rows, padded_batches
-from pcmelgan_jax.evaluation.inference import batch_noise, unet_apply, vocode
+from pcmelgan_jax.evaluation.inference import Vocoder, batch_noise, unet_apply
 
 # Batch-index offsets of the F/G noise per split: the test split keeps batch i's noise
 # fold_in(key(seed), i), so every run of a group sees the same z and s'.
@@ -61,18 +61,17 @@ def waveform_condition(transform: WaveformTransform, batch_size: int):
     return apply
 
 
-def vocode_all(vocoder: tuple, x: np.ndarray, mean: np.ndarray, std: np.ndarray,
+def vocode_all(vocoder: Vocoder, x: np.ndarray, mean: np.ndarray, std: np.ndarray,
                batch_size: int) -> np.ndarray:
-    """MelGAN audio (N, 8192) of normalised log-mels de-normalised with mean/std (N,)."""
+    """Audio (N, 8192) of normalised log-mels de-normalised with mean/std (N,)."""
     out = [np.zeros((0, 8192), np.float32)]
     for _, rows, n in padded_batches(len(x), batch_size):
-        audio = vocode(*vocoder, *(jnp.asarray(pad_rows(a[rows], batch_size))
-                                   for a in (x, mean, std)))
+        audio = vocoder(*(jnp.asarray(pad_rows(a[rows], batch_size)) for a in (x, mean, std)))
         out.append(np.asarray(audio)[:n])
     return np.concatenate(out)
 
 
-def vocoded_outputs(vocoder: tuple, x: np.ndarray, split: SplitData, batch_size: int,
+def vocoded_outputs(vocoder: Vocoder, x: np.ndarray, split: SplitData, batch_size: int,
                     sampled_gender: np.ndarray | None = None) -> Outputs:
     """Outputs of spectrograms ``x`` of ``split``'s utterances: vocoded with the utterances'
     normalisation statistics, the audio analysed again into log-mels."""
@@ -80,7 +79,7 @@ def vocoded_outputs(vocoder: tuple, x: np.ndarray, split: SplitData, batch_size:
     return Outputs(x, audio, log_mels(audio, batch_size)[0], sampled_gender)
 
 
-def vocoded(vocoder: tuple, batch_size: int):
+def vocoded(vocoder: Vocoder, batch_size: int):
     """The vocoded original (identity through the vocoder): the vocoder's own leak."""
 
     def apply(split: SplitData) -> Outputs:
@@ -113,7 +112,7 @@ def filter_and_generator_spectrograms(
 
 
 def filter_and_generator(
-    filt: tuple, gen: tuple | None, vocoder: tuple, seed: int, batch_size: int,
+    filt: tuple, gen: tuple | None, vocoder: Vocoder, seed: int, batch_size: int,
     split: SplitData,
 ) -> tuple[Outputs, Outputs | None]:
     """F's output x1 = F(x, z1) and G's x2 = G(x1, z2, s') (None for a filter-only run) for
@@ -125,7 +124,7 @@ def filter_and_generator(
     return first, second
 
 
-def linearly_erased(outs: dict[str, Outputs], splits: dict[str, SplitData], vocoder: tuple,
+def linearly_erased(outs: dict[str, Outputs], splits: dict[str, SplitData], vocoder: Vocoder,
                     batch_size: int, shrinkage: float) -> dict[str, Outputs]:
     """A condition's spectrograms after a linear gender eraser fitted on its training-split
     output (``erasure``), vocoded again: blind to attackers that learn from the training

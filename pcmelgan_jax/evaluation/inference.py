@@ -1,4 +1,4 @@
-"""The jitted forward programs of the evaluation: log-mels, F and G, classifiers, vocoder.
+"""The jitted forward programs of the evaluation: log-mels, F and G, classifiers, vocoders.
 
 They apply the modules themselves (the parity-checked path); ``anonymize`` runs the folded
 forms of F, G and the vocoder in ``models.inference``."""
@@ -6,13 +6,20 @@ forms of F, G and the vocoder in ``models.inference``."""
 from __future__ import annotations
 
 import functools
+from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
 from pcmelgan_jax import audio as audio_lib
+from pcmelgan_jax import griffin_lim as griffin_lim_lib
 from pcmelgan_jax.runtime import compilation
+
+# A vocoder of the evaluation: normalised log-mels (B, 80, 32) with their utterances' mean and
+# std (B,) -> audio (B, 8192).
+Vocoder = Callable[[jax.Array, jax.Array, jax.Array], jax.Array]
+VOCODERS = ("melgan", "griffin_lim")
 
 _mel_features_jit = compilation.jit(audio_lib.mel_features, "inference")
 
@@ -48,6 +55,23 @@ def audio_predict(model, variables, audio: jax.Array) -> tuple[jax.Array, jax.Ar
 def vocode(model, variables, x: jax.Array, mean: jax.Array, std: jax.Array) -> jax.Array:
     """De-normalise (B, 80, 32) with the input's mean/std (B,) and vocode -> (B, 8192)."""
     return model.apply(variables, audio_lib.denormalize(x, mean, std))
+
+
+@functools.partial(compilation.jit, kind="inference", static_argnums=0)
+def _griffin_lim(iterations: int, x: jax.Array, mean: jax.Array, std: jax.Array) -> jax.Array:
+    return griffin_lim_lib.vocode(audio_lib.denormalize(x, mean, std), iterations)
+
+
+def melgan_vocoder(model, variables) -> Vocoder:
+    """A trained MelGAN generator (module, variables) as a ``Vocoder``."""
+    return functools.partial(vocode, model, variables)
+
+
+def griffin_lim_vocoder(iterations: int = griffin_lim_lib.DEFAULT_ITERATIONS) -> Vocoder:
+    """The training-free Griffin-Lim inversion (``griffin_lim``) as a ``Vocoder``."""
+    if iterations < 1:
+        raise ValueError(f"griffin_lim_iterations must be >= 1, got {iterations}")
+    return functools.partial(_griffin_lim, int(iterations))
 
 
 def batch_noise(

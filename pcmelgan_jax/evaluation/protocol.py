@@ -29,7 +29,7 @@ import numpy as np
 
 from pcmelgan_jax import metrics
 from pcmelgan_jax.checkpointing import load_network
-from pcmelgan_jax.evaluation import attackers, conditions, report, speaker
+from pcmelgan_jax.evaluation import attackers, conditions, inference, report, speaker
 from pcmelgan_jax.evaluation.data import SPLITS, SplitData, load_split
 from pcmelgan_jax.evaluation.runs import (
     DEFAULT_DATASET,
@@ -46,24 +46,48 @@ EMPTY = {"mean": None, "std": None, "runs": [], "low": None, "high": None}
 
 @dataclasses.dataclass
 class ModelSet:
-    """The fixed models of one evaluation: classifiers and vocoder (module, variables) pairs."""
+    """The fixed models of one evaluation: classifiers ((module, variables) pairs) and the
+    vocoder."""
 
     spec_digit: tuple
     spec_gender: tuple
     audio_digit: tuple
     audio_gender: tuple
-    vocoder: tuple
+    vocoder: inference.Vocoder
 
     @classmethod
-    def load(cls, classifiers_workdir: str, vocoder_workdir: str) -> ModelSet:
+    def load(cls, classifiers_workdir: str, vocoder_workdir: str | None,
+             cfg: Mapping[str, Any]) -> ModelSet:
         c = classifiers_workdir
         return cls(
             spec_digit=load_network(model_dir(c, "spec_digit"), "alexnet"),
             spec_gender=load_network(model_dir(c, "spec_gender"), "alexnet"),
             audio_digit=load_network(model_dir(c, "audio_digit"), "audionet"),
             audio_gender=load_network(model_dir(c, "audio_gender"), "audionet"),
-            vocoder=load_network(model_dir(vocoder_workdir, "generator"), "melgan_generator"),
+            vocoder=load_vocoder(cfg, vocoder_workdir),
         )
+
+
+def vocoder_kind(cfg: Mapping[str, Any]) -> str:
+    """The config's ``vocoder`` ("melgan" or "griffin_lim"), checked."""
+    kind = str(cfg.get("vocoder") or "melgan")
+    if kind not in inference.VOCODERS:
+        raise EvaluationError(f"vocoder must be one of {inference.VOCODERS}, got {kind!r}")
+    return kind
+
+
+def load_vocoder(cfg: Mapping[str, Any], vocoder_workdir: str | None) -> inference.Vocoder:
+    """The trained MelGAN in ``vocoder_workdir``, or Griffin-Lim (``cfg.vocoder``)."""
+    if vocoder_kind(cfg) == "griffin_lim":
+        try:
+            return inference.griffin_lim_vocoder(int(cfg.get("griffin_lim_iterations", 32)))
+        except ValueError as e:
+            raise EvaluationError(str(e)) from None
+    if not vocoder_workdir:
+        raise EvaluationError("no MelGAN vocoder workdir found (set vocoder_workdir, or "
+                              "vocoder=griffin_lim for the training-free inversion)")
+    generator = load_network(model_dir(vocoder_workdir, "generator"), "melgan_generator")
+    return inference.melgan_vocoder(*generator)
 
 
 @dataclasses.dataclass
@@ -71,7 +95,8 @@ class Context:
     """What the runs sharing classifiers, vocoder and data share: the data, the models, the
     real-speech speaker classifier and the baselines' attacks."""
 
-    paths: tuple[str, str, str, str]  # classifiers, vocoder, data_dir, dataset
+    # classifiers, vocoder (None: Griffin-Lim), data_dir, dataset
+    paths: tuple[str, str | None, str, str]
     models: ModelSet
     splits: dict[str, SplitData]
     ignorant_speaker: tuple
@@ -157,7 +182,7 @@ def load_splits(data_dir: str, dataset: str, cfg: Mapping[str, Any]) -> dict[str
     return splits
 
 
-def build_context(classifiers: str, vocoder: str, data_dir: str, dataset: str,
+def build_context(classifiers: str, vocoder: str | None, data_dir: str, dataset: str,
                   cfg: Mapping[str, Any], out_dir: str,
                   extra: Mapping[str, conditions.WaveformTransform]) -> Context:
     """Loads the models and data, trains (or reuses) the speaker classifier and attacks the
@@ -169,7 +194,7 @@ def build_context(classifiers: str, vocoder: str, data_dir: str, dataset: str,
     cache = os.path.join(out_dir, "speaker_classifier")
     ignorant, info = speaker.ignorant_classifier(splits["train"], spk_cfg, cache, data_id)
     ctx = Context((classifiers, vocoder, data_dir, dataset),
-                  ModelSet.load(classifiers, vocoder), splits, ignorant,
+                  ModelSet.load(classifiers, vocoder, cfg), splits, ignorant,
                   {"checkpoint": cache, **info})
     batch_size = int(cfg["batch_size"])
     named = {"real": conditions.real,
@@ -271,11 +296,15 @@ def _config_dict(config: Any) -> dict[str, Any]:
     return merged
 
 
-def _context_paths(cfg: Mapping[str, Any], workdir: str) -> tuple[str, str, str, str]:
-    """Classifiers, vocoder, data and dataset of a baselines-only evaluation."""
+def _context_paths(cfg: Mapping[str, Any], workdir: str) -> tuple:
+    """Classifiers, vocoder (None for Griffin-Lim), data and dataset of a baselines-only
+    evaluation."""
     found = []
     for field, name in (("classifiers_workdir", "classifiers"), ("vocoder_workdir", "vocoder"),
                         ("data_dir", "data")):
+        if name == "vocoder" and vocoder_kind(cfg) == "griffin_lim":
+            found.append(None)
+            continue
         path = existing_path([cfg.get(field), os.path.join(workdir, name)], workdir)
         if path is None:
             raise EvaluationError(f"{workdir}: no {name} found (set {field})")
@@ -299,6 +328,8 @@ def run_evaluation(config: Any, workdir: str | os.PathLike,
     baselines_only = str(cfg.get("runs")).strip().lower() == "none"
     runs = [] if baselines_only else [resolve_run(p, workdir, cfg)
                                       for p in find_runs(cfg.get("runs"), workdir)]
+    if vocoder_kind(cfg) == "griffin_lim":  # bad vocoder settings fail before any work
+        load_vocoder(cfg, None)
     os.makedirs(out_dir, exist_ok=True)
     contexts: dict[tuple, Context] = {}
 
@@ -350,7 +381,8 @@ def assemble(cfg: Mapping[str, Any], runs: Sequence[RunInfo], per_run: Sequence[
                                                                              "audio")}
     reference["features_real"] = first.features["real"]
     warnings = [f"{first.paths[0]}: {w}" for w in report.reference_warnings(reference)]
-    warnings += [f"{first.paths[1]}: {w}" for w in report.vocoder_warnings(reference)]
+    vocoder_name = first.paths[1] or "griffin-lim"
+    warnings += [f"{vocoder_name}: {w}" for w in report.vocoder_warnings(reference)]
     warnings += report.attacker_warnings({a: {d: {k: v["mean"] for k, v in vals.items()}
                                               for d, vals in baselines["real"].get(a, {}).items()}
                                           for a in ("informed", "features")})

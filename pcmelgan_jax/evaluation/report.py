@@ -220,6 +220,10 @@ def markdown_tables(results: Mapping[str, Any]) -> str:
               "the interval resamples runs, speakers within gender and their utterances); "
               "gender against the original gender (50 is chance: lower is not more private, "
               "an attacker can flip its answer).", ""]
+    cfg = results.get("config") or {}
+    if cfg.get("vocoder") == "griffin_lim":
+        lines += [f"Audio domain: spectrograms vocoded by Griffin-Lim "
+                  f"({cfg.get('griffin_lim_iterations')} iterations, training-free).", ""]
     lines += [f"**Warning:** {w}." for w in results.get("warnings", [])]
     if results.get("warnings"):
         lines.append("")

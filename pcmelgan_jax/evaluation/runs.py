@@ -30,7 +30,7 @@ class RunInfo:
     seed: int | None
     filter_only: bool
     classifiers_workdir: str
-    vocoder_workdir: str
+    vocoder_workdir: str | None  # None: the evaluation vocodes with Griffin-Lim
     data_dir: str
     dataset: str
 
@@ -109,7 +109,8 @@ def find_runs(runs: str | Sequence[str] | None, workdir: str | os.PathLike) -> l
 def resolve_run(
     path: str, workdir: str, config: Mapping[str, Any] | None = None
 ) -> RunInfo:
-    """Reads a run's ``config.json`` and resolves its classifiers, vocoder and data.
+    """Reads a run's ``config.json`` and resolves its classifiers, vocoder (none when the
+    evaluation ``config`` vocodes with Griffin-Lim) and data.
 
     Precedence: a non-empty field of the evaluation ``config`` > the run's ``config.json`` >
     ``WORKDIR/classifiers`` / ``WORKDIR/vocoder`` / ``WORKDIR/data`` > siblings of the run.
@@ -128,14 +129,16 @@ def resolve_run(
         "classifiers_workdir",
         [os.path.join(workdir, "classifiers"), os.path.join(parent, "classifiers")],
     )
-    vocoder = pick(
+    griffin_lim = config.get("vocoder") == "griffin_lim"
+    vocoder = None if griffin_lim else pick(
         "vocoder_workdir", [os.path.join(workdir, "vocoder"), os.path.join(parent, "vocoder")]
     )
     data_dir = pick("data_dir", [os.path.join(workdir, "data"), os.path.join(parent, "data")])
     if classifiers is None:
         raise EvaluationError(f"{path}: no classifiers workdir found (set classifiers_workdir)")
-    if vocoder is None:
-        raise EvaluationError(f"{path}: no vocoder workdir found (set vocoder_workdir)")
+    if vocoder is None and not griffin_lim:
+        raise EvaluationError(f"{path}: no vocoder workdir found (set vocoder_workdir, or "
+                              "vocoder=griffin_lim)")
     if data_dir is None:
         raise EvaluationError(f"{path}: no TFDS data_dir found (set data_dir)")
     eps = run_cfg.get("eps", config.get("eps"))
