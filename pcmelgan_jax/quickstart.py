@@ -56,6 +56,11 @@ def stage_configs(workdir: str, overrides: list[str] | None = None, seed: int = 
         output_dir=os.path.join(workdir, "eval"))
     wired_vocoder = pcm.vocoder_workdir
     config = apply_overrides(config, overrides or [], QUICKSTART_CONFIG)
+    from pcmelgan_jax.evaluation.inference import VOCODERS
+
+    if config.eval.vocoder not in VOCODERS:  # before any stage trains, not at the evaluation
+        raise ConfigError(f"--config.eval.vocoder={config.eval.vocoder!r}: must be one of "
+                          f"{', '.join(VOCODERS)}")
     if "vocoder" not in stages(config) and config.pcmelgan.vocoder_workdir == wired_vocoder:
         config.pcmelgan.vocoder_workdir = ""  # no MelGAN is trained: no audio samples
     return config

@@ -37,6 +37,8 @@ def test_the_melgan_stage_runs_only_when_the_evaluation_vocodes_with_it(tmp_path
     c = quickstart.stage_configs(str(tmp_path), ["--config.eval.vocoder=melgan"])
     assert quickstart.stages(c) == ("classifiers", "vocoder", "pcmelgan")
     assert c.pcmelgan.vocoder_workdir == c.eval.vocoder_workdir == str(tmp_path / "vocoder")
+    with pytest.raises(ConfigError, match="eval.vocoder='hifigan': must be one of melgan, grif"):
+        quickstart.stage_configs(str(tmp_path), ["--config.eval.vocoder=hifigan"])
 
 
 @pytest.mark.parametrize("args, message", [

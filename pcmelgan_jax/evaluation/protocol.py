@@ -80,7 +80,7 @@ def load_vocoder(cfg: Mapping[str, Any], vocoder_workdir: str | None) -> inferen
     """The trained MelGAN in ``vocoder_workdir``, or Griffin-Lim (``cfg.vocoder``)."""
     if vocoder_kind(cfg) == "griffin_lim":
         try:
-            return inference.griffin_lim_vocoder(int(cfg.get("griffin_lim_iterations", 32)))
+            return inference.griffin_lim_vocoder(int(cfg["griffin_lim_iterations"]))
         except ValueError as e:
             raise EvaluationError(str(e)) from None
     if not vocoder_workdir:
