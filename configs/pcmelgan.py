@@ -28,6 +28,13 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     # difference of female and male means, unbiased; 0 when no linear attacker can learn)
     c.mean_gap_weight = 0.0
     c.fd_reset_every = 0  # > 0: FD (and its optimizer state) re-initialised every N steps
+    # > 0: F's and G's losses add this times the fixed digit classifier's cross-entropy on
+    # their outputs with the true digit (the content kept by a loss, not by eps alone)
+    c.digit_weight = 0.0
+    # > 0: a gender attacker (FD's architecture) learns the TRUE gender from G's output and
+    # G's loss adds this times its cross-entropy against the SAMPLED gender
+    c.attacker_weight = 0.0
+    c.attacker_arch = "alexnet"  # or "linear": logistic regression on the spectrogram
     c.filter_only = variant.filter_only  # the paper's Filter baseline: F and FD only
     c.discriminator_width = 1.0  # AlexNet width of FD and GD (1.0 = the original)
     c.compute_dtype = "float32"  # or "bfloat16": bf16 compute, float32 params and optimizer state
@@ -37,6 +44,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.learning_rate_generator = 1e-4
     c.learning_rate_filter_discriminator = 4e-4
     c.learning_rate_generator_discriminator = 4e-4
+    c.learning_rate_gender_attacker = 4e-4  # used with attacker_weight > 0
     c.batch_size = 128
     c.eval_every_steps = 0
     c.samples_every_steps = 0

@@ -1,8 +1,9 @@
-"""The PCMelGAN step (update order, 1 vs 4 devices, the active distortion hinge) and its
+"""The PCMelGAN step (update order, 1 vs 4 devices, the active penalties) and its
 stage's helpers (BatchNorm recalibration, input paths)."""
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 
 import chex
@@ -335,6 +336,106 @@ def test_distortion_hinge_and_mean_gap_active_in_the_step(inactive):
                  for a, b in zip(jax.tree.leaves(params), jax.tree.leaves(off_params),
                                  strict=True))
     assert change > 1e-6
+
+
+def test_digit_content_loss_in_the_step(inactive):
+    """With ``digit_weight`` w, F's loss adds w times the fixed digit classifier's
+    cross-entropy on x1 with the true digits (recomputed by hand), which changes F's update;
+    without the classifier the step refuses to trace."""
+    weight = 3.0
+    hp = pcmelgan.PCMelGANHyper(eps=10.0, lamb=LAMB, filter_only=True, discriminator_width=WIDTH,
+                                digit_weight=weight, monitor_widths=(("spec_digit", WIDTH),))
+    txs = {"filter": optax.sgd(1e-2), "filter_discriminator": optax.sgd(1e-2)}
+    nets = jax.device_get(_filter_only_networks(txs))  # host copies: the step donates its state
+    digit_net = AlexNet(num_classes=10, width=WIDTH)
+    digit_params = digit_net.init(jax.random.key(3), jnp.zeros((1, 80, 32, 1)),
+                                  train=False)["params"]
+    batch, rng = _batch(8), jax.random.key(7)
+    step = seeds_lib.jit_step(pcmelgan.pcmelgan_step, hp=hp, txs=txs)
+    state, metrics = step(st.new_train_state(nets), batch, rng, {"spec_digit": digit_params})
+
+    x = classifiers_stage.spectrogram_batch(jnp.asarray(batch["audio"]))
+    z1 = jax.random.normal(jax.random.split(jax.random.fold_in(rng, 0), 9)[0], (8, 10))
+    x1, _ = hp.filter().apply(nets["filter"].variables(), x, z1, None, train=True,
+                              mutable=["batch_stats"])
+    want = softmax_cross_entropy(digit_net.apply({"params": digit_params}, x1, train=False),
+                                 jnp.asarray(batch["digit"]))
+    assert float(want) > 1.0  # an untrained classifier: the term is far from zero
+    np.testing.assert_allclose(metrics["filter/digit_content"], want, rtol=1e-4)
+    np.testing.assert_allclose(float(metrics["filter/loss"]) - float(metrics["filter/adversarial"]),
+                               weight * float(want), rtol=1e-4)
+    off_params = inactive[1]  # the same step, init and batch with digit_weight 0
+    change = max(float(np.max(np.abs(a - b))) for a, b in zip(
+        jax.tree.leaves(jax.device_get(state.networks["filter"].params)),
+        jax.tree.leaves(off_params), strict=True))
+    assert change > 1e-6
+    with pytest.raises(ValueError, match="digit_weight"):
+        step(st.new_train_state(nets), batch, rng, {})
+
+
+@pytest.mark.parametrize("arch", ["alexnet", "linear"])
+def test_gender_attacker_in_the_step(arch):
+    """With ``attacker_weight`` w, G's loss adds w * CE(A(x2), s') and the attacker A learns
+    the TRUE gender from x2 (recomputed by hand, F frozen so x1 is F's initial output: the
+    AlexNet's two cross-entropies; the linear attacker, which starts at zero, its first SGD
+    step). A is a network of its own, appended to the stage's list (the others keep their
+    initialisation keys); the Filter baseline and an unknown architecture are refused."""
+    weight, lr = 2.0, 1e-2
+    hp = pcmelgan.PCMelGANHyper(eps=10.0, lamb=LAMB, discriminator_width=WIDTH,
+                                attacker_weight=weight, attacker_arch=arch)
+    assert pcmelgan_stage.network_names(hp)[-1] == "gender_attacker"
+    # the paper's four networks keep the keys they had when initialised in sorted order
+    assert list(pcmelgan_stage.NETWORKS)[:4] == sorted(pcmelgan_stage.network_names(
+        dataclasses.replace(hp, attacker_weight=0.0)))
+    with pytest.raises(ValueError, match="filter_only"):
+        dataclasses.replace(hp, filter_only=True)
+    with pytest.raises(ValueError, match="attacker_arch"):
+        dataclasses.replace(hp, attacker_arch="mlp")
+    txs = {n: optax.sgd(0.0 if n == "filter" else lr) for n in pcmelgan_stage.NETWORKS}
+    key = jax.random.key(0, impl="rbg")
+    nets = {}
+    for i, name in enumerate(pcmelgan_stage.NETWORKS):
+        network, arch = pcmelgan_stage._arch(name, hp)
+        nets[name] = st.network_state(st.init_variables(network, arch, jax.random.fold_in(key, i)),
+                                      txs[name])
+    nets = jax.device_get(nets)  # host copies: the step donates its state
+    batch, rng = _batch(8), jax.random.key(5)
+    step = seeds_lib.jit_step(pcmelgan.pcmelgan_step, hp=hp, txs=txs)
+    state, metrics = step(st.new_train_state(nets), batch, rng)
+
+    x = classifiers_stage.spectrogram_batch(jnp.asarray(batch["audio"]))
+    gender = jnp.asarray(batch["gender"])
+    step_rng = jax.random.fold_in(rng, 0)
+    _, k_z1b, k_z2, k_s = jax.random.split(step_rng, 9)[:4]
+    k_a1, k_a2 = jax.random.split(jax.random.fold_in(step_rng, pcmelgan.ATTACKER_SALT))
+    x1, _ = hp.filter().apply(nets["filter"].variables(), x, jax.random.normal(k_z1b, (8, 10)),
+                              None, train=True, mutable=["batch_stats"])
+    sampled = jax.random.randint(k_s, (8,), 0, 2)
+    x2, _ = hp.generator().apply(nets["generator"].variables(), x1,
+                                 jax.random.normal(k_z2, (8, 10)), sampled, train=True,
+                                 mutable=["batch_stats"])
+    attacker = hp.attacker()
+    np.testing.assert_allclose(
+        float(metrics["generator/loss"]) - float(metrics["generator/adversarial"]),
+        weight * float(metrics["generator/attacker_sampled"]), rtol=1e-5)
+    if arch == "linear":  # zero weights: CE log 2, gradient x2^T (1/2 - onehot(s)) / B
+        np.testing.assert_allclose(metrics["gender_attacker/loss"], np.log(2.0), rtol=1e-6)
+        flat = np.asarray(x2).reshape(8, -1)
+        grad = flat.T @ (0.5 - np.eye(2)[np.asarray(gender)]) / 8
+        np.testing.assert_allclose(state.networks["gender_attacker"].params["dense"]["kernel"],
+                                   -lr * grad, rtol=1e-3, atol=1e-7)
+        return
+
+    def attacker_ce(k, labels):
+        logits = attacker.apply({"params": nets["gender_attacker"].params}, x2, train=True,
+                                rngs={"dropout": k})
+        return float(softmax_cross_entropy(logits, labels))
+
+    np.testing.assert_allclose(metrics["generator/attacker_sampled"], attacker_ce(k_a1, sampled),
+                               rtol=1e-4)
+    np.testing.assert_allclose(metrics["gender_attacker/loss"], attacker_ce(k_a2, gender),
+                               rtol=1e-4)
+    assert 0.0 <= float(metrics["monitor/attacker_acc"]) <= 1.0
 
 
 def test_filter_discriminator_restarts_every_n_steps():

@@ -416,7 +416,8 @@ def add_parser(subparsers) -> None:
     )
     parser.add_argument("files", nargs="+", help=".pt files holding state dicts")
     parser.add_argument("--out", required=True, help="output folder")
-    parser.add_argument("--network", choices=NETWORKS, help="override the recognised network")
+    parser.add_argument("--network", choices=list(_PREFIX),
+                        help="override the recognised network")
     parser.add_argument("--num-classes", type=int, help="classes of a classifier (else inferred)")
     parser.add_argument("--overwrite", action="store_true", help="replace existing outputs")
     parser.set_defaults(func=_run)

@@ -1,6 +1,11 @@
 """Flax Linen modules of PCMelGAN and MelGAN (channels-last, PyTorch numerics)."""
 
-from pcmelgan_jax.models.classifiers import AlexNet, AudioNet, softmax_cross_entropy
+from pcmelgan_jax.models.classifiers import (
+    AlexNet,
+    AudioNet,
+    LinearClassifier,
+    softmax_cross_entropy,
+)
 from pcmelgan_jax.models.layers import BatchNorm, Conv, ConvTranspose1d
 from pcmelgan_jax.models.melgan import MelGANDiscriminator, MelGANGenerator, NLayerDiscriminator
 from pcmelgan_jax.models.unet import UNet
@@ -11,6 +16,7 @@ __all__ = [
     "BatchNorm",
     "Conv",
     "ConvTranspose1d",
+    "LinearClassifier",
     "MelGANDiscriminator",
     "MelGANGenerator",
     "NLayerDiscriminator",

@@ -85,6 +85,24 @@ class AudioNet(nn.Module):
         return logits.astype(jnp.float32), features.astype(jnp.float32)
 
 
+class LinearClassifier(nn.Module):
+    """Logistic regression on the flattened spectrogram, starting at chance (zero weights):
+    __call__(x (B, 80, 32, 1), train) -> logits (B, num_classes) in float32. The training-time
+    counterpart of the evaluation's linear attacker; ``train`` is accepted for AlexNet's
+    calling convention and changes nothing."""
+
+    num_classes: int
+    dtype: Any = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: Array, train: bool = False) -> Array:
+        del train
+        x = x.astype(self.dtype).reshape(x.shape[0], -1)
+        layer = nn.Dense(self.num_classes, dtype=self.dtype, kernel_init=nn.initializers.zeros,
+                         name="dense")
+        return layer(x).astype(jnp.float32)
+
+
 def scaled(channels: int, width: float) -> int:
     """``channels`` x ``width``, rounded, at least 1."""
     return max(1, int(round(channels * width)))

@@ -10,7 +10,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from pcmelgan_jax.audio import N_FRAMES, N_MELS, SEGMENT_LENGTH
-from pcmelgan_jax.models.classifiers import AlexNet, AudioNet
+from pcmelgan_jax.models.classifiers import AlexNet, AudioNet, LinearClassifier
 from pcmelgan_jax.models.melgan import MelGANDiscriminator, MelGANGenerator
 from pcmelgan_jax.models.unet import UNet
 
@@ -21,6 +21,7 @@ NETWORKS = (
     "audionet",
     "melgan_generator",
     "melgan_discriminator",
+    "linear_classifier",
 )
 
 
@@ -38,6 +39,8 @@ def build_model(network: str, **kwargs: Any) -> nn.Module:
         return MelGANGenerator(**kwargs)
     if network == "melgan_discriminator":
         return MelGANDiscriminator(**kwargs)
+    if network == "linear_classifier":
+        return LinearClassifier(**kwargs)
     raise ValueError(f"unknown network {network!r}; expected one of {', '.join(NETWORKS)}")
 
 
@@ -48,7 +51,7 @@ def example_inputs(network: str, batch_size: int = 1, noise_dim: int = 10) -> tu
         z = jnp.zeros((batch_size, noise_dim), jnp.float32)
         cond = jnp.zeros((batch_size,), jnp.int32)
         return (spec, z, cond if network == "unet_generator" else None)
-    if network == "alexnet":
+    if network in ("alexnet", "linear_classifier"):
         return (spec,)
     if network in ("audionet", "melgan_discriminator"):
         return (jnp.zeros((batch_size, SEGMENT_LENGTH), jnp.float32),)

@@ -5,13 +5,19 @@ Each batch runs one update per network, in this order (``pcmelgan_step``):
 
 1. F, to fool FD (flipped-gender cross-entropy, or FD's entropy with ``entropy``) while
    staying within ``eps`` of x (the distortion hinge), with ``mean_gap_weight`` also closing
-   the gap between the batch's male and female mean outputs;
+   the gap between the batch's male and female mean outputs and with ``digit_weight`` the
+   fixed digit classifier's cross-entropy (the content kept by more than proximity);
 2. a fresh train-mode F pass gives x1 (F's batch statistics move, its weights do not);
    G, from x1 and a sampled gender s', to make GD predict s', its distortion measured
    against the ORIGINAL x (and its true-gender mean gap with ``mean_gap_weight``);
 3. FD on stop_gradient(x1) with the true gender (with ``fd_reset_every`` = N > 0, FD and
    its optimizer state start afresh after every N-th step: an adversary F has not tracked);
-4. GD on real x with the true gender and on stop_gradient(x2) as fake, weight 0.5 each.
+4. GD on real x with the true gender and on stop_gradient(x2) as fake, weight 0.5 each;
+5. with ``attacker_weight`` > 0, the gender attacker A on stop_gradient(x2) with the TRUE
+   gender: what an informed attacker does. G's loss in step 2 then adds ``attacker_weight``
+   times CE(A(x2), s'): G must make the attacker of the moment read the SAMPLED gender,
+   which is independent of the true one (nothing else in the paper's losses looks for the
+   true gender in x2).
 
 With ``filter_only`` only F and FD train (the Filter baseline).
 """
@@ -25,7 +31,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
-from pcmelgan_jax.models import AlexNet, BatchNorm, UNet
+from pcmelgan_jax.models import AlexNet, BatchNorm, LinearClassifier, UNet
 from pcmelgan_jax.training.classifiers import CLASSIFIER_TASKS, spectrogram_batch
 from pcmelgan_jax.training.losses import (
     FAKE,
@@ -46,6 +52,8 @@ Metrics = dict[str, Array]
 # float32 either way)
 COMPUTE_DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 RESET_SALT = 0x5EED  # folded into the step's key for FD's re-initialisation (other keys kept)
+ATTACKER_ARCHS = ("alexnet", "linear")
+ATTACKER_SALT = 0xA77  # folded into the step's key for the attacker's dropout (other keys kept)
 
 
 def compute_dtype(name: str, field: str = "compute_dtype") -> Any:
@@ -75,6 +83,13 @@ class PCMelGANHyper:
     # losses (0: the original's losses)
     mean_gap_weight: float = 0.0
     fd_reset_every: int = 0  # > 0: FD re-initialised after every N-th step (0: never)
+    # weight of the fixed digit classifier's cross-entropy on F's and G's outputs with the
+    # true digit in their losses (0: the original's losses, content kept by eps alone)
+    digit_weight: float = 0.0
+    # > 0: a gender attacker trained on G's output with the true gender; G's loss adds this
+    # times CE(attacker(x2), s') (0: no attacker, the original's losses)
+    attacker_weight: float = 0.0
+    attacker_arch: str = "alexnet"  # the attacker: "alexnet" (FD's) or "linear" (logistic)
     filter_only: bool = False  # the Filter baseline: F and FD only
     discriminator_width: float = 1.0  # AlexNet width of FD and GD (1.0 = the original)
     monitor_widths: tuple = ()  # ((classifier name, AlexNet width), ...) of the monitors
@@ -82,6 +97,11 @@ class PCMelGANHyper:
 
     def __post_init__(self):
         compute_dtype(self.compute_dtype)  # validates
+        if self.attacker_arch not in ATTACKER_ARCHS:
+            raise ValueError(f"attacker_arch must be one of {', '.join(map(repr, ATTACKER_ARCHS))}"
+                             f", got {self.attacker_arch!r}")
+        if self.attacker_weight > 0 and self.filter_only:
+            raise ValueError("attacker_weight > 0 attacks G's output: it needs filter_only False")
 
     @property
     def dtype(self) -> Any:
@@ -97,6 +117,12 @@ class PCMelGANHyper:
         """(FD with 2 classes, GD with 3 classes)."""
         w, dt = self.discriminator_width, self.dtype
         return AlexNet(num_classes=2, width=w, dtype=dt), AlexNet(num_classes=3, width=w, dtype=dt)
+
+    def attacker(self) -> AlexNet | LinearClassifier:
+        """The gender attacker on G's output (``attacker_weight``)."""
+        if self.attacker_arch == "linear":
+            return LinearClassifier(num_classes=2, dtype=self.dtype)
+        return self.discriminators()[0]
 
     def filter(self) -> UNet:
         return UNet(conditional=False, noise_dim=self.noise_dim, dtype=self.dtype)
@@ -114,6 +140,9 @@ def hyper(config: Any, monitor_widths: dict[str, float] | None = None) -> PCMelG
         entropy=bool(config.entropy),
         mean_gap_weight=float(config.get("mean_gap_weight", 0.0)),
         fd_reset_every=int(config.get("fd_reset_every", 0)),
+        digit_weight=float(config.get("digit_weight", 0.0)),
+        attacker_weight=float(config.get("attacker_weight", 0.0)),
+        attacker_arch=str(config.get("attacker_arch", "alexnet")),
         filter_only=bool(config.filter_only),
         discriminator_width=float(config.get("discriminator_width", 1.0)),
         monitor_widths=tuple(sorted((monitor_widths or {}).items())),
@@ -129,12 +158,23 @@ def _dropout(key: Array) -> dict[str, Array]:
     return {"dropout": key}
 
 
+def digit_content_loss(y: Array, content: tuple[Any, Array] | None, hp: PCMelGANHyper) -> Array:
+    """The fixed digit classifier's cross-entropy on ``y`` with the true digits, ``content`` =
+    (its parameters, the digits); 0 when ``content`` is None."""
+    if content is None:
+        return jnp.zeros((), jnp.float32)
+    params, digit = content
+    logits = hp.monitor("spec_digit").apply({"params": params}, y, train=False)
+    return softmax_cross_entropy(logits, digit)
+
+
 def update_filter(
     f_net: NetworkState, fd_params: Any, x: Array, gender: Array, keys: tuple[Array, Array],
-    *, hp: PCMelGANHyper, tx: Any,
+    *, hp: PCMelGANHyper, tx: Any, content: tuple[Any, Array] | None = None,
 ) -> tuple[NetworkState, Metrics]:
-    """F's update against FD (``fd_params``, train mode): adversarial loss + distortion hinge.
-    ``keys``: (F's noise, FD's dropout)."""
+    """F's update against FD (``fd_params``, train mode): adversarial loss + distortion hinge
+    (+ ``hp.digit_weight`` times the digit content loss with ``content``). ``keys``: (F's
+    noise, FD's dropout)."""
     k_noise, k_dropout = keys
     filt, fd = hp.filter(), hp.discriminators()[0]
     z = _noise(k_noise, x, hp)
@@ -147,14 +187,16 @@ def update_filter(
         adv = filter_adversarial_loss(fd_logits, gender, hp.entropy)
         penalty, dist = distortion_penalty(x1, x, hp.eps, hp.lamb)
         gap = label_mean_gap(x1, gender)
-        loss = adv + penalty + hp.mean_gap_weight * gap
-        return loss, (mut["batch_stats"], adv, dist, mean_entropy(fd_logits), gap)
+        digit = digit_content_loss(x1, content, hp)
+        loss = adv + penalty + hp.mean_gap_weight * gap + hp.digit_weight * digit
+        return loss, (mut["batch_stats"], adv, dist, mean_entropy(fd_logits), gap, digit)
 
-    (loss, (stats, adv, dist, fd_entropy, gap)), grads = jax.value_and_grad(
+    (loss, (stats, adv, dist, fd_entropy, gap, digit)), grads = jax.value_and_grad(
         loss_fn, has_aux=True
     )(f_net.params)
     metrics = {"filter/loss": loss, "filter/adversarial": adv, "filter/distortion": dist,
-               "filter/fd_entropy": fd_entropy, "filter/gender_mean_gap": gap}
+               "filter/fd_entropy": fd_entropy, "filter/gender_mean_gap": gap,
+               "filter/digit_content": digit}
     return apply_gradients(f_net, grads, tx, batch_stats=stats), metrics
 
 
@@ -172,11 +214,14 @@ def filter_pass(
 def update_generator(
     g_net: NetworkState, gd_params: Any, x1: Array, x: Array, gender: Array,
     keys: tuple[Array, Array, Array], *, hp: PCMelGANHyper, tx: Any,
+    content: tuple[Any, Array] | None = None, attacker: tuple[Any, Array] | None = None,
 ) -> tuple[NetworkState, Array, Array, Metrics]:
     """G's update: x2 = G(x1, z, s') should make GD (``gd_params``, train mode) predict the
     sampled gender s', within ``eps`` of the ORIGINAL x (and, with ``mean_gap_weight``, keep
-    no mean gap for the TRUE ``gender``). ``keys``: (s', G's noise, GD's dropout). Returns
-    (G, stop_gradient(x2), s', metrics)."""
+    no mean gap for the TRUE ``gender``; with ``content``, keep the digit for the fixed
+    classifier; with ``attacker`` = (its params, its dropout key), make the gender attacker
+    read s'). ``keys``: (s', G's noise, GD's dropout). Returns (G, stop_gradient(x2), s',
+    metrics)."""
     k_gender, k_noise, k_dropout = keys
     gen, gd = hp.generator(), hp.discriminators()[1]
     sampled = jax.random.randint(k_gender, (x.shape[0],), 0, 2)
@@ -190,32 +235,42 @@ def update_generator(
         adv = softmax_cross_entropy(gd_logits, sampled)
         penalty, dist = distortion_penalty(x2, x, hp.eps, hp.lamb)
         gap = label_mean_gap(x2, gender)
-        loss = adv + penalty + hp.mean_gap_weight * gap
-        return loss, (x2, mut["batch_stats"], adv, dist, gd_logits, gap)
+        digit = digit_content_loss(x2, content, hp)
+        fooled = jnp.zeros((), jnp.float32)
+        if attacker is not None:
+            a_params, k_attacker = attacker
+            a_logits = hp.attacker().apply({"params": a_params}, x2, train=True,
+                                           rngs=_dropout(k_attacker))
+            fooled = softmax_cross_entropy(a_logits, sampled)
+        loss = (adv + penalty + hp.mean_gap_weight * gap + hp.digit_weight * digit
+                + hp.attacker_weight * fooled)
+        return loss, (x2, mut["batch_stats"], adv, dist, gd_logits, gap, digit, fooled)
 
-    (loss, (x2, stats, adv, dist, gd_logits, gap)), grads = jax.value_and_grad(
+    (loss, (x2, stats, adv, dist, gd_logits, gap, digit, fooled)), grads = jax.value_and_grad(
         loss_fn, has_aux=True
     )(g_net.params)
     metrics = {"generator/loss": loss, "generator/adversarial": adv,
                "generator/distortion": dist, "generator/gender_mean_gap": gap,
+               "generator/digit_content": digit, "generator/attacker_sampled": fooled,
                "monitor/gd_sampled_gender_acc": accuracy(gd_logits, sampled)}
     g_net = apply_gradients(g_net, grads, tx, batch_stats=stats)
     return g_net, jax.lax.stop_gradient(x2), sampled, metrics
 
 
-def update_filter_discriminator(
-    fd_net: NetworkState, x1: Array, gender: Array, key: Array, *, hp: PCMelGANHyper, tx: Any
+def update_gender_classifier(
+    net: NetworkState, model: Any, y: Array, gender: Array, key: Array, *, tx: Any,
+    names: tuple[str, str] = ("filter_discriminator/loss", "monitor/fd_acc"),
 ) -> tuple[NetworkState, Metrics]:
-    """FD's update: predict the true gender from x1 (``key``: dropout)."""
-    fd = hp.discriminators()[0]
+    """A 2-class gender classifier's update (FD on x1, the attacker on x2): ``model`` predicts
+    the true gender from ``y`` (``key``: dropout). ``names``: (loss metric, accuracy metric)."""
 
     def loss_fn(params):
-        logits = fd.apply({"params": params}, x1, train=True, rngs=_dropout(key))
+        logits = model.apply({"params": params}, y, train=True, rngs=_dropout(key))
         return softmax_cross_entropy(logits, gender), logits
 
-    (loss, logits), grads = jax.value_and_grad(loss_fn, has_aux=True)(fd_net.params)
-    metrics = {"filter_discriminator/loss": loss, "monitor/fd_acc": accuracy(logits, gender)}
-    return apply_gradients(fd_net, grads, tx), metrics
+    (loss, logits), grads = jax.value_and_grad(loss_fn, has_aux=True)(net.params)
+    metrics = {names[0]: loss, names[1]: accuracy(logits, gender)}
+    return apply_gradients(net, grads, tx), metrics
 
 
 def reset_key(rng: Array, step: Array) -> Array:
@@ -289,20 +344,29 @@ def pcmelgan_step(
     run_rng = rng
     rng = jax.random.fold_in(rng, state.step)
     k_z1, k_z1b, k_z2, k_s, k_d1, k_d2, k_d3, k_d4, k_d5 = jax.random.split(rng, 9)
+    attacking = hp.attacker_weight > 0
+    k_a1, k_a2 = jax.random.split(jax.random.fold_in(rng, ATTACKER_SALT))
     x, s = spectrogram_batch(batch["audio"]), batch["gender"]
     labels = {"digit": batch["digit"], "gender": s}
+    content = None
+    if hp.digit_weight > 0:
+        if not monitors or "spec_digit" not in monitors:
+            raise ValueError("digit_weight > 0 needs the fixed digit classifier (monitors)")
+        content = (monitors["spec_digit"], batch["digit"])
 
     nets["filter"], metrics = update_filter(
         nets["filter"], nets["filter_discriminator"].params, x, s, (k_z1, k_d1),
-        hp=hp, tx=txs["filter"])
+        hp=hp, tx=txs["filter"], content=content)
     nets["filter"], x1 = filter_pass(nets["filter"], x, k_z1b, hp)
     if not hp.filter_only:
         nets["generator"], x2, sampled, g_metrics = update_generator(
             nets["generator"], nets["generator_discriminator"].params, x1, x, s,
-            (k_s, k_z2, k_d2), hp=hp, tx=txs["generator"])
+            (k_s, k_z2, k_d2), hp=hp, tx=txs["generator"], content=content,
+            attacker=(nets["gender_attacker"].params, k_a1) if attacking else None)
         metrics.update(g_metrics)
-    nets["filter_discriminator"], fd_metrics = update_filter_discriminator(
-        nets["filter_discriminator"], x1, s, k_d3, hp=hp, tx=txs["filter_discriminator"])
+    nets["filter_discriminator"], fd_metrics = update_gender_classifier(
+        nets["filter_discriminator"], hp.discriminators()[0], x1, s, k_d3,
+        tx=txs["filter_discriminator"])
     metrics.update(fd_metrics)
     if hp.fd_reset_every > 0:
         nets["filter_discriminator"] = reset_filter_discriminator(
@@ -316,6 +380,11 @@ def pcmelgan_step(
         metrics.update(gd_metrics)
         metrics.update(monitor_metrics(
             monitors, x2, {**labels, "sampled_gender": sampled}, "monitor/generator", hp))
+    if attacking:
+        nets["gender_attacker"], a_metrics = update_gender_classifier(
+            nets["gender_attacker"], hp.attacker(), x2, s, k_a2, tx=txs["gender_attacker"],
+            names=("gender_attacker/loss", "monitor/attacker_acc"))
+        metrics.update(a_metrics)
     return TrainState(step=state.step + 1, networks=nets), metrics
 
 

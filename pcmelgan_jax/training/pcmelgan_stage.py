@@ -49,12 +49,14 @@ from pcmelgan_jax.training.state import (
     new_train_state,
 )
 
-# exported name -> (registry network, arch)
+# exported name -> (registry network, arch); a new network goes last (its place in this
+# order picks its initialisation key, so the others keep theirs)
 NETWORKS = {
     "filter": ("unet_filter", "unet"),
-    "generator": ("unet_generator", "unet"),
     "filter_discriminator": ("alexnet", {"num_classes": 2}),
+    "generator": ("unet_generator", "unet"),
     "generator_discriminator": ("alexnet", {"num_classes": 3}),
+    "gender_attacker": ("alexnet", {"num_classes": 2}),
 }
 
 # the random stream of the BatchNorm recalibration's noise and sampled genders, per seed
@@ -62,14 +64,18 @@ BN_RECALIBRATION_STREAM = 0xB4
 
 
 def network_names(hp: PCMelGANHyper) -> list[str]:
-    """The trained networks: F and FD, and G and GD unless ``filter_only``."""
+    """The trained networks: F and FD, G and GD unless ``filter_only``, and the gender
+    attacker with ``attacker_weight`` > 0."""
     if hp.filter_only:
         return ["filter", "filter_discriminator"]
-    return ["filter", "filter_discriminator", "generator", "generator_discriminator"]
+    names = ["filter", "filter_discriminator", "generator", "generator_discriminator"]
+    return names + ["gender_attacker"] * (hp.attacker_weight > 0)
 
 
 def _arch(name: str, hp: PCMelGANHyper) -> tuple[str, dict]:
     network, arch = NETWORKS[name]
+    if name == "gender_attacker" and hp.attacker_arch == "linear":
+        return "linear_classifier", {"num_classes": 2}
     if arch == "unet":
         return network, {"noise_dim": hp.noise_dim}
     arch = dict(arch)
@@ -287,7 +293,7 @@ class PCMelGANStage:
     def _init_state(self, seed: int) -> TrainState:
         init_key = jax.random.key(seed, impl="rbg")
         networks = {}
-        for i, name in enumerate(sorted(NETWORKS)):
+        for i, name in enumerate(NETWORKS):  # each network's key index: its place in NETWORKS
             if name in self.names:
                 network, arch = _arch(name, self.hp)
                 variables = init_variables(network, arch, jax.random.fold_in(init_key, i))
