@@ -188,6 +188,9 @@ def test_pcmelgan_step_follows_the_update_order(pcm):
               "monitor/gd_sampled_gender_acc", "monitor/generator_digit_acc",
               "monitor/generator_gender_acc", "monitor/filter_gender_acc"):
         assert 0.0 <= m[k] <= 1.0, k
+    # the optional levers log only when switched on
+    assert not {"filter/digit_content", "generator/digit_content",
+                "generator/attacker_sampled", "monitor/attacker_acc"} & set(m)
 
 
 def test_batch_norm_recalibration_makes_evaluation_mode_match_training_mode(pcm):

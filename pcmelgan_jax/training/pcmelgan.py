@@ -9,7 +9,8 @@ Each batch runs one update per network, in this order (``pcmelgan_step``):
    fixed digit classifier's cross-entropy (the content kept by more than proximity);
 2. a fresh train-mode F pass gives x1 (F's batch statistics move, its weights do not);
    G, from x1 and a sampled gender s', to make GD predict s', its distortion measured
-   against the ORIGINAL x (and its true-gender mean gap with ``mean_gap_weight``);
+   against the ORIGINAL x (and its true-gender mean gap with ``mean_gap_weight``, the digit
+   loss with ``digit_weight``, the attacker's term of step 5 with ``attacker_weight``);
 3. FD on stop_gradient(x1) with the true gender (with ``fd_reset_every`` = N > 0, FD and
    its optimizer state start afresh after every N-th step: an adversary F has not tracked);
 4. GD on real x with the true gender and on stop_gradient(x2) as fake, weight 0.5 each;
@@ -168,6 +169,17 @@ def digit_content_loss(y: Array, content: tuple[Any, Array] | None, hp: PCMelGAN
     return softmax_cross_entropy(logits, digit)
 
 
+def attacker_loss(x2: Array, sampled: Array, attacker: tuple[Any, Array] | None,
+                  hp: PCMelGANHyper) -> Array:
+    """The gender attacker's cross-entropy on ``x2`` against the SAMPLED gender, ``attacker`` =
+    (its parameters, its dropout key), in training mode; 0 when ``attacker`` is None."""
+    if attacker is None:
+        return jnp.zeros((), jnp.float32)
+    params, key = attacker
+    logits = hp.attacker().apply({"params": params}, x2, train=True, rngs=_dropout(key))
+    return softmax_cross_entropy(logits, sampled)
+
+
 def update_filter(
     f_net: NetworkState, fd_params: Any, x: Array, gender: Array, keys: tuple[Array, Array],
     *, hp: PCMelGANHyper, tx: Any, content: tuple[Any, Array] | None = None,
@@ -195,8 +207,9 @@ def update_filter(
         loss_fn, has_aux=True
     )(f_net.params)
     metrics = {"filter/loss": loss, "filter/adversarial": adv, "filter/distortion": dist,
-               "filter/fd_entropy": fd_entropy, "filter/gender_mean_gap": gap,
-               "filter/digit_content": digit}
+               "filter/fd_entropy": fd_entropy, "filter/gender_mean_gap": gap}
+    if content is not None:
+        metrics["filter/digit_content"] = digit
     return apply_gradients(f_net, grads, tx, batch_stats=stats), metrics
 
 
@@ -236,12 +249,7 @@ def update_generator(
         penalty, dist = distortion_penalty(x2, x, hp.eps, hp.lamb)
         gap = label_mean_gap(x2, gender)
         digit = digit_content_loss(x2, content, hp)
-        fooled = jnp.zeros((), jnp.float32)
-        if attacker is not None:
-            a_params, k_attacker = attacker
-            a_logits = hp.attacker().apply({"params": a_params}, x2, train=True,
-                                           rngs=_dropout(k_attacker))
-            fooled = softmax_cross_entropy(a_logits, sampled)
+        fooled = attacker_loss(x2, sampled, attacker, hp)
         loss = (adv + penalty + hp.mean_gap_weight * gap + hp.digit_weight * digit
                 + hp.attacker_weight * fooled)
         return loss, (x2, mut["batch_stats"], adv, dist, gd_logits, gap, digit, fooled)
@@ -251,8 +259,11 @@ def update_generator(
     )(g_net.params)
     metrics = {"generator/loss": loss, "generator/adversarial": adv,
                "generator/distortion": dist, "generator/gender_mean_gap": gap,
-               "generator/digit_content": digit, "generator/attacker_sampled": fooled,
                "monitor/gd_sampled_gender_acc": accuracy(gd_logits, sampled)}
+    if content is not None:
+        metrics["generator/digit_content"] = digit
+    if attacker is not None:
+        metrics["generator/attacker_sampled"] = fooled
     g_net = apply_gradients(g_net, grads, tx, batch_stats=stats)
     return g_net, jax.lax.stop_gradient(x2), sampled, metrics
 
