@@ -50,7 +50,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     # Attackers (pcmelgan_jax.evaluation.attackers): fixed, informed, linear, features, fresh,
     # speaker.
     c.attackers = ("fixed", "informed", "linear", "features", "fresh", "speaker")
-    c.baselines = ("mcadams", "pitch_shift")  # beside the vocoded original, always evaluated
+    # beside the vocoded original, always evaluated; digit_template: the recognised digit's
+    # mean training spectrogram in a sampled gender (keeps the digit and nothing else)
+    c.baselines = ("mcadams", "pitch_shift", "digit_template")
     c.mcadams_coefficient = 0.8  # VoicePrivacy's B2 setting
     c.pitch_shift_semitones = 4.0  # male up, female down
     # Also attack PCMelGAN's output after a linear gender eraser fitted on the training

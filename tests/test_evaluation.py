@@ -312,7 +312,8 @@ def test_quickstart_results_json(quickstart, quick_results):
     assert set(on_disk["attacks"]) == {"filter", "pcmelgan"}
     for attacks in on_disk["attacks"].values():
         _check_attacks(attacks, 1)
-    assert set(on_disk["baselines"]) == {"real", "vocoded_real", "mcadams", "pitch_shift"}
+    assert set(on_disk["baselines"]) == {"real", "vocoded_real", "mcadams", "pitch_shift",
+                                         "digit_template"}
     for attacks in on_disk["baselines"].values():
         _check_attacks(attacks, 1)
     assert on_disk["attacks"]["pcmelgan"]["fixed"]["audio"]["sampled_gender_acc"]["low"] >= 0
@@ -375,6 +376,33 @@ def test_quickstart_numbers_match_a_direct_computation(quickstart, quick_results
         pred.append(evaluation.spec_predict(*gender_net, x1))
     hits = int(np.sum(np.concatenate(pred)[:40] == gender))
     assert quick_results["spectrogram"]["filter"]["gender_acc"]["mean"] == pytest.approx(hits / 40)
+
+
+def test_digit_template_condition_replaces_each_utterance(quickstart):
+    """Every output spectrogram is the template of the fixed AlexNet's predicted digit in the
+    sampled gender, s' being G's draw for the same batch; the vocoder gets the utterance's
+    own statistics."""
+    from pcmelgan_jax.checkpointing import load_model
+    from pcmelgan_jax.evaluation import conditions
+    from pcmelgan_jax.evaluation.data import load_split
+
+    test = load_split(str(quickstart / "data"), "audio_mnist/all", "test", BATCH)
+    digit_net = load_model(quickstart / "classifiers" / "models" / "spec_digit")
+    bank = np.random.default_rng(0).normal(size=(10, 2, 80, 32)).astype(np.float32)
+    seen = []
+
+    def vocoder(x, mean, std):  # records its inputs, returns a clip a log-mel can read
+        seen.append((np.asarray(x), np.asarray(mean), np.asarray(std)))
+        return jnp.sin(jnp.arange(8192.0) * 0.3)[None] * (1.0 + x[:, :1, 0])
+
+    out = conditions.digit_template(bank, digit_net, vocoder, 0, BATCH)(test)
+    pred = evaluation.spec_predict(*digit_net, jnp.asarray(test.x[:BATCH]))
+    sampled = evaluation.batch_noise(0, 0, BATCH, 10)[2]
+    np.testing.assert_array_equal(out.sampled_gender[:BATCH], sampled)
+    np.testing.assert_array_equal(out.spec[:BATCH], bank[np.asarray(pred), sampled])
+    assert out.spec.shape == test.x.shape and out.audio.shape == (len(test), 8192)
+    np.testing.assert_array_equal(seen[0][1][:BATCH], test.mean[:BATCH])
+    assert len(set(np.asarray(pred).tolist())) > 1 or len(set(sampled.tolist())) > 1
 
 
 def test_eval_py_sweep_groups_by_eps(quickstart, quick_results, monkeypatch):
@@ -518,7 +546,7 @@ def test_find_runs_errors(tmp_path):
 
 def test_baselines_command_attacks_the_training_free_anonymisers(quickstart, capsys):
     """``pcmelgan-jax baselines`` on a quickstart workdir: the untransformed speech and the
-    three baselines through every attacker, no run needed; a bad field is one line."""
+    four baselines through every attacker, no run needed; a bad field is one line."""
     from pcmelgan_jax import cli
 
     small = ["--config.speaker.steps=3", "--config.speaker.batch_size=8",
@@ -530,7 +558,8 @@ def test_baselines_command_attacks_the_training_free_anonymisers(quickstart, cap
     assert cli.main(["baselines", "--workdir", str(quickstart), "--small", *small]) == 0
     res = json.loads((quickstart / "baselines" / "results.json").read_text())
     assert res["groups"] == [] and res["eps"] is None
-    assert set(res["baselines"]) == {"real", "vocoded_real", "mcadams", "pitch_shift"}
+    assert set(res["baselines"]) == {"real", "vocoded_real", "mcadams", "pitch_shift",
+                                     "digit_template"}
     for attacks in res["baselines"].values():
         _check_attacks(attacks, 1, ("fixed", "features"))
     md = (quickstart / "baselines" / "tables.md").read_text()

@@ -1,4 +1,5 @@
-"""Training-free anonymisers: McAdams LPC warping and the gender-flipping pitch shift."""
+"""Training-free anonymisers: McAdams LPC warping, the gender-flipping pitch shift and the
+digit templates."""
 
 import librosa
 import numpy as np
@@ -6,6 +7,7 @@ import pytest
 import scipy.signal
 
 from pcmelgan_jax.evaluation.baselines import (
+    digit_templates,
     mcadams,
     mcadams_batch,
     pitch_shift_flip,
@@ -101,3 +103,16 @@ def test_pitch_shift_flip_batch_matches_single_clips():
         np.testing.assert_allclose(row, pitch_shift_flip(clip, gender), atol=1e-5)
     with pytest.raises(ValueError):
         pitch_shift_flip_batch(clips, [0, 1, 2])
+
+
+def test_digit_templates_are_cell_means_with_fallbacks():
+    x = np.arange(5 * 2, dtype=np.float32).reshape(5, 2)  # rows (0,1) (2,3) (4,5) (6,7) (8,9)
+    bank = digit_templates(x, np.array([0, 0, 0, 1, 3]), np.array([0, 0, 1, 1, 0]))
+    assert bank.shape == (10, 2, 2)
+    np.testing.assert_allclose(bank[0, 0], [1, 2])  # mean of rows 0 and 1
+    np.testing.assert_allclose(bank[0, 1], [4, 5])
+    np.testing.assert_allclose(bank[1, 0], [6, 7])  # no female 1: the digit's mean
+    np.testing.assert_allclose(bank[3, 1], [8, 9])
+    np.testing.assert_allclose(bank[5, 0], [4, 5])  # no 5 at all: the mean of everything
+    with pytest.raises(ValueError, match="as many digits"):
+        digit_templates(x, np.zeros(4, int), np.zeros(5, int))

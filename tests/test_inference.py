@@ -17,7 +17,7 @@ from pcmelgan_jax.models.inference import (
     winograd_conv1d,
 )
 from pcmelgan_jax.models.registry import build_model, jit_init, numpy_random_variables
-from pcmelgan_jax.models.unet import UNet
+from pcmelgan_jax.models.unet import UNet, band_means
 
 
 def _trained_like(model: UNet, x, z, cond) -> dict:
@@ -57,6 +57,33 @@ def test_unet_apply_equals_module_in_evaluation_mode(conditional):
         prepare_unet(model, variables), x, z, cond)
     assert float(jnp.std(expected)) > 0.05  # not saturated or constant
     chex.assert_trees_all_close(got, expected, atol=1e-4)  # the parity tolerance
+
+
+def test_band_means_by_hand():
+    x = jnp.arange(8.0).reshape(1, 4, 2, 1)  # bins (0,1) (2,3) (4,5) (6,7) over 2 frames
+    got = band_means(x, 2)[0, :, :, 0]
+    np.testing.assert_allclose(got, [[1, 2], [1, 2], [5, 6], [5, 6]])
+    np.testing.assert_allclose(band_means(x, 4), x)
+    with pytest.raises(ValueError, match="divide the 4 mel bins, got 3"):
+        band_means(x, 3)
+
+
+def test_generator_with_input_bands_sees_only_the_band_means():
+    """G with ``input_bands`` = 2: a change within a band that keeps its mean changes
+    nothing, one that moves it does; the folded ``unet_apply`` computes the same."""
+    rng = np.random.default_rng(0)
+    x = jnp.asarray(rng.uniform(-1, 1, (2, 80, 32, 1)), jnp.float32)
+    z = jnp.asarray(rng.standard_normal((2, 10)), jnp.float32)
+    cond = jnp.asarray([0, 1], jnp.int32)
+    model = UNet(conditional=True, input_bands=2)
+    variables = _trained_like(model, x, z, cond)
+    run = jax.jit(lambda v, x: model.apply(v, x, z, cond, train=False))
+    same_means = x.at[:, 3].add(0.5).at[:, 30].add(-0.5)  # both in band 0 (bins 0-39)
+    chex.assert_trees_all_close(run(variables, same_means), run(variables, x), atol=1e-4)
+    assert float(jnp.abs(run(variables, x.at[:, 50].add(0.5)) - run(variables, x)).max()) > 1e-3
+    folded = jax.jit(lambda p, x: unet_apply(model, p, x, z, cond))(
+        prepare_unet(model, variables), x)
+    chex.assert_trees_all_close(folded, run(variables, x), atol=1e-4)
 
 
 def test_unet_apply_errors():

@@ -441,6 +441,21 @@ def test_gender_attacker_in_the_step(arch):
     assert 0.0 <= float(metrics["monitor/attacker_acc"]) <= 1.0
 
 
+def test_generator_input_bands_reach_the_exported_architecture():
+    """``generator_input_bands`` builds G (and only G) with the bottleneck, in the step and in
+    the architecture the stage initialises and exports; a count that does not divide the 80
+    mel bins is refused."""
+    hp = pcmelgan.PCMelGANHyper(generator_input_bands=4)
+    assert hp.generator().input_bands == 4 and hp.filter().input_bands == 0
+    assert pcmelgan_stage._arch("generator", hp) == ("unet_generator",
+                                                      {"noise_dim": 10, "input_bands": 4})
+    assert pcmelgan_stage._arch("filter", hp) == ("unet_filter", {"noise_dim": 10})
+    assert pcmelgan_stage._arch("generator", pcmelgan.PCMelGANHyper())[1] == {"noise_dim": 10}
+    for bad in (3, -1):
+        with pytest.raises(ValueError, match="generator_input_bands"):
+            dataclasses.replace(hp, generator_input_bands=bad)
+
+
 def test_filter_discriminator_restarts_every_n_steps():
     """With ``fd_reset_every`` 2, FD after step 1 is the trained one; after step 2 it is a fresh
     init from ``reset_key`` (optimizer state zeroed) while F keeps training; 0 never resets."""

@@ -1,7 +1,15 @@
-"""Training-free anonymisation baselines: McAdams-coefficient LPC warping and a pitch shift.
+"""Training-free anonymisation baselines: McAdams-coefficient LPC warping, a pitch shift and
+digit templates.
 
     anonymised = mcadams_batch(clips)                       # (N, L) -> (N, L)
     flipped = pitch_shift_flip_batch(clips, genders)        # male up, female down
+    bank = digit_templates(x, digits, genders)              # (10, 2, 80, 32) mean log-mels
+    resynthesised = bank[predicted_digit, sampled_gender]   # the digit_template baseline
+
+``digit_templates`` is the content bottleneck taken to its end: every utterance is replaced
+by the training speakers' mean log-mel of its recognised digit in an independently sampled
+gender, so the output depends on the input only through the recognised digit. It bounds
+what an anonymiser that keeps the digit and nothing else can reach against every attacker.
 
 ``mcadams`` follows the VoicePrivacy Challenge baseline B2: short frames (Hann, overlap-add),
 an LPC all-pole model per frame, the residual by inverse filtering, then every complex pole's
@@ -33,6 +41,8 @@ CHUNK = 256  # clips per vectorised block
 SILENT_FRAME_RATIO = 1e-10
 PITCH_N_FFT = 512  # a speech-length frame at 8 kHz (librosa's 2048 default smears pitch)
 PITCH_HOP = 128
+NUM_DIGITS = 10
+NUM_GENDERS = 2
 
 
 def _frame_setup(window_seconds: float, hop_seconds: float, sample_rate: int):
@@ -217,3 +227,20 @@ def pitch_shift_flip_batch(
             part = idx[i : i + CHUNK]
             out[part] = _shift(x[part], steps, sample_rate)
     return out
+
+
+def digit_templates(x: np.ndarray, digit: np.ndarray, gender: np.ndarray) -> np.ndarray:
+    """Mean spectrogram per (digit, gender) of ``x`` (N, ...) -> (10, 2, ...); a cell no
+    utterance fills takes its digit's mean over both genders, else the mean of all."""
+    x, digit, gender = np.asarray(x, np.float64), np.asarray(digit), np.asarray(gender)
+    if not (len(x) == len(digit) == len(gender)) or len(x) == 0:
+        raise ValueError(f"need as many digits and genders as spectrograms (> 0), got "
+                         f"{len(x)}, {len(digit)}, {len(gender)}")
+    bank = np.empty((NUM_DIGITS, NUM_GENDERS, *x.shape[1:]))
+    for d in range(NUM_DIGITS):
+        of_digit = digit == d
+        fallback = x[of_digit].mean(0) if of_digit.any() else x.mean(0)
+        for g in range(NUM_GENDERS):
+            cell = of_digit & (gender == g)
+            bank[d, g] = x[cell].mean(0) if cell.any() else fallback
+    return bank.astype(np.float32)

@@ -124,6 +124,27 @@ def filter_and_generator(
     return first, second
 
 
+def sampled_genders(seed: int, split: SplitData, batch_size: int) -> np.ndarray:
+    """s' (N,) of ``split``: batch i's draw of ``batch_noise``, the one PCMelGAN's G gets."""
+    return np.concatenate([batch_noise(seed, NOISE_OFFSETS[split.name] + i, batch_size, 1)[2][:n]
+                           for i, _, n in padded_batches(len(split), batch_size)])
+
+
+def digit_template(templates: np.ndarray, spec_digit: tuple, vocoder: Vocoder, seed: int,
+                   batch_size: int):
+    """A split -> Outputs function: each utterance replaced by ``templates[d, s']``
+    (``baselines.digit_templates``), d the fixed digit AlexNet's prediction (``spec_digit``:
+    module, variables), s' sampled as for PCMelGAN; vocoded with the utterance's statistics."""
+    from pcmelgan_jax.evaluation.classifier import predict
+
+    def apply(split: SplitData) -> Outputs:
+        digit = predict("alexnet", *spec_digit, split.x, batch_size)
+        sampled = sampled_genders(seed, split, batch_size)
+        return vocoded_outputs(vocoder, templates[digit, sampled], split, batch_size, sampled)
+
+    return apply
+
+
 def linearly_erased(outs: dict[str, Outputs], splits: dict[str, SplitData], vocoder: Vocoder,
                     batch_size: int, shrinkage: float) -> dict[str, Outputs]:
     """A condition's spectrograms after a linear gender eraser fitted on its training-split

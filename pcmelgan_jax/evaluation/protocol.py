@@ -3,7 +3,8 @@
     run_evaluation(config, workdir)   # config: configs/eval.py's get_config(), fields filled
 
 Conditions (what is attacked; ``conditions``): the untransformed speech, the training-free
-baselines (the vocoded original, McAdams, a gender-flipping pitch shift) and, per trained
+baselines (the vocoded original, McAdams, a gender-flipping pitch shift, digit templates:
+the recognised digit's mean training spectrogram in a sampled gender) and, per trained
 run, the Filter's output x1 = F(x, z1) and PCMelGAN's x2 = G(x1, z2, s'), s' uniform in
 {0, 1}. Each is applied to the train, validation and test splits. Attackers
 (``attackers``, ``speaker``) are scored on the test speakers; those that learn do so on the
@@ -40,7 +41,8 @@ from pcmelgan_jax.evaluation.runs import (
 )
 from pcmelgan_jax.workdir import existing_path, model_dir, write_text_atomic
 
-BASELINES = ("mcadams", "pitch_shift")  # training-free anonymisers beside the vocoded original
+# training-free anonymisers beside the vocoded original (digit_template works on spectrograms)
+BASELINES = ("mcadams", "pitch_shift", "digit_template")
 EMPTY = {"mean": None, "std": None, "runs": [], "low": None, "high": None}
 
 
@@ -107,6 +109,15 @@ class Context:
     examples: dict[str, np.ndarray] = dataclasses.field(default_factory=dict)
 
 
+def baseline_names(cfg: Mapping[str, Any]) -> list[str]:
+    """The configured baselines, checked."""
+    names = [n for n in cfg.get("baselines", BASELINES) if n]
+    unknown = sorted(set(names) - set(BASELINES))
+    if unknown:
+        raise EvaluationError(f"baselines: unknown {unknown}; expected some of {sorted(BASELINES)}")
+    return names
+
+
 def baseline_transforms(cfg: Mapping[str, Any]) -> dict[str, conditions.WaveformTransform]:
     """The configured training-free waveform anonymisers."""
     from pcmelgan_jax.evaluation import baselines
@@ -117,11 +128,7 @@ def baseline_transforms(cfg: Mapping[str, Any]) -> dict[str, conditions.Waveform
         "pitch_shift": lambda s: baselines.pitch_shift_flip_batch(
             s.clips, s.gender, semitones=float(cfg["pitch_shift_semitones"])),
     }
-    names = [n for n in cfg.get("baselines", BASELINES) if n]
-    unknown = sorted(set(names) - set(known))
-    if unknown:
-        raise EvaluationError(f"baselines: unknown {unknown}; expected some of {sorted(known)}")
-    return {n: known[n] for n in names}
+    return {n: known[n] for n in baseline_names(cfg) if n in known}
 
 
 def attack(outs: Mapping[str, conditions.Outputs], ctx: Context, cfg: Mapping[str, Any],
@@ -201,6 +208,13 @@ def build_context(classifiers: str, vocoder: str | None, data_dir: str, dataset:
              "vocoded_real": conditions.vocoded(ctx.models.vocoder, batch_size)}
     for name, transform in {**baseline_transforms(cfg), **extra}.items():
         named[name] = conditions.waveform_condition(transform, batch_size)
+    if "digit_template" in baseline_names(cfg):
+        from pcmelgan_jax.evaluation.baselines import digit_templates
+
+        train = splits["train"]
+        named["digit_template"] = conditions.digit_template(
+            digit_templates(train.x, train.digit, train.gender), ctx.models.spec_digit,
+            ctx.models.vocoder, int(cfg["seed"]), batch_size)
     for name, condition in named.items():
         outs = _apply(condition, splits)
         ctx.baselines[name], ctx.features[name], ctx.baseline_logs[name] = attack(

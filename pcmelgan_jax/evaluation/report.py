@@ -26,6 +26,7 @@ STRONG_ENOUGH = 0.9  # an informed attacker below this gender accuracy on real s
 # Rows of the attacker tables: baselines first, then the runs' conditions.
 CONDITION_LABELS = {"real": "untransformed", "vocoded_real": "vocoded original",
                     "mcadams": "McAdams (0.8)", "pitch_shift": "pitch shift (gender flip)",
+                    "digit_template": "digit template (recognised digit, sampled gender)",
                     "filter": "Filter", "pcmelgan": "PCMelGAN",
                     "filter_only": "Filter (filter-only runs)",
                     "pcmelgan_erased": "PCMelGAN + linear eraser fitted on the training speakers"}

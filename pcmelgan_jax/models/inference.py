@@ -37,7 +37,7 @@ from pcmelgan_jax.models.kernels import (
 from pcmelgan_jax.models.kernels_1d import conv1d_valid, transposed_padding
 from pcmelgan_jax.models.layers import folded_weight_norm, reflect_pad1d
 from pcmelgan_jax.models.melgan import MelGANGenerator, leaky_relu
-from pcmelgan_jax.models.unet import BOTTLENECK_SHAPE, CHANNELS, UNet
+from pcmelgan_jax.models.unet import BOTTLENECK_SHAPE, CHANNELS, UNet, band_means
 from pcmelgan_jax.runtime import compilation
 
 Array = jax.Array
@@ -100,6 +100,8 @@ def unet_apply(model: UNet, prepared: dict, x: Array, z: Array, cond: Array | No
     batch = x.shape[0]
     h, w = BOTTLENECK_SHAPE
     x = jnp.asarray(x, jnp.float32)
+    if model.input_bands:
+        x = band_means(x, model.input_bands)
     skips = []
     for level in range(1, len(CHANNELS) + 1):
         if level > 1:

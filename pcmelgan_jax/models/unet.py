@@ -16,6 +16,17 @@ CHANNELS = (8, 16, 32, 64, 128)
 BOTTLENECK_SHAPE = (5, 2)  # 80 x 32 after four 2x poolings
 
 
+def band_means(x: Array, bands: int) -> Array:
+    """``x`` (B, F, T, C) with the F mel bins split into ``bands`` equal bands, each bin
+    replaced by its band's mean: a content bottleneck that keeps the coarse energy contour
+    and drops the spectral detail (harmonics, formants) where the speaker's gender sits."""
+    b, f, t, c = x.shape
+    if bands < 1 or f % bands:
+        raise ValueError(f"input_bands must divide the {f} mel bins, got {bands}")
+    means = x.reshape(b, bands, f // bands, t, c).mean(axis=2, keepdims=True)
+    return jnp.broadcast_to(means, (b, bands, f // bands, t, c)).reshape(x.shape)
+
+
 def dense(features: int, fan_in: int, name: str, dtype: Any = None) -> nn.Dense:
     """A Linear layer with PyTorch's default initialisation, float32 parameters and
     computation dtype ``dtype`` (None: promoted from the input and the parameters)."""
@@ -68,7 +79,8 @@ class UNet(nn.Module):
     __call__(x (B, 80, 32, 1) in [-1, 1], z (B, noise_dim), cond (B,) int in {0, 1} or None,
     train) -> (B, 80, 32, 1) in (-1, 1). ``train`` selects batch statistics (and updates
     ``batch_stats``, so apply with ``mutable=['batch_stats']``) or running statistics.
-    The filter (``conditional=False``) has no conditioning parameters.
+    The filter (``conditional=False``) has no conditioning parameters. ``input_bands`` > 0:
+    the input is first reduced to that many band means (``band_means``); 0: the original.
 
     ``dtype`` is the computation dtype (e.g. ``jnp.bfloat16``): inputs are cast to it at entry,
     parameters stay float32 (cast per layer), BatchNorm statistics are float32 and the output
@@ -80,6 +92,7 @@ class UNet(nn.Module):
     embedding_dim: int = 16
     num_classes: int = 2
     dtype: Any = jnp.float32
+    input_bands: int = 0
 
     @nn.compact
     def __call__(self, x: Array, z: Array, cond: Array | None = None, train: bool = False) -> Array:
@@ -87,6 +100,8 @@ class UNet(nn.Module):
             raise ValueError(f"UNet expects (B, 80, 32, 1) spectrograms, got {x.shape}")
         h, w = BOTTLENECK_SHAPE
         batch = x.shape[0]
+        if self.input_bands:
+            x = band_means(x, self.input_bands)
         x = x.astype(self.dtype)
         skips = []
         for level, features in enumerate(CHANNELS, start=1):

@@ -8,7 +8,8 @@ Each batch runs one update per network, in this order (``pcmelgan_step``):
    the gap between the batch's male and female mean outputs and with ``digit_weight`` the
    fixed digit classifier's cross-entropy (the content kept by more than proximity);
 2. a fresh train-mode F pass gives x1 (F's batch statistics move, its weights do not);
-   G, from x1 and a sampled gender s', to make GD predict s', its distortion measured
+   G, from x1 (only its band means with ``generator_input_bands``) and a sampled gender
+   s', to make GD predict s', its distortion measured
    against the ORIGINAL x (and its true-gender mean gap with ``mean_gap_weight``, the digit
    loss with ``digit_weight``, the attacker's term of step 5 with ``attacker_weight``);
 3. FD on stop_gradient(x1) with the true gender (with ``fd_reset_every`` = N > 0, FD and
@@ -91,6 +92,9 @@ class PCMelGANHyper:
     # times CE(attacker(x2), s') (0: no attacker, the original's losses)
     attacker_weight: float = 0.0
     attacker_arch: str = "alexnet"  # the attacker: "alexnet" (FD's) or "linear" (logistic)
+    # > 0: G sees x1 reduced to this many mel band means (models.unet.band_means), a content
+    # bottleneck (0: the whole x1, the original)
+    generator_input_bands: int = 0
     filter_only: bool = False  # the Filter baseline: F and FD only
     discriminator_width: float = 1.0  # AlexNet width of FD and GD (1.0 = the original)
     monitor_widths: tuple = ()  # ((classifier name, AlexNet width), ...) of the monitors
@@ -103,6 +107,10 @@ class PCMelGANHyper:
                              f", got {self.attacker_arch!r}")
         if self.attacker_weight > 0 and self.filter_only:
             raise ValueError("attacker_weight > 0 attacks G's output: it needs filter_only False")
+        if self.generator_input_bands < 0 or (self.generator_input_bands
+                                              and 80 % self.generator_input_bands):
+            raise ValueError(f"generator_input_bands must be 0 or divide the 80 mel bins, got "
+                             f"{self.generator_input_bands}")
 
     @property
     def dtype(self) -> Any:
@@ -129,7 +137,8 @@ class PCMelGANHyper:
         return UNet(conditional=False, noise_dim=self.noise_dim, dtype=self.dtype)
 
     def generator(self) -> UNet:
-        return UNet(conditional=True, noise_dim=self.noise_dim, dtype=self.dtype)
+        return UNet(conditional=True, noise_dim=self.noise_dim, dtype=self.dtype,
+                    input_bands=self.generator_input_bands)
 
 
 def hyper(config: Any, monitor_widths: dict[str, float] | None = None) -> PCMelGANHyper:
@@ -144,6 +153,7 @@ def hyper(config: Any, monitor_widths: dict[str, float] | None = None) -> PCMelG
         digit_weight=float(config.get("digit_weight", 0.0)),
         attacker_weight=float(config.get("attacker_weight", 0.0)),
         attacker_arch=str(config.get("attacker_arch", "alexnet")),
+        generator_input_bands=int(config.get("generator_input_bands", 0)),
         filter_only=bool(config.filter_only),
         discriminator_width=float(config.get("discriminator_width", 1.0)),
         monitor_widths=tuple(sorted((monitor_widths or {}).items())),

@@ -77,6 +77,8 @@ def _arch(name: str, hp: PCMelGANHyper) -> tuple[str, dict]:
     if name == "gender_attacker" and hp.attacker_arch == "linear":
         return "linear_classifier", {"num_classes": 2}
     if arch == "unet":
+        if name == "generator" and hp.generator_input_bands:
+            return network, {"noise_dim": hp.noise_dim, "input_bands": hp.generator_input_bands}
         return network, {"noise_dim": hp.noise_dim}
     arch = dict(arch)
     if hp.discriminator_width != 1.0:
