@@ -38,6 +38,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     # > 0: G sees F's output only as this many mel band means (a content bottleneck: the
     # energy contour, not the spectral detail); must divide 80
     c.generator_input_bands = 0
+    # what G is fed: "filtered" (F's output, the original) or "original" (the input itself:
+    # G sees no trace of F's own gender-dependent changes)
+    c.generator_input = "filtered"
     c.filter_only = variant.filter_only  # the paper's Filter baseline: F and FD only
     c.discriminator_width = 1.0  # AlexNet width of FD and GD (1.0 = the original)
     c.compute_dtype = "float32"  # or "bfloat16": bf16 compute, float32 params and optimizer state

@@ -7,12 +7,17 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from pcmelgan_jax import audio as audio_lib
+from pcmelgan_jax.evaluation.conditions import NOISE_OFFSETS, filter_and_generator_spectrograms
+from pcmelgan_jax.evaluation.data import SplitData
+from pcmelgan_jax.evaluation.inference import batch_noise
 from pcmelgan_jax.models.inference import (
     WINOGRAD_G,
     context_margins,
     generate,
     prepare_generator,
     prepare_unet,
+    transform_mels,
     unet_apply,
     winograd_conv1d,
 )
@@ -84,6 +89,35 @@ def test_generator_with_input_bands_sees_only_the_band_means():
     folded = jax.jit(lambda p, x: unet_apply(model, p, x, z, cond))(
         prepare_unet(model, variables), x)
     chex.assert_trees_all_close(folded, run(variables, x), atol=1e-4)
+
+
+def test_generator_fed_the_original_reads_x_in_anonymize_and_evaluation():
+    """A G whose ``source`` is "original" gets x itself, not F's output, in ``anonymize``'s
+    folded forward (``transform_mels``) and in the evaluation's F -> G pass: its output equals
+    G on x whatever F's weights."""
+    rng = np.random.default_rng(0)
+    audio = jnp.asarray(rng.uniform(-0.5, 0.5, (4, 8192)), jnp.float32)
+    z = jnp.asarray(rng.standard_normal((4, 10)), jnp.float32)
+    cond = jnp.asarray([0, 1, 1, 0], jnp.int32)
+    x, mean, std = audio_lib.mel_features(audio)
+    filt, gen = UNet(), UNet(conditional=True, source="original")
+    g_vars = _trained_like(gen, x[..., None], z, cond)
+    f_vars = _trained_like(filt, x[..., None], z, None)
+    halved = jax.tree.map(lambda a: 0.5 * a, f_vars)
+    expected = jax.jit(lambda v: gen.apply(v, x[..., None], z, cond)[..., 0])(g_vars)
+    split = SplitData("test", np.asarray(audio), np.asarray(x), np.asarray(mean),
+                      np.asarray(std), *(np.zeros(4, np.int32),) * 4)
+    firsts = []
+    for f in (f_vars, halved):
+        got = transform_mels(filt, gen, prepare_unet(filt, f), prepare_unet(gen, g_vars), audio,
+                             z, z, cond)
+        chex.assert_trees_all_close(got, audio_lib.denormalize(expected, mean, std), atol=1e-3)
+        x1, x2, sampled = filter_and_generator_spectrograms((filt, f), (gen, g_vars), 0, 4, split)
+        want = jax.jit(lambda v, z, s: gen.apply(v, x[..., None], z, s)[..., 0])(
+            g_vars, batch_noise(0, NOISE_OFFSETS["test"], 4, 10)[1], sampled)
+        chex.assert_trees_all_close(x2, want, atol=1e-4)
+        firsts.append(x1)
+    assert not np.allclose(firsts[0], firsts[1])  # F's output did change
 
 
 def test_unet_apply_errors():

@@ -454,6 +454,33 @@ def test_generator_input_bands_reach_the_exported_architecture():
     for bad in (3, -1):
         with pytest.raises(ValueError, match="generator_input_bands"):
             dataclasses.replace(hp, generator_input_bands=bad)
+    fed_x = dataclasses.replace(hp, generator_input="original")
+    assert fed_x.generator().source == "original" and fed_x.filter().source == "filtered"
+    assert pcmelgan_stage._arch("generator", fed_x)[1] == {"noise_dim": 10, "input_bands": 4,
+                                                           "source": "original"}
+    with pytest.raises(ValueError, match="generator_input must be one of"):
+        dataclasses.replace(hp, generator_input="x1")
+
+
+def test_generator_fed_the_original_ignores_the_filter(pcm):
+    """With ``generator_input`` "original" G reads x itself: after one step from the same
+    G, GD and batch, G's and GD's weights and G's BatchNorm statistics are the same whatever
+    F's weights (F's output, the paper's input, would differ by a factor of two here)."""
+    hp = dataclasses.replace(pcm["hp"], generator_input="original")
+    init, batch, rng = pcm["init"], pcm["batch"], pcm["rng"]
+    halved = init.networks["filter"].replace(
+        params=jax.tree.map(lambda p: 0.5 * p, init.networks["filter"].params))
+    step = seeds_lib.jit_step(pcmelgan.pcmelgan_step, hp=hp, txs=pcm["txs"])
+    statistics = jax.jit(functools.partial(pcmelgan.batch_norm_statistics, hp=hp))
+    results = []
+    for state in (init, st.TrainState(init.step, {**init.networks, "filter": halved})):
+        stats = statistics(state.networks, batch, rng)
+        after, _ = step(state, batch, rng, pcm["monitors"])
+        results.append(jax.device_get(
+            (after.networks["generator"], after.networks["generator_discriminator"].params,
+             stats["generator"], after.networks["filter"].params, stats["filter"])))
+    chex.assert_trees_all_equal(results[0][:3], results[1][:3])
+    assert not np.allclose(jax.tree.leaves(results[0][3:])[0], jax.tree.leaves(results[1][3:])[0])
 
 
 def test_filter_discriminator_restarts_every_n_steps():

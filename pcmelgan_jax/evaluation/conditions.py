@@ -18,6 +18,7 @@ import numpy as np
 
 from pcmelgan_jax.evaluation.data import SplitData, log_mels, pad_rows, padded_batches
 from pcmelgan_jax.evaluation.inference import Vocoder, batch_noise, unet_apply
+from pcmelgan_jax.models.unet import generator_input
 
 # Batch-index offsets of the F/G noise per split: the test split keeps batch i's noise
 # fold_in(key(seed), i), so every run of a group sees the same z and s'.
@@ -103,7 +104,8 @@ def filter_and_generator_spectrograms(
         x1 = unet_apply(filt[0], filt[1], x, jnp.asarray(z1), None)
         x1s.append(np.asarray(x1)[:n])
         if gen is not None:
-            x2 = unet_apply(gen[0], gen[1], x1, jnp.asarray(z2), jnp.asarray(s_new))
+            x2 = unet_apply(gen[0], gen[1], generator_input(gen[0], x, x1), jnp.asarray(z2),
+                            jnp.asarray(s_new))
             x2s.append(np.asarray(x2)[:n])
             sampled.append(s_new[:n])
     if gen is None:

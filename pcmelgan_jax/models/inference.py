@@ -37,7 +37,7 @@ from pcmelgan_jax.models.kernels import (
 from pcmelgan_jax.models.kernels_1d import conv1d_valid, transposed_padding
 from pcmelgan_jax.models.layers import folded_weight_norm, reflect_pad1d
 from pcmelgan_jax.models.melgan import MelGANGenerator, leaky_relu
-from pcmelgan_jax.models.unet import BOTTLENECK_SHAPE, CHANNELS, UNet, band_means
+from pcmelgan_jax.models.unet import BOTTLENECK_SHAPE, CHANNELS, UNet, band_means, generator_input
 from pcmelgan_jax.runtime import compilation
 
 Array = jax.Array
@@ -298,10 +298,11 @@ def transform_mels(f_model: UNet | None, g_model: UNet | None, f_consts: dict | 
     if f_model is None:
         return audio_lib.log_mel(audio)
     x, mean, std = audio_lib.mel_features(audio)
-    x = unet_apply(f_model, f_consts, x[..., None], z1)
+    x = x[..., None]
+    y = unet_apply(f_model, f_consts, x, z1)
     if g_model is not None:
-        x = unet_apply(g_model, g_consts, x, z2, cond)
-    return audio_lib.denormalize(x[..., 0], mean, std)
+        y = unet_apply(g_model, g_consts, generator_input(g_model, x, y), z2, cond)
+    return audio_lib.denormalize(y[..., 0], mean, std)
 
 
 @functools.partial(compilation.jit, kind="inference", static_argnums=(0, 3))

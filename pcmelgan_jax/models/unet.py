@@ -14,6 +14,8 @@ Array = jax.Array
 
 CHANNELS = (8, 16, 32, 64, 128)
 BOTTLENECK_SHAPE = (5, 2)  # 80 x 32 after four 2x poolings
+# what the anonymiser feeds the generator: F's output (the paper) or the original input
+GENERATOR_SOURCES = ("filtered", "original")
 
 
 def band_means(x: Array, bands: int) -> Array:
@@ -25,6 +27,15 @@ def band_means(x: Array, bands: int) -> Array:
         raise ValueError(f"input_bands must divide the {f} mel bins, got {bands}")
     means = x.reshape(b, bands, f // bands, t, c).mean(axis=2, keepdims=True)
     return jnp.broadcast_to(means, (b, bands, f // bands, t, c)).reshape(x.shape)
+
+
+def generator_input(generator: UNet, x: Array, x1: Array) -> Array:
+    """The spectrogram ``generator`` is fed: F's output ``x1``, or the original ``x`` when
+    its ``source`` is "original" (G then sees no trace of F)."""
+    if generator.source not in GENERATOR_SOURCES:
+        raise ValueError(f"generator source must be one of {GENERATOR_SOURCES}, got "
+                         f"{generator.source!r}")
+    return x if generator.source == "original" else x1
 
 
 def dense(features: int, fan_in: int, name: str, dtype: Any = None) -> nn.Dense:
@@ -81,6 +92,8 @@ class UNet(nn.Module):
     ``batch_stats``, so apply with ``mutable=['batch_stats']``) or running statistics.
     The filter (``conditional=False``) has no conditioning parameters. ``input_bands`` > 0:
     the input is first reduced to that many band means (``band_means``); 0: the original.
+    ``source`` (a generator's) records which spectrogram the anonymiser feeds it
+    (``GENERATOR_SOURCES``, ``generator_input``); the module applies to whatever it is given.
 
     ``dtype`` is the computation dtype (e.g. ``jnp.bfloat16``): inputs are cast to it at entry,
     parameters stay float32 (cast per layer), BatchNorm statistics are float32 and the output
@@ -93,6 +106,7 @@ class UNet(nn.Module):
     num_classes: int = 2
     dtype: Any = jnp.float32
     input_bands: int = 0
+    source: str = "filtered"
 
     @nn.compact
     def __call__(self, x: Array, z: Array, cond: Array | None = None, train: bool = False) -> Array:

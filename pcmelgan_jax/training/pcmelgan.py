@@ -8,8 +8,9 @@ Each batch runs one update per network, in this order (``pcmelgan_step``):
    the gap between the batch's male and female mean outputs and with ``digit_weight`` the
    fixed digit classifier's cross-entropy (the content kept by more than proximity);
 2. a fresh train-mode F pass gives x1 (F's batch statistics move, its weights do not);
-   G, from x1 (only its band means with ``generator_input_bands``) and a sampled gender
-   s', to make GD predict s', its distortion measured
+   G, from x1 (from x itself with ``generator_input`` "original"; only its band means with
+   ``generator_input_bands``) and a sampled gender s', to make GD predict s', its
+   distortion measured
    against the ORIGINAL x (and its true-gender mean gap with ``mean_gap_weight``, the digit
    loss with ``digit_weight``, the attacker's term of step 5 with ``attacker_weight``);
 3. FD on stop_gradient(x1) with the true gender (with ``fd_reset_every`` = N > 0, FD and
@@ -34,6 +35,7 @@ import jax
 import jax.numpy as jnp
 
 from pcmelgan_jax.models import AlexNet, BatchNorm, LinearClassifier, UNet
+from pcmelgan_jax.models.unet import GENERATOR_SOURCES, generator_input
 from pcmelgan_jax.training.classifiers import CLASSIFIER_TASKS, spectrogram_batch
 from pcmelgan_jax.training.losses import (
     FAKE,
@@ -95,6 +97,8 @@ class PCMelGANHyper:
     # > 0: G sees x1 reduced to this many mel band means (models.unet.band_means), a content
     # bottleneck (0: the whole x1, the original)
     generator_input_bands: int = 0
+    # what G is fed: "filtered" (F's output x1, the original) or "original" (x itself)
+    generator_input: str = "filtered"
     filter_only: bool = False  # the Filter baseline: F and FD only
     discriminator_width: float = 1.0  # AlexNet width of FD and GD (1.0 = the original)
     monitor_widths: tuple = ()  # ((classifier name, AlexNet width), ...) of the monitors
@@ -111,6 +115,9 @@ class PCMelGANHyper:
                                               and 80 % self.generator_input_bands):
             raise ValueError(f"generator_input_bands must be 0 or divide the 80 mel bins, got "
                              f"{self.generator_input_bands}")
+        if self.generator_input not in GENERATOR_SOURCES:
+            raise ValueError(f"generator_input must be one of {GENERATOR_SOURCES}, got "
+                             f"{self.generator_input!r}")
 
     @property
     def dtype(self) -> Any:
@@ -138,7 +145,7 @@ class PCMelGANHyper:
 
     def generator(self) -> UNet:
         return UNet(conditional=True, noise_dim=self.noise_dim, dtype=self.dtype,
-                    input_bands=self.generator_input_bands)
+                    input_bands=self.generator_input_bands, source=self.generator_input)
 
 
 def hyper(config: Any, monitor_widths: dict[str, float] | None = None) -> PCMelGANHyper:
@@ -154,6 +161,7 @@ def hyper(config: Any, monitor_widths: dict[str, float] | None = None) -> PCMelG
         attacker_weight=float(config.get("attacker_weight", 0.0)),
         attacker_arch=str(config.get("attacker_arch", "alexnet")),
         generator_input_bands=int(config.get("generator_input_bands", 0)),
+        generator_input=str(config.get("generator_input", "filtered")),
         filter_only=bool(config.filter_only),
         discriminator_width=float(config.get("discriminator_width", 1.0)),
         monitor_widths=tuple(sorted((monitor_widths or {}).items())),
@@ -235,11 +243,12 @@ def filter_pass(
 
 
 def update_generator(
-    g_net: NetworkState, gd_params: Any, x1: Array, x: Array, gender: Array,
+    g_net: NetworkState, gd_params: Any, g_input: Array, x: Array, gender: Array,
     keys: tuple[Array, Array, Array], *, hp: PCMelGANHyper, tx: Any,
     content: tuple[Any, Array] | None = None, attacker: tuple[Any, Array] | None = None,
 ) -> tuple[NetworkState, Array, Array, Metrics]:
-    """G's update: x2 = G(x1, z, s') should make GD (``gd_params``, train mode) predict the
+    """G's update: x2 = G(g_input, z, s') (``g_input``: x1, or x with ``generator_input``
+    "original") should make GD (``gd_params``, train mode) predict the
     sampled gender s', within ``eps`` of the ORIGINAL x (and, with ``mean_gap_weight``, keep
     no mean gap for the TRUE ``gender``; with ``content``, keep the digit for the fixed
     classifier; with ``attacker`` = (its params, its dropout key), make the gender attacker
@@ -252,7 +261,7 @@ def update_generator(
 
     def loss_fn(g_params):
         x2, mut = gen.apply(
-            g_net.variables(g_params), x1, z, sampled, train=True, mutable=["batch_stats"]
+            g_net.variables(g_params), g_input, z, sampled, train=True, mutable=["batch_stats"]
         )
         gd_logits = gd.apply({"params": gd_params}, x2, train=True, rngs=_dropout(k_dropout))
         adv = softmax_cross_entropy(gd_logits, sampled)
@@ -381,7 +390,8 @@ def pcmelgan_step(
     nets["filter"], x1 = filter_pass(nets["filter"], x, k_z1b, hp)
     if not hp.filter_only:
         nets["generator"], x2, sampled, g_metrics = update_generator(
-            nets["generator"], nets["generator_discriminator"].params, x1, x, s,
+            nets["generator"], nets["generator_discriminator"].params,
+            generator_input(hp.generator(), x, x1), x, s,
             (k_s, k_z2, k_d2), hp=hp, tx=txs["generator"], content=content,
             attacker=(nets["gender_attacker"].params, k_a1) if attacking else None)
         metrics.update(g_metrics)
@@ -428,9 +438,9 @@ def pcmelgan_eval_step(
     outputs = {"filter": (x1, None)}
     if not hp.filter_only:
         s_sampled = jax.random.randint(k_s, (b,), 0, 2)
-        x2 = hp.generator().apply(
-            networks["generator"].variables(), x1, _noise(k_z2, x, hp), s_sampled
-        )
+        g = hp.generator()
+        x2 = g.apply(networks["generator"].variables(), generator_input(g, x, x1),
+                     _noise(k_z2, x, hp), s_sampled)
         outputs["generator"] = (x2, s_sampled)
     out = {"count": jnp.sum(mask)}
     for prefix, (y, sampled) in outputs.items():
@@ -474,7 +484,8 @@ def batch_norm_statistics(
     result = {"filter": filter_stats}
     if not hp.filter_only:
         s_sampled = jax.random.randint(k_s, (x.shape[0],), 0, 2)
+        g = hp.generator()
         _, result["generator"] = statistics(
-            hp.generator(), networks["generator"], x1, _noise(k_z2, x, hp), s_sampled
+            g, networks["generator"], generator_input(g, x, x1), _noise(k_z2, x, hp), s_sampled
         )
     return result

@@ -30,6 +30,7 @@ from pcmelgan_jax.audio import denormalize, mel_features, write_audio
 from pcmelgan_jax.checkpointing import load_model, save_model
 from pcmelgan_jax.logging_utils import MetricWriter, spectrogram_panel
 from pcmelgan_jax.models import AlexNet, MelGANGenerator
+from pcmelgan_jax.models.unet import generator_input
 from pcmelgan_jax.runtime import compilation, sharding
 from pcmelgan_jax.training import seeds as seeds_lib
 from pcmelgan_jax.training import stage as stage_lib
@@ -77,9 +78,12 @@ def _arch(name: str, hp: PCMelGANHyper) -> tuple[str, dict]:
     if name == "gender_attacker" and hp.attacker_arch == "linear":
         return "linear_classifier", {"num_classes": 2}
     if arch == "unet":
+        arch = {"noise_dim": hp.noise_dim}
         if name == "generator" and hp.generator_input_bands:
-            return network, {"noise_dim": hp.noise_dim, "input_bands": hp.generator_input_bands}
-        return network, {"noise_dim": hp.noise_dim}
+            arch["input_bands"] = hp.generator_input_bands
+        if name == "generator" and hp.generator_input != "filtered":
+            arch["source"] = hp.generator_input
+        return network, arch
     arch = dict(arch)
     if hp.discriminator_width != 1.0:
         arch["width"] = hp.discriminator_width
@@ -182,10 +186,10 @@ def samples_program(hp: PCMelGANHyper) -> Callable:
         out = {"original": x, "filtered": x1}
         if not hp.filter_only:
             z2 = jax.random.normal(k2, (b, hp.noise_dim))
+            g = hp.generator()
             for label, gender in (("sampled_male", 1), ("sampled_female", 0)):
-                out[label] = hp.generator().apply(
-                    networks["generator"].variables(), x1, z2, jax.numpy.full((b,), gender)
-                )
+                out[label] = g.apply(networks["generator"].variables(),
+                                     generator_input(g, x, x1), z2, jax.numpy.full((b,), gender))
         return {k: v[..., 0] for k, v in out.items()}, mean, std
 
     return samples
