@@ -35,9 +35,12 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     # G's loss adds this times its cross-entropy against the SAMPLED gender
     c.attacker_weight = 0.0
     c.attacker_arch = "alexnet"  # or "linear": logistic regression on the spectrogram
-    # > 0: G sees F's output only as this many mel band means (a content bottleneck: the
-    # energy contour, not the spectral detail); must divide 80
+    # > 0: G sees its input only as this many mel band means (a content bottleneck: the
+    # energy contour, not the spectral detail); must divide the bins of generator_input_bins
     c.generator_input_bands = 0
+    # with bands: only the mel bins [start, stop) are pooled into them, the bins outside (the
+    # lowest carry F0's harmonics) pass nothing; (0, 80): all
+    c.generator_input_bins = (0, 80)
     # what G is fed: "filtered" (F's output, the original) or "original" (the input itself:
     # G sees no trace of F's own gender-dependent changes)
     c.generator_input = "filtered"

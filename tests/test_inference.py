@@ -69,8 +69,18 @@ def test_band_means_by_hand():
     got = band_means(x, 2)[0, :, :, 0]
     np.testing.assert_allclose(got, [[1, 2], [1, 2], [5, 6], [5, 6]])
     np.testing.assert_allclose(band_means(x, 4), x)
+    # bins 1-2 kept as one band (means 3, 4); bins 0 and 3 outside take the range's mean
+    np.testing.assert_allclose(band_means(x, 1, (1, 3))[0, :, :, 0], [[3, 4]] * 4)
+    # bins 0-1 as two bands of one bin each; bins 2-3 take the range's mean (1, 2)
+    np.testing.assert_allclose(band_means(x, 2, (0, 2))[0, :, :, 0],
+                               [[0, 1], [2, 3], [1, 2], [1, 2]])
     with pytest.raises(ValueError, match="divide the 4 mel bins, got 3"):
         band_means(x, 3)
+    with pytest.raises(ValueError, match="divide the 3 mel bins, got 2"):
+        band_means(x, 2, (1, 4))
+    for bad in ((2, 2), (0, 5), (-1, 2)):
+        with pytest.raises(ValueError, match="input_bins must satisfy"):
+            band_means(x, 1, bad)
 
 
 def test_generator_with_input_bands_sees_only_the_band_means():

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import json
 
 import chex
 import jax
@@ -17,6 +18,7 @@ from bench.bench_train import make_batch as _batch  # the synthetic batch the be
 from pcmelgan_jax.configs import pcmelgan as pcmelgan_config
 from pcmelgan_jax.models import AlexNet, BatchNorm
 from pcmelgan_jax.models.classifiers import softmax_cross_entropy
+from pcmelgan_jax.models.registry import build_model
 from pcmelgan_jax.runtime import sharding
 from pcmelgan_jax.training import classifiers as classifiers_stage
 from pcmelgan_jax.training import pcmelgan, pcmelgan_stage
@@ -452,7 +454,7 @@ def test_generator_input_bands_reach_the_exported_architecture():
     assert pcmelgan_stage._arch("filter", hp) == ("unet_filter", {"noise_dim": 10})
     assert pcmelgan_stage._arch("generator", pcmelgan.PCMelGANHyper())[1] == {"noise_dim": 10}
     for bad in (3, -1):
-        with pytest.raises(ValueError, match="generator_input_bands"):
+        with pytest.raises(ValueError, match="input_bands must divide the 80 mel bins"):
             dataclasses.replace(hp, generator_input_bands=bad)
     fed_x = dataclasses.replace(hp, generator_input="original")
     assert fed_x.generator().source == "original" and fed_x.filter().source == "filtered"
@@ -460,6 +462,15 @@ def test_generator_input_bands_reach_the_exported_architecture():
                                                            "source": "original"}
     with pytest.raises(ValueError, match="generator_input must be one of"):
         dataclasses.replace(hp, generator_input="x1")
+    mid = dataclasses.replace(hp, generator_input_bands=3, generator_input_bins=(10, 70))
+    arch = pcmelgan_stage._arch("generator", mid)
+    assert arch[1]["input_bins"] == (10, 70) and mid.generator().input_bins == (10, 70)
+    exported = json.loads(json.dumps(arch[1]))  # as an export's JSON reads back: a list
+    assert build_model(arch[0], **exported).input_bins == (10, 70)  # a tuple: hashable
+    with pytest.raises(ValueError, match="input_bands must divide the 60 mel bins, got 7"):
+        dataclasses.replace(mid, generator_input_bands=7)
+    with pytest.raises(ValueError, match="generator_input_bins needs generator_input_bands"):
+        dataclasses.replace(mid, generator_input_bands=0)
 
 
 def test_generator_fed_the_original_ignores_the_filter(pcm):

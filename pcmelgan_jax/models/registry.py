@@ -27,10 +27,10 @@ NETWORKS = (
 
 def build_model(network: str, **kwargs: Any) -> nn.Module:
     """The Flax module for ``network`` (one of NETWORKS) with architecture ``kwargs``."""
-    if network == "unet_filter":
-        return UNet(conditional=False, **kwargs)
-    if network == "unet_generator":
-        return UNet(conditional=True, **kwargs)
+    if network in ("unet_filter", "unet_generator"):
+        if "input_bins" in kwargs:  # a list when read back from an export's JSON
+            kwargs = {**kwargs, "input_bins": tuple(kwargs["input_bins"])}
+        return UNet(conditional=network == "unet_generator", **kwargs)
     if network == "alexnet":
         return AlexNet(**kwargs)
     if network == "audionet":

@@ -18,15 +18,31 @@ BOTTLENECK_SHAPE = (5, 2)  # 80 x 32 after four 2x poolings
 GENERATOR_SOURCES = ("filtered", "original")
 
 
-def band_means(x: Array, bands: int) -> Array:
-    """``x`` (B, F, T, C) with the F mel bins split into ``bands`` equal bands, each bin
-    replaced by its band's mean: a content bottleneck that keeps the coarse energy contour
-    and drops the spectral detail (harmonics, formants) where the speaker's gender sits."""
+def check_bands(bands: int, bins: tuple[int, int] | None, num_bins: int = 80) -> None:
+    """Raises ValueError unless ``bins`` (start, stop) lies within the ``num_bins`` mel bins
+    and ``bands`` >= 1 divides the bins of that range."""
+    start, stop = bins if bins is not None else (0, num_bins)
+    if not 0 <= start < stop <= num_bins:
+        raise ValueError(f"input_bins must satisfy 0 <= start < stop <= {num_bins}, got {bins}")
+    if bands < 1 or (stop - start) % bands:
+        raise ValueError(f"input_bands must divide the {stop - start} mel bins, got {bands}")
+
+
+def band_means(x: Array, bands: int, bins: tuple[int, int] | None = None) -> Array:
+    """``x`` (B, F, T, C) with the mel bins ``bins`` = [start, stop) (default all) split into
+    ``bands`` equal bands, each bin replaced by its band's mean, and the bins outside the range
+    by the range's mean (they pass nothing of their own): a content bottleneck that keeps the
+    coarse energy contour and drops the spectral detail (harmonics, formants) and, with a
+    range, the lowest and highest bins, where the speaker's gender sits."""
     b, f, t, c = x.shape
-    if bands < 1 or f % bands:
-        raise ValueError(f"input_bands must divide the {f} mel bins, got {bands}")
-    means = x.reshape(b, bands, f // bands, t, c).mean(axis=2, keepdims=True)
-    return jnp.broadcast_to(means, (b, bands, f // bands, t, c)).reshape(x.shape)
+    check_bands(bands, bins, f)
+    start, stop = bins if bins is not None else (0, f)
+    width = (stop - start) // bands
+    means = x[:, start:stop].reshape(b, bands, width, t, c).mean(axis=2, keepdims=True)
+    pooled = jnp.broadcast_to(means, (b, bands, width, t, c)).reshape(b, stop - start, t, c)
+    fill = means.mean(axis=1)  # (B, 1, T, C): the range's mean (equal-width bands)
+    return jnp.concatenate([jnp.broadcast_to(fill, (b, start, t, c)), pooled,
+                            jnp.broadcast_to(fill, (b, f - stop, t, c))], axis=1)
 
 
 def generator_input(generator: UNet, x: Array, x1: Array) -> Array:
@@ -91,7 +107,8 @@ class UNet(nn.Module):
     train) -> (B, 80, 32, 1) in (-1, 1). ``train`` selects batch statistics (and updates
     ``batch_stats``, so apply with ``mutable=['batch_stats']``) or running statistics.
     The filter (``conditional=False``) has no conditioning parameters. ``input_bands`` > 0:
-    the input is first reduced to that many band means (``band_means``); 0: the original.
+    the input is first reduced to that many band means of the mel bins ``input_bins``
+    (``band_means``); 0: the original.
     ``source`` (a generator's) records which spectrogram the anonymiser feeds it
     (``GENERATOR_SOURCES``, ``generator_input``); the module applies to whatever it is given.
 
@@ -106,6 +123,7 @@ class UNet(nn.Module):
     num_classes: int = 2
     dtype: Any = jnp.float32
     input_bands: int = 0
+    input_bins: tuple[int, int] = (0, 80)
     source: str = "filtered"
 
     @nn.compact
@@ -115,7 +133,7 @@ class UNet(nn.Module):
         h, w = BOTTLENECK_SHAPE
         batch = x.shape[0]
         if self.input_bands:
-            x = band_means(x, self.input_bands)
+            x = band_means(x, self.input_bands, tuple(self.input_bins))
         x = x.astype(self.dtype)
         skips = []
         for level, features in enumerate(CHANNELS, start=1):

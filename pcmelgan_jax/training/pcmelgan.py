@@ -35,7 +35,7 @@ import jax
 import jax.numpy as jnp
 
 from pcmelgan_jax.models import AlexNet, BatchNorm, LinearClassifier, UNet
-from pcmelgan_jax.models.unet import GENERATOR_SOURCES, generator_input
+from pcmelgan_jax.models.unet import GENERATOR_SOURCES, check_bands, generator_input
 from pcmelgan_jax.training.classifiers import CLASSIFIER_TASKS, spectrogram_batch
 from pcmelgan_jax.training.losses import (
     FAKE,
@@ -94,9 +94,11 @@ class PCMelGANHyper:
     # times CE(attacker(x2), s') (0: no attacker, the original's losses)
     attacker_weight: float = 0.0
     attacker_arch: str = "alexnet"  # the attacker: "alexnet" (FD's) or "linear" (logistic)
-    # > 0: G sees x1 reduced to this many mel band means (models.unet.band_means), a content
-    # bottleneck (0: the whole x1, the original)
+    # > 0: G sees its input reduced to this many mel band means (models.unet.band_means) of
+    # the mel bins [start, stop) of generator_input_bins, a content bottleneck (0: the whole
+    # input, the original)
     generator_input_bands: int = 0
+    generator_input_bins: tuple[int, int] = (0, 80)
     # what G is fed: "filtered" (F's output x1, the original) or "original" (x itself)
     generator_input: str = "filtered"
     filter_only: bool = False  # the Filter baseline: F and FD only
@@ -111,10 +113,10 @@ class PCMelGANHyper:
                              f", got {self.attacker_arch!r}")
         if self.attacker_weight > 0 and self.filter_only:
             raise ValueError("attacker_weight > 0 attacks G's output: it needs filter_only False")
-        if self.generator_input_bands < 0 or (self.generator_input_bands
-                                              and 80 % self.generator_input_bands):
-            raise ValueError(f"generator_input_bands must be 0 or divide the 80 mel bins, got "
-                             f"{self.generator_input_bands}")
+        if self.generator_input_bands:
+            check_bands(self.generator_input_bands, self.generator_input_bins)
+        elif self.generator_input_bins != (0, 80):
+            raise ValueError("generator_input_bins needs generator_input_bands > 0")
         if self.generator_input not in GENERATOR_SOURCES:
             raise ValueError(f"generator_input must be one of {GENERATOR_SOURCES}, got "
                              f"{self.generator_input!r}")
@@ -145,7 +147,8 @@ class PCMelGANHyper:
 
     def generator(self) -> UNet:
         return UNet(conditional=True, noise_dim=self.noise_dim, dtype=self.dtype,
-                    input_bands=self.generator_input_bands, source=self.generator_input)
+                    input_bands=self.generator_input_bands, input_bins=self.generator_input_bins,
+                    source=self.generator_input)
 
 
 def hyper(config: Any, monitor_widths: dict[str, float] | None = None) -> PCMelGANHyper:
@@ -161,6 +164,7 @@ def hyper(config: Any, monitor_widths: dict[str, float] | None = None) -> PCMelG
         attacker_weight=float(config.get("attacker_weight", 0.0)),
         attacker_arch=str(config.get("attacker_arch", "alexnet")),
         generator_input_bands=int(config.get("generator_input_bands", 0)),
+        generator_input_bins=tuple(int(b) for b in config.get("generator_input_bins", (0, 80))),
         generator_input=str(config.get("generator_input", "filtered")),
         filter_only=bool(config.filter_only),
         discriminator_width=float(config.get("discriminator_width", 1.0)),

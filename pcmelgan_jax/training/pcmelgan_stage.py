@@ -81,6 +81,8 @@ def _arch(name: str, hp: PCMelGANHyper) -> tuple[str, dict]:
         arch = {"noise_dim": hp.noise_dim}
         if name == "generator" and hp.generator_input_bands:
             arch["input_bands"] = hp.generator_input_bands
+        if name == "generator" and hp.generator_input_bins != (0, 80):
+            arch["input_bins"] = hp.generator_input_bins
         if name == "generator" and hp.generator_input != "filtered":
             arch["source"] = hp.generator_input
         return network, arch
