@@ -26,6 +26,10 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     # label smoothing of the training loss (validation loss stays plain cross-entropy)
     c.spec_label_smoothing = 0.0
     c.audio_label_smoothing = 0.0
+    # "torch" (PyTorch's default, the original) or "he" (He-normal kernels, zero biases: the
+    # activations keep their scale through the layers)
+    c.spec_init = "torch"
+    c.audio_init = "torch"
     # linear learning-rate warm-up over the first N updates (0 = the original's constant rate)
     c.spec_warmup_steps = 0
     c.audio_warmup_steps = 0
@@ -41,4 +45,5 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         c.spec_width = 0.25
         c.audio_width = 0.5  # at 0.25 AudioNet did not learn gender from raw audio
         c.audio_warmup_steps = 100  # at a constant 1e-3 the digit AudioNet can stay at chance
+        c.audio_init = "he"  # at PyTorch's init its logits barely depend on the waveform
     return c

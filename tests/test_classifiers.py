@@ -1,4 +1,4 @@
-"""The classifiers stage: label smoothing, warm-up and the per-classifier step."""
+"""The classifiers stage: label smoothing, warm-up, initialisation and the per-classifier step."""
 
 from __future__ import annotations
 
@@ -7,11 +7,15 @@ import functools
 import chex
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 import pytest
 
 from bench.bench_train import make_batch as _batch  # the synthetic batch the benchmarks use
 from pcmelgan_jax.configs import classifiers as classifiers_config
+from pcmelgan_jax.models import AudioNet
+from pcmelgan_jax.models.layers import he_normal_reinit
+from pcmelgan_jax.runtime import sharding
 from pcmelgan_jax.training import classifiers as classifiers_stage
 from pcmelgan_jax.training import state as st
 
@@ -54,6 +58,46 @@ def test_classifier_optimizers_warm_up_per_domain():
     small.audio_warmup_steps = -1
     with pytest.raises(ValueError, match="audio_warmup_steps must be an integer >= 0"):
         classifiers_stage.classifier_optimizers(small)
+
+
+def test_he_normal_reinit_draws_kernels_at_the_relu_gain_and_zeroes_biases():
+    params = {"conv": {"kernel": jnp.ones((3, 50, 64)), "bias": jnp.ones(64)},
+              "fc": {"kernel": jnp.ones((4000, 30)), "bias": jnp.ones(30)}}
+    out = he_normal_reinit(params, jax.random.key(0))
+    assert jax.tree.structure(out) == jax.tree.structure(params)
+    for name, fan_in in (("conv", 150), ("fc", 4000)):
+        np.testing.assert_allclose(float(jnp.std(out[name]["kernel"])), np.sqrt(2 / fan_in),
+                                   rtol=0.05)
+        assert abs(float(jnp.mean(out[name]["kernel"]))) < 0.05 * np.sqrt(2 / fan_in)
+        assert not jnp.any(out[name]["bias"])
+
+
+def test_audionet_depends_on_its_input_only_with_he_init():
+    """Why the small config initialises the AudioNets with ``he``: at PyTorch's default init
+    the waveform's scale shrinks through the eight layers until the logits are the biases'
+    (their spread over a batch of speech-scale noise is ~1e-4, and the digit AudioNet can stay
+    at chance, ln 10, for a whole run); He's init keeps it, so the logits follow the input.
+    The stage applies the field per domain."""
+    audio = 0.12 * jax.random.normal(jax.random.key(1), (16, 8192))
+    model = AudioNet(num_classes=10, width=0.5)
+    torch_init = model.init(jax.random.key(0), audio[:1])["params"]
+    spread = {name: float(jnp.mean(jnp.std(model.apply({"params": p}, audio)[0], axis=0)))
+              for name, p in (("torch", torch_init),
+                              ("he", he_normal_reinit(torch_init, jax.random.key(2))))}
+    assert spread["torch"] < 1e-3 and spread["he"] > 0.1, spread
+    small, paper = classifiers_config.get_config("small"), classifiers_config.get_config()
+    assert classifiers_stage.classifier_inits(small) == {
+        "spec_digit": "torch", "spec_gender": "torch", "audio_digit": "he", "audio_gender": "he"}
+    assert set(classifiers_stage.classifier_inits(paper).values()) == {"torch"}
+    small.classifiers = ("audio_gender", "spec_gender")
+    mesh = sharding.make_mesh(jax.devices()[:1])
+    stage = classifiers_stage.ClassifiersStage(small, "/unused", mesh)
+    params = jax.device_get(stage.initial_state().networks)
+    assert not jnp.any(params["audio_gender"].params["conv1"]["bias"])  # he: zero biases
+    assert jnp.all(params["spec_gender"].params["conv1"]["bias"] != 0)  # torch: uniform
+    small.spec_init = "xavier"
+    with pytest.raises(ValueError, match="spec_init must be one of"):
+        classifiers_stage.classifier_inits(small)
 
 
 def test_classifier_step_smooths_per_classifier():

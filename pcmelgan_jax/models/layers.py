@@ -44,6 +44,24 @@ __all__ = [
 Array = jax.Array
 
 
+def he_normal_reinit(params: dict, key: jax.Array) -> dict:
+    """``params`` with every ``kernel`` (fan-in: all axes but the last) drawn from He's
+    N(0, 2 / fan_in) and every ``bias`` zero: a ReLU stack that keeps its activations' scale
+    from layer to layer (PyTorch's default init shrinks it about 2.4x per layer)."""
+    leaves, treedef = jax.tree_util.tree_flatten_with_path(params)
+    keys = iter(jax.random.split(key, len(leaves)))
+    out = []
+    for path, leaf in leaves:
+        name, k = jax.tree_util.keystr(path[-1:]), next(keys)
+        if "kernel" in name:
+            std = math.sqrt(2.0 / int(np.prod(leaf.shape[:-1])))
+            leaf = std * jax.random.normal(k, leaf.shape, leaf.dtype)
+        elif "bias" in name:
+            leaf = jnp.zeros_like(leaf)
+        out.append(leaf)
+    return jax.tree_util.tree_unflatten(treedef, out)
+
+
 def torch_uniform(fan_in: int) -> Callable:
     """PyTorch's default weight/bias init for conv and linear layers: U(-1/sqrt(fan_in), +)."""
     bound = 1.0 / math.sqrt(fan_in)

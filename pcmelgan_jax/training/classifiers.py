@@ -10,7 +10,7 @@ network has improved for ``config.patience`` evaluations.
 from __future__ import annotations
 
 import functools
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import jax
@@ -21,6 +21,7 @@ from pcmelgan_jax import workdir as run_layout
 from pcmelgan_jax.audio import mel_features
 from pcmelgan_jax.checkpointing import save_model
 from pcmelgan_jax.models import AlexNet, AudioNet
+from pcmelgan_jax.models.layers import he_normal_reinit
 from pcmelgan_jax.runtime import compilation, sharding
 from pcmelgan_jax.training import stage as stage_lib
 from pcmelgan_jax.training.losses import accuracy, softmax_cross_entropy
@@ -43,6 +44,9 @@ CLASSIFIER_TASKS = {
     "audio_digit": ("audio", "digit", 10),
     "audio_gender": ("audio", "gender", 2),
 }
+
+
+CLASSIFIER_INITS = ("torch", "he")  # a classifier's parameter initialisation
 
 
 def spectrogram_batch(audio: Array) -> Array:
@@ -137,11 +141,11 @@ def classifier_network(name: str, width: float = 1.0) -> tuple[str, dict]:
     return ("alexnet" if domain == "spec" else "audionet"), arch
 
 
-def _per_domain(config: Any, setting: str, default: float) -> dict[str, float]:
-    """{name: ``config.<domain>_<setting>``} for each of ``config.classifiers`` (domain: spec
-    or audio; ``default`` where the field is absent)."""
+def _per_domain(config: Any, setting: str, default: Any, cast: Callable = float) -> dict:
+    """{name: ``cast(config.<domain>_<setting>)``} for each of ``config.classifiers``
+    (domain: spec or audio; ``default`` where the field is absent)."""
     return {
-        name: float(config.get(f"{CLASSIFIER_TASKS[name][0]}_{setting}", default))
+        name: cast(config.get(f"{CLASSIFIER_TASKS[name][0]}_{setting}", default))
         for name in config.classifiers
     }
 
@@ -160,6 +164,17 @@ def classifier_label_smoothing(config: Any) -> dict[str, float]:
             field = f"{CLASSIFIER_TASKS[name][0]}_label_smoothing"
             raise ValueError(f"{field} must be in [0, 1), not {value}")
     return smoothing
+
+
+def classifier_inits(config: Any) -> dict[str, str]:
+    """{name: its initialisation, ``config.<domain>_init``}: "torch" (PyTorch's default, the
+    original) or "he" (``layers.he_normal_reinit``) for each of ``config.classifiers``."""
+    inits = _per_domain(config, "init", "torch", str)
+    for name, init in inits.items():
+        if init not in CLASSIFIER_INITS:
+            raise ValueError(f"{CLASSIFIER_TASKS[name][0]}_init must be one of "
+                             f"{CLASSIFIER_INITS}, not {init!r}")
+    return inits
 
 
 def classifier_optimizers(config: Any) -> dict[str, optax.GradientTransformation]:
@@ -192,6 +207,7 @@ class ClassifiersStage:
         self.widths = classifier_widths(config)
         self.label_smoothing = classifier_label_smoothing(config)
         self.txs = classifier_optimizers(config)
+        self.inits = classifier_inits(config)
         self.eval_fn = compilation.jit(
             functools.partial(classifier_eval_step, widths=self.widths), "inference"
         )
@@ -202,9 +218,12 @@ class ClassifiersStage:
         networks = {}
         for i, name in enumerate(self.names):
             network, arch = classifier_network(name, self.widths[name])
-            networks[name] = network_state(
-                init_variables(network, arch, jax.random.fold_in(init_key, i)), self.txs[name]
-            )
+            key = jax.random.fold_in(init_key, i)
+            variables = init_variables(network, arch, key)
+            if self.inits[name] == "he":
+                variables = {"params": he_normal_reinit(variables["params"],
+                                                        jax.random.fold_in(key, 1))}
+            networks[name] = network_state(variables, self.txs[name])
         return sharding.replicate(new_train_state(networks), self.mesh)
 
     def evaluate(self, state: TrainState, step: int) -> dict[str, float]:
