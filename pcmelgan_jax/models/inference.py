@@ -101,7 +101,7 @@ def unet_apply(model: UNet, prepared: dict, x: Array, z: Array, cond: Array | No
     h, w = BOTTLENECK_SHAPE
     x = jnp.asarray(x, jnp.float32)
     if model.input_bands:
-        x = band_means(x, model.input_bands, tuple(model.input_bins))
+        x = band_means(x, model.input_bands, model.input_bins)
     skips = []
     for level in range(1, len(CHANNELS) + 1):
         if level > 1:

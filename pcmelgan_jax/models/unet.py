@@ -133,7 +133,7 @@ class UNet(nn.Module):
         h, w = BOTTLENECK_SHAPE
         batch = x.shape[0]
         if self.input_bands:
-            x = band_means(x, self.input_bands, tuple(self.input_bins))
+            x = band_means(x, self.input_bands, self.input_bins)
         x = x.astype(self.dtype)
         skips = []
         for level, features in enumerate(CHANNELS, start=1):

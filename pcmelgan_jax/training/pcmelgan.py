@@ -10,9 +10,9 @@ Each batch runs one update per network, in this order (``pcmelgan_step``):
 2. a fresh train-mode F pass gives x1 (F's batch statistics move, its weights do not);
    G, from x1 (from x itself with ``generator_input`` "original"; only its band means with
    ``generator_input_bands``) and a sampled gender s', to make GD predict s', its
-   distortion measured
-   against the ORIGINAL x (and its true-gender mean gap with ``mean_gap_weight``, the digit
-   loss with ``digit_weight``, the attacker's term of step 5 with ``attacker_weight``);
+   distortion measured against the ORIGINAL x (and its true-gender mean gap with
+   ``mean_gap_weight``, the digit loss with ``digit_weight``, the attacker's term of step 5
+   with ``attacker_weight``);
 3. FD on stop_gradient(x1) with the true gender (with ``fd_reset_every`` = N > 0, FD and
    its optimizer state start afresh after every N-th step: an adversary F has not tracked);
 4. GD on real x with the true gender and on stop_gradient(x2) as fake, weight 0.5 each;
