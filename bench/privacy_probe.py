@@ -5,8 +5,8 @@
 
 For each run (a PCMelGAN or Filter-only run folder holding ``models/filter`` and perhaps
 ``models/generator``) the Filter's output x1 = F(x) and, for a full run, PCMelGAN's
-x2 = G(x1, s') are computed for the training and the validation speakers (the noise of
-``eval.py``), then scored in the spectrogram domain:
+x2 = G(x1, s') (G(x, s') for a G fed the original) are computed for the training and the
+validation speakers (the noise of ``eval.py``), then scored in the spectrogram domain:
 
 - ``linear_gender`` / ``linear_digit``: the linear attacker (``evaluation.linear``: logistic
   regression on the normalised log-mel grid, trained on the training speakers' outputs with

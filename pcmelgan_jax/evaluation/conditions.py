@@ -93,9 +93,9 @@ def vocoded(vocoder: Vocoder, batch_size: int):
 def filter_and_generator_spectrograms(
     filt: tuple, gen: tuple | None, seed: int, batch_size: int, split: SplitData,
 ) -> tuple[np.ndarray, np.ndarray | None, np.ndarray | None]:
-    """(x1 = F(x, z1), x2 = G(x1, z2, s'), s') for one split: (N, 80, 32), (N, 80, 32), (N,)
-    (x2 and s' None without ``gen``), with the noise of ``batch_noise(seed, offset + i)``
-    for batch i."""
+    """(x1 = F(x, z1), x2 = G(x1, z2, s') (G(x, z2, s') for a G fed the original), s') for
+    one split: (N, 80, 32), (N, 80, 32), (N,) (x2 and s' None without ``gen``), with the
+    noise of ``batch_noise(seed, offset + i)`` for batch i."""
     noise_dim = filt[0].noise_dim
     x1s, x2s, sampled = [], [], []
     for i, rows, n in padded_batches(len(split), batch_size):
