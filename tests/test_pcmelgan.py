@@ -178,8 +178,8 @@ def test_pcmelgan_step_follows_the_update_order(pcm):
         return out, mut2["batch_stats"]
 
     want, bs_after_step1 = expected(nets, x, s, jax.random.fold_in(pcm["rng"], 0))
-    for k, v in want.items():
-        np.testing.assert_allclose(m[k], v, rtol=1e-4, err_msg=k)
+    for k, v in want.items():  # atol: the mean gaps are differences of O(1) means, ~5e-4
+        np.testing.assert_allclose(m[k], v, rtol=1e-4, atol=1e-6, err_msg=k)
     # F's running statistics moved by both training passes of the first step
     got = pcm["run"](jax.devices()[:1], n_steps=1)[0].networks["filter"].batch_stats
     for a, b_ in zip(jax.tree.leaves(got), jax.tree.leaves(bs_after_step1), strict=True):
