@@ -123,7 +123,8 @@ def test_identity_informed_matches_fixed_and_real(world):
     a = _attack(world, conditions.real)
     for domain, task in NEURAL:
         fixed, informed = a["fixed"][domain][task], a["informed"][domain][task]
-        # 0.85: the fixed spectrogram digit AlexNet reaches 0.8875 on 2 EPYC cores (rounding)
+        # 0.85, not 0.9: this world's small digit AlexNet lands near 0.9, and float rounding
+        # that differs between CPUs moves it by a clip or two (docs/measurements.md)
         assert fixed["mean"] >= 0.85 and informed["mean"] >= 0.85, (domain, task)
         assert abs(informed["mean"] - fixed["mean"]) <= 0.1, (domain, task)
     for attacker, domain in (("linear", "spectrogram"), ("linear", "audio"),

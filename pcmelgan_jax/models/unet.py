@@ -16,6 +16,9 @@ CHANNELS = (8, 16, 32, 64, 128)
 BOTTLENECK_SHAPE = (5, 2)  # 80 x 32 after four 2x poolings
 # what the anonymiser feeds the generator: F's output (the paper) or the original input
 GENERATOR_SOURCES = ("filtered", "original")
+ALL_BINS = (0, 80)  # the mel bins [start, stop) of the whole spectrogram
+# the U-Net fields that say what a generator reads (exported with its architecture)
+GENERATOR_INPUT_FIELDS = ("input_bands", "input_bins", "source")
 
 
 def check_bands(bands: int, bins: tuple[int, int] | None, num_bins: int = 80) -> None:
@@ -123,7 +126,7 @@ class UNet(nn.Module):
     num_classes: int = 2
     dtype: Any = jnp.float32
     input_bands: int = 0
-    input_bins: tuple[int, int] = (0, 80)
+    input_bins: tuple[int, int] = ALL_BINS
     source: str = "filtered"
 
     @nn.compact

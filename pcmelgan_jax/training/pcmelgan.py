@@ -35,7 +35,12 @@ import jax
 import jax.numpy as jnp
 
 from pcmelgan_jax.models import AlexNet, BatchNorm, LinearClassifier, UNet
-from pcmelgan_jax.models.unet import GENERATOR_SOURCES, check_bands, generator_input
+from pcmelgan_jax.models.unet import (
+    ALL_BINS,
+    GENERATOR_SOURCES,
+    check_bands,
+    generator_input,
+)
 from pcmelgan_jax.training.classifiers import CLASSIFIER_TASKS, spectrogram_batch
 from pcmelgan_jax.training.losses import (
     FAKE,
@@ -98,7 +103,7 @@ class PCMelGANHyper:
     # the mel bins [start, stop) of generator_input_bins, a content bottleneck (0: the whole
     # input, the original)
     generator_input_bands: int = 0
-    generator_input_bins: tuple[int, int] = (0, 80)
+    generator_input_bins: tuple[int, int] = ALL_BINS
     # what G is fed: "filtered" (F's output x1, the original) or "original" (x itself)
     generator_input: str = "filtered"
     filter_only: bool = False  # the Filter baseline: F and FD only
@@ -115,7 +120,7 @@ class PCMelGANHyper:
             raise ValueError("attacker_weight > 0 attacks G's output: it needs filter_only False")
         if self.generator_input_bands:
             check_bands(self.generator_input_bands, self.generator_input_bins)
-        elif self.generator_input_bins != (0, 80):
+        elif self.generator_input_bins != ALL_BINS:
             raise ValueError("generator_input_bins needs generator_input_bands > 0")
         if self.generator_input not in GENERATOR_SOURCES:
             raise ValueError(f"generator_input must be one of {GENERATOR_SOURCES}, got "
@@ -164,7 +169,7 @@ def hyper(config: Any, monitor_widths: dict[str, float] | None = None) -> PCMelG
         attacker_weight=float(config.get("attacker_weight", 0.0)),
         attacker_arch=str(config.get("attacker_arch", "alexnet")),
         generator_input_bands=int(config.get("generator_input_bands", 0)),
-        generator_input_bins=tuple(int(b) for b in config.get("generator_input_bins", (0, 80))),
+        generator_input_bins=tuple(int(b) for b in config.get("generator_input_bins", ALL_BINS)),
         generator_input=str(config.get("generator_input", "filtered")),
         filter_only=bool(config.filter_only),
         discriminator_width=float(config.get("discriminator_width", 1.0)),

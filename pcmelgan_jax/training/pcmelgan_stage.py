@@ -30,7 +30,7 @@ from pcmelgan_jax.audio import denormalize, mel_features, write_audio
 from pcmelgan_jax.checkpointing import load_model, save_model
 from pcmelgan_jax.logging_utils import MetricWriter, spectrogram_panel
 from pcmelgan_jax.models import AlexNet, MelGANGenerator
-from pcmelgan_jax.models.unet import generator_input
+from pcmelgan_jax.models.unet import GENERATOR_INPUT_FIELDS, UNet, generator_input
 from pcmelgan_jax.runtime import compilation, sharding
 from pcmelgan_jax.training import seeds as seeds_lib
 from pcmelgan_jax.training import stage as stage_lib
@@ -79,12 +79,10 @@ def _arch(name: str, hp: PCMelGANHyper) -> tuple[str, dict]:
         return "linear_classifier", {"num_classes": 2}
     if arch == "unet":
         arch = {"noise_dim": hp.noise_dim}
-        if name == "generator" and hp.generator_input_bands:
-            arch["input_bands"] = hp.generator_input_bands
-        if name == "generator" and hp.generator_input_bins != (0, 80):
-            arch["input_bins"] = hp.generator_input_bins
-        if name == "generator" and hp.generator_input != "filtered":
-            arch["source"] = hp.generator_input
+        if name == "generator":  # G's input settings, where they are not the U-Net's defaults
+            g, default = hp.generator(), UNet(conditional=True)
+            arch.update({f: getattr(g, f) for f in GENERATOR_INPUT_FIELDS
+                         if getattr(g, f) != getattr(default, f)})
         return network, arch
     arch = dict(arch)
     if hp.discriminator_width != 1.0:
