@@ -35,6 +35,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     # G's loss adds this times its cross-entropy against the SAMPLED gender
     c.attacker_weight = 0.0
     c.attacker_arch = "alexnet"  # or "linear": logistic regression on the spectrogram
+    # > 0: G's loss adds this times the fixed gender classifier's cross-entropy on its output
+    # against the SAMPLED gender (s' taught from the first step, not once GD has learned)
+    c.sampled_gender_weight = 0.0
     # > 0: G sees its input only as this many mel band means (a content bottleneck: the
     # energy contour, not the spectral detail); must divide the bins of generator_input_bins
     c.generator_input_bands = 0

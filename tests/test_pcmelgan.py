@@ -192,7 +192,8 @@ def test_pcmelgan_step_follows_the_update_order(pcm):
         assert 0.0 <= m[k] <= 1.0, k
     # the optional levers log only when switched on
     assert not {"filter/digit_content", "generator/digit_content",
-                "generator/attacker_sampled", "monitor/attacker_acc"} & set(m)
+                "generator/attacker_sampled", "monitor/attacker_acc",
+                "generator/fixed_sampled_gender"} & set(m)
 
 
 def test_batch_norm_recalibration_makes_evaluation_mode_match_training_mode(pcm):
@@ -492,6 +493,49 @@ def test_generator_fed_the_original_ignores_the_filter(pcm):
              stats["generator"], after.networks["filter"].params, stats["filter"])))
     chex.assert_trees_all_equal(results[0][:3], results[1][:3])
     assert not np.allclose(jax.tree.leaves(results[0][3:])[0], jax.tree.leaves(results[1][3:])[0])
+
+
+def test_sampled_gender_loss_in_the_step(pcm):
+    """With ``sampled_gender_weight`` w, G's loss adds w times the fixed gender classifier's
+    cross-entropy on x2 against the SAMPLED gender (recomputed by hand: G fed the original,
+    so x2 does not depend on F's update), which changes G's update; without the classifier
+    the step refuses to trace, and the Filter baseline refuses the setting."""
+    weight = 2.0
+    base = dataclasses.replace(pcm["hp"], generator_input="original")
+    hp = dataclasses.replace(base, sampled_gender_weight=weight)
+    with pytest.raises(ValueError, match="sampled_gender_weight"):
+        dataclasses.replace(hp, filter_only=True)
+    init, batch, rng, monitors = pcm["init"], pcm["batch"], pcm["rng"], pcm["monitors"]
+    after = {}
+    for h in (base, hp):
+        step = seeds_lib.jit_step(pcmelgan.pcmelgan_step, hp=h, txs=pcm["txs"])
+        state, metrics = step(init, batch, rng, monitors)
+        after[h.sampled_gender_weight] = jax.device_get((state.networks["generator"].params,
+                                                         metrics))
+    params_on, m = after[weight]
+    params_off, m_off = after[0.0]
+    assert "generator/fixed_sampled_gender" not in m_off
+
+    x = classifiers_stage.spectrogram_batch(jnp.asarray(batch["audio"]))
+    _, _, k_z2, k_s = jax.random.split(jax.random.fold_in(rng, 0), 9)[:4]
+    sampled = jax.random.randint(k_s, (8,), 0, 2)
+    x2, _ = hp.generator().apply(init.networks["generator"].variables(), x,
+                                 jax.random.normal(k_z2, (8, 10)), sampled, train=True,
+                                 mutable=["batch_stats"])
+    logits = AlexNet(2, width=WIDTH).apply({"params": monitors["spec_gender"]}, x2, train=False)
+    want = float(softmax_cross_entropy(logits, sampled))
+    assert want > 0.1  # an untrained classifier: the term is far from zero
+    np.testing.assert_allclose(m["generator/fixed_sampled_gender"], want, rtol=1e-4)
+    # eps is above any distortion and the other levers are off: the rest is GD's term
+    np.testing.assert_allclose(
+        float(m["generator/loss"]) - float(m["generator/adversarial"]), weight * want,
+        rtol=1e-4)
+    change = max(float(np.max(np.abs(a - b))) for a, b in zip(
+        jax.tree.leaves(params_on), jax.tree.leaves(params_off), strict=True))
+    assert change > 1e-7
+    step = seeds_lib.jit_step(pcmelgan.pcmelgan_step, hp=hp, txs=pcm["txs"])
+    with pytest.raises(ValueError, match="sampled_gender_weight"):
+        step(init, batch, rng, {"spec_digit": monitors["spec_digit"]})
 
 
 def test_filter_discriminator_restarts_every_n_steps():

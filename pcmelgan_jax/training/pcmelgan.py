@@ -12,7 +12,8 @@ Each batch runs one update per network, in this order (``pcmelgan_step``):
    ``generator_input_bands``) and a sampled gender s', to make GD predict s', its
    distortion measured against the ORIGINAL x (and its true-gender mean gap with
    ``mean_gap_weight``, the digit loss with ``digit_weight``, the attacker's term of step 5
-   with ``attacker_weight``);
+   with ``attacker_weight``, the fixed gender classifier's cross-entropy against s' with
+   ``sampled_gender_weight``);
 3. FD on stop_gradient(x1) with the true gender (with ``fd_reset_every`` = N > 0, FD and
    its optimizer state start afresh after every N-th step: an adversary F has not tracked);
 4. GD on real x with the true gender and on stop_gradient(x2) as fake, weight 0.5 each;
@@ -99,6 +100,9 @@ class PCMelGANHyper:
     # times CE(attacker(x2), s') (0: no attacker, the original's losses)
     attacker_weight: float = 0.0
     attacker_arch: str = "alexnet"  # the attacker: "alexnet" (FD's) or "linear" (logistic)
+    # weight of the fixed gender classifier's cross-entropy on G's output against the SAMPLED
+    # gender in G's loss (0: the original's losses, s' taught by GD alone)
+    sampled_gender_weight: float = 0.0
     # > 0: G sees its input reduced to this many mel band means (models.unet.band_means) of
     # the mel bins [start, stop) of generator_input_bins, a content bottleneck (0: the whole
     # input, the original)
@@ -116,8 +120,9 @@ class PCMelGANHyper:
         if self.attacker_arch not in ATTACKER_ARCHS:
             raise ValueError(f"attacker_arch must be one of {', '.join(map(repr, ATTACKER_ARCHS))}"
                              f", got {self.attacker_arch!r}")
-        if self.attacker_weight > 0 and self.filter_only:
-            raise ValueError("attacker_weight > 0 attacks G's output: it needs filter_only False")
+        for field in ("attacker_weight", "sampled_gender_weight"):
+            if getattr(self, field) > 0 and self.filter_only:
+                raise ValueError(f"{field} > 0 acts on G's output: it needs filter_only False")
         if self.generator_input_bands:
             check_bands(self.generator_input_bands, self.generator_input_bins)
         elif self.generator_input_bins != ALL_BINS:
@@ -168,6 +173,7 @@ def hyper(config: Any, monitor_widths: dict[str, float] | None = None) -> PCMelG
         digit_weight=float(config.get("digit_weight", 0.0)),
         attacker_weight=float(config.get("attacker_weight", 0.0)),
         attacker_arch=str(config.get("attacker_arch", "alexnet")),
+        sampled_gender_weight=float(config.get("sampled_gender_weight", 0.0)),
         generator_input_bands=int(config.get("generator_input_bands", 0)),
         generator_input_bins=tuple(int(b) for b in config.get("generator_input_bins", ALL_BINS)),
         generator_input=str(config.get("generator_input", "filtered")),
@@ -186,14 +192,15 @@ def _dropout(key: Array) -> dict[str, Array]:
     return {"dropout": key}
 
 
-def digit_content_loss(y: Array, content: tuple[Any, Array] | None, hp: PCMelGANHyper) -> Array:
-    """The fixed digit classifier's cross-entropy on ``y`` with the true digits, ``content`` =
-    (its parameters, the digits); 0 when ``content`` is None."""
-    if content is None:
+def fixed_classifier_loss(y: Array, name: str, target: tuple[Any, Array] | None,
+                          hp: PCMelGANHyper) -> Array:
+    """The fixed classifier ``name``'s (eval mode) cross-entropy on ``y``, ``target`` = (its
+    parameters, the labels); 0 when ``target`` is None."""
+    if target is None:
         return jnp.zeros((), jnp.float32)
-    params, digit = content
-    logits = hp.monitor("spec_digit").apply({"params": params}, y, train=False)
-    return softmax_cross_entropy(logits, digit)
+    params, labels = target
+    logits = hp.monitor(name).apply({"params": params}, y, train=False)
+    return softmax_cross_entropy(logits, labels)
 
 
 def attacker_loss(x2: Array, sampled: Array, attacker: tuple[Any, Array] | None,
@@ -226,7 +233,7 @@ def update_filter(
         adv = filter_adversarial_loss(fd_logits, gender, hp.entropy)
         penalty, dist = distortion_penalty(x1, x, hp.eps, hp.lamb)
         gap = label_mean_gap(x1, gender)
-        digit = digit_content_loss(x1, content, hp)
+        digit = fixed_classifier_loss(x1, "spec_digit", content, hp)
         loss = adv + penalty + hp.mean_gap_weight * gap + hp.digit_weight * digit
         return loss, (mut["batch_stats"], adv, dist, mean_entropy(fd_logits), gap, digit)
 
@@ -255,14 +262,15 @@ def update_generator(
     g_net: NetworkState, gd_params: Any, g_input: Array, x: Array, gender: Array,
     keys: tuple[Array, Array, Array], *, hp: PCMelGANHyper, tx: Any,
     content: tuple[Any, Array] | None = None, attacker: tuple[Any, Array] | None = None,
+    gender_classifier: Any | None = None,
 ) -> tuple[NetworkState, Array, Array, Metrics]:
     """G's update: x2 = G(g_input, z, s') (``g_input``: x1, or x with ``generator_input``
-    "original") should make GD (``gd_params``, train mode) predict the
-    sampled gender s', within ``eps`` of the ORIGINAL x (and, with ``mean_gap_weight``, keep
-    no mean gap for the TRUE ``gender``; with ``content``, keep the digit for the fixed
-    classifier; with ``attacker`` = (its params, its dropout key), make the gender attacker
-    read s'). ``keys``: (s', G's noise, GD's dropout). Returns (G, stop_gradient(x2), s',
-    metrics)."""
+    "original") should make GD (``gd_params``, train mode) predict the sampled gender s',
+    within ``eps`` of the ORIGINAL x (and, with ``mean_gap_weight``, keep no mean gap for the
+    TRUE ``gender``; with ``content``, keep the digit for the fixed classifier; with
+    ``attacker`` = (its params, its dropout key), make the gender attacker read s'; with
+    ``gender_classifier`` (the fixed one's params), make it read s'). ``keys``: (s', G's
+    noise, GD's dropout). Returns (G, stop_gradient(x2), s', metrics)."""
     k_gender, k_noise, k_dropout = keys
     gen, gd = hp.generator(), hp.discriminators()[1]
     sampled = jax.random.randint(k_gender, (x.shape[0],), 0, 2)
@@ -276,15 +284,17 @@ def update_generator(
         adv = softmax_cross_entropy(gd_logits, sampled)
         penalty, dist = distortion_penalty(x2, x, hp.eps, hp.lamb)
         gap = label_mean_gap(x2, gender)
-        digit = digit_content_loss(x2, content, hp)
+        digit = fixed_classifier_loss(x2, "spec_digit", content, hp)
         fooled = attacker_loss(x2, sampled, attacker, hp)
+        imposed = fixed_classifier_loss(
+            x2, "spec_gender", None if gender_classifier is None else (gender_classifier, sampled),
+            hp)
         loss = (adv + penalty + hp.mean_gap_weight * gap + hp.digit_weight * digit
-                + hp.attacker_weight * fooled)
-        return loss, (x2, mut["batch_stats"], adv, dist, gd_logits, gap, digit, fooled)
+                + hp.attacker_weight * fooled + hp.sampled_gender_weight * imposed)
+        return loss, (x2, mut["batch_stats"], adv, dist, gd_logits, gap, digit, fooled, imposed)
 
-    (loss, (x2, stats, adv, dist, gd_logits, gap, digit, fooled)), grads = jax.value_and_grad(
-        loss_fn, has_aux=True
-    )(g_net.params)
+    (loss, (x2, stats, adv, dist, gd_logits, gap, digit, fooled, imposed)), grads = (
+        jax.value_and_grad(loss_fn, has_aux=True)(g_net.params))
     metrics = {"generator/loss": loss, "generator/adversarial": adv,
                "generator/distortion": dist, "generator/gender_mean_gap": gap,
                "monitor/gd_sampled_gender_acc": accuracy(gd_logits, sampled)}
@@ -292,6 +302,8 @@ def update_generator(
         metrics["generator/digit_content"] = digit
     if attacker is not None:
         metrics["generator/attacker_sampled"] = fooled
+    if gender_classifier is not None:
+        metrics["generator/fixed_sampled_gender"] = imposed
     g_net = apply_gradients(g_net, grads, tx, batch_stats=stats)
     return g_net, jax.lax.stop_gradient(x2), sampled, metrics
 
@@ -392,6 +404,12 @@ def pcmelgan_step(
         if not monitors or "spec_digit" not in monitors:
             raise ValueError("digit_weight > 0 needs the fixed digit classifier (monitors)")
         content = (monitors["spec_digit"], batch["digit"])
+    gender_classifier = None
+    if hp.sampled_gender_weight > 0:
+        if not monitors or "spec_gender" not in monitors:
+            raise ValueError("sampled_gender_weight > 0 needs the fixed gender classifier "
+                             "(monitors)")
+        gender_classifier = monitors["spec_gender"]
 
     nets["filter"], metrics = update_filter(
         nets["filter"], nets["filter_discriminator"].params, x, s, (k_z1, k_d1),
@@ -402,7 +420,8 @@ def pcmelgan_step(
             nets["generator"], nets["generator_discriminator"].params,
             generator_input(hp.generator(), x, x1), x, s,
             (k_s, k_z2, k_d2), hp=hp, tx=txs["generator"], content=content,
-            attacker=(nets["gender_attacker"].params, k_a1) if attacking else None)
+            attacker=(nets["gender_attacker"].params, k_a1) if attacking else None,
+            gender_classifier=gender_classifier)
         metrics.update(g_metrics)
     nets["filter_discriminator"], fd_metrics = update_gender_classifier(
         nets["filter_discriminator"], hp.discriminators()[0], x1, s, k_d3,
