@@ -1,0 +1,120 @@
+"""How much gender and digit the content bottleneck lets through, on REAL speech.
+
+    .venv/bin/python -m bench.contour_probe --data-dir DIR \
+        [--layout BANDS:START-STOP ...] [--out bench/results/contour_probe.json]
+
+G fed the original with ``generator_input_bands`` = k over ``generator_input_bins`` =
+(start, stop) sees only the k band means of the input's mel bins [start, stop)
+(``models.unet.band_means``): the band contour, k values per frame. For each layout this
+probe takes that contour of the real training and validation speakers' log-mels and scores
+it, training on the training speakers and testing on the validation speakers:
+
+- ``linear_*``: the privacy probe's linear attacker (logistic regression, L2 chosen on the
+  validation speakers);
+- ``mlp_*``: a network with one hidden layer of 256 units (scikit-learn's MLPClassifier),
+  a nonlinear reader as G is one: what it finds in the contour, G's output can carry.
+
+The first row (``80:0-80``, bands of one bin) is the untransformed log-mel. The validation
+speakers only, as for every choice of a setting. Writes ``--out`` (JSON,
+atomically) and prints a markdown table.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import numpy as np
+
+from bench.privacy_probe import BATCH, linear_accuracy
+from pcmelgan_jax.workdir import write_json_atomic
+
+ROOT = Path(__file__).resolve().parents[1]
+DEFAULT_LAYOUTS = ("1:10-70", "2:0-80", "3:10-70", "4:0-80")
+UNTRANSFORMED = "80:0-80"  # 80 bands of one bin: the log-mel itself, the first row
+TASKS = (("gender", 2), ("digit", 10))
+
+
+def parse_layout(text: str) -> tuple[int, tuple[int, int]]:
+    """"BANDS:START-STOP" -> (bands, (start, stop)); ValueError naming the text otherwise."""
+    try:
+        bands, bins = text.split(":")
+        start, stop = bins.split("-")
+        return int(bands), (int(start), int(stop))
+    except ValueError:
+        raise ValueError(f"layout {text!r}: expected BANDS:START-STOP, e.g. 3:10-70") from None
+
+
+def contour(x: np.ndarray, bands: int, bins: tuple[int, int]) -> np.ndarray:
+    """The band contour G is fed, (N, bands, T), of log-mels ``x`` (N, F, T): one value per
+    band and frame, read from ``models.unet.band_means`` itself."""
+    import jax.numpy as jnp
+
+    from pcmelgan_jax.models.unet import band_means
+
+    pooled = np.asarray(band_means(jnp.asarray(x, jnp.float32)[..., None], bands, bins))[..., 0]
+    width = (bins[1] - bins[0]) // bands
+    return pooled[:, bins[0]:bins[1]:width]
+
+
+def mlp_accuracy(train_x: np.ndarray, train_y: np.ndarray, val_x: np.ndarray,
+                 val_y: np.ndarray, seed: int = 0) -> float:
+    """A one-hidden-layer network's accuracy on the validation rows, the features
+    standardised with the training rows' statistics."""
+    from sklearn.neural_network import MLPClassifier
+
+    train_x = train_x.reshape(len(train_x), -1)
+    val_x = val_x.reshape(len(val_x), -1)
+    mean, std = train_x.mean(0), train_x.std(0) + 1e-6
+    model = MLPClassifier((256,), alpha=1e-2, max_iter=400, random_state=seed)
+    model.fit((train_x - mean) / std, train_y)
+    return float(model.score((val_x - mean) / std, val_y))
+
+
+def probe(train, val, layouts: list[str]) -> dict[str, dict[str, float]]:
+    """{layout: {"linear_gender", "mlp_gender", "linear_digit", "mlp_digit"}} on ``val``."""
+    out = {}
+    for layout in layouts:
+        bands, bins = parse_layout(layout)
+        tx, vx = contour(train.x, bands, bins), contour(val.x, bands, bins)
+        row = {}
+        for task, classes in TASKS:
+            ty, vy = getattr(train, task), getattr(val, task)
+            row[f"linear_{task}"] = linear_accuracy(tx, ty, vx, vy, classes)
+            row[f"mlp_{task}"] = mlp_accuracy(tx, ty, vx, vy)
+        out[layout] = row
+    return out
+
+
+def markdown(results: dict[str, dict[str, float]]) -> str:
+    cols = [f"{kind}_{task}" for task, _ in TASKS for kind in ("linear", "mlp")]
+    lines = ["| layout (bands:bins) | " + " | ".join(cols) + " |",
+             "|---|" + "---:|" * len(cols)]
+    for layout, row in results.items():
+        lines.append(f"| {layout} | " + " | ".join(f"{row[c]:.3f}" for c in cols) + " |")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    from pcmelgan_jax.evaluation.data import load_split
+
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--data-dir", required=True)
+    p.add_argument("--dataset", default="audio_mnist/all")
+    p.add_argument("--layout", action="append", help="BANDS:START-STOP (repeatable)")
+    p.add_argument("--out", default=str(ROOT / "bench" / "results" / "contour_probe.json"))
+    args = p.parse_args()
+    layouts = [UNTRANSFORMED, *(args.layout or DEFAULT_LAYOUTS)]
+    for layout in layouts:
+        parse_layout(layout)  # a bad layout fails before the data loads
+    train = load_split(args.data_dir, args.dataset, "train", BATCH)
+    val = load_split(args.data_dir, args.dataset, "validation", BATCH)
+    results = probe(train, val, layouts)
+    write_json_atomic(args.out, {"data_dir": args.data_dir, "split": "validation",
+                                 "layouts": results})
+    print(markdown(results))
+    print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()

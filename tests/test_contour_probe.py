@@ -1,0 +1,43 @@
+"""bench/contour_probe.py: the band contour G is fed, and a nonlinear reader of it."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from bench import contour_probe, privacy_probe
+
+
+def test_contour_is_the_band_means_by_hand():
+    x = np.random.default_rng(0).standard_normal((2, 80, 5)).astype(np.float32)
+    got = contour_probe.contour(x, 3, (10, 70))
+    assert got.shape == (2, 3, 5)
+    want = np.stack([x[:, 10 + 20 * k:30 + 20 * k].mean(1) for k in range(3)], 1)
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
+    np.testing.assert_array_equal(contour_probe.contour(x, 80, (0, 80)), x)  # one-bin bands
+
+
+def test_mlp_reads_a_cue_the_linear_attacker_cannot():
+    """The label is the sign of the product of two features (XOR): no linear model beats
+    chance, a one-hidden-layer network does."""
+    rng = np.random.default_rng(1)
+
+    def world(n):
+        x = rng.standard_normal((n, 2, 2)).astype(np.float32)
+        return x, (x[:, 0, 0] * x[:, 1, 1] > 0).astype(np.int32)
+
+    (tx, ty), (vx, vy) = world(600), world(300)
+    assert contour_probe.mlp_accuracy(tx, ty, vx, vy) >= 0.85
+    assert 0.35 <= privacy_probe.linear_accuracy(tx, ty, vx, vy, 2) <= 0.65
+
+
+def test_layouts_parse_and_bad_ones_are_named():
+    assert contour_probe.parse_layout("3:10-70") == (3, (10, 70))
+    with pytest.raises(ValueError, match="'3-10:70'"):
+        contour_probe.parse_layout("3-10:70")
+
+
+def test_markdown_has_a_row_per_layout():
+    row = {"linear_gender": 0.5, "mlp_gender": 0.75, "linear_digit": 0.8, "mlp_digit": 0.9}
+    lines = contour_probe.markdown({"80:0-80": row, "1:10-70": row}).splitlines()
+    assert len(lines) == 4 and lines[3].startswith("| 1:10-70 | 0.500 | 0.750 | 0.800 |")
