@@ -1,7 +1,8 @@
 """How much gender and digit the content bottleneck lets through, on REAL speech.
 
     .venv/bin/python -m bench.contour_probe --data-dir DIR \
-        [--layout BANDS:START-STOP ...] [--out bench/results/contour_probe.json]
+        [--layout BANDS:START-STOP ...] [--digit-classifier-workdir DIR] \
+        [--out bench/results/contour_probe.json]
 
 G fed the original with ``generator_input_bands`` = k over ``generator_input_bins`` =
 (start, stop) sees only the k band means of the input's mel bins [start, stop)
@@ -14,8 +15,11 @@ it, training on the training speakers and testing on the validation speakers:
 - ``mlp_*``: a network with one hidden layer of 256 units (scikit-learn's MLPClassifier),
   a nonlinear reader as G is one: what it finds in the contour, G's output can carry.
 
-The first row (``80:0-80``, bands of one bin) is the untransformed log-mel. The validation
-speakers only, as for every choice of a setting. Writes ``--out`` (JSON,
+With ``--digit-classifier-workdir`` (holding ``models/spec_digit``) every layout gets a
+second row, ``LAYOUT+digit``: the contour and the digit the fixed spectrogram AlexNet
+recognises (one-hot, the argmax only), an input that names the digit instead of carrying its
+spectral shape. The first row (``80:0-80``, bands of one bin) is the untransformed log-mel.
+The validation speakers only, as for every choice of a setting. Writes ``--out`` (JSON,
 atomically) and prints a markdown table.
 """
 
@@ -57,6 +61,24 @@ def contour(x: np.ndarray, bands: int, bins: tuple[int, int]) -> np.ndarray:
     return pooled[:, bins[0]:bins[1]:width]
 
 
+def features(x: np.ndarray, bands: int, bins: tuple[int, int],
+             digit: np.ndarray | None = None) -> np.ndarray:
+    """The flattened contour (N, bands * T), with the recognised digits' one-hot rows
+    ``digit`` (N, 10) appended when given."""
+    flat = contour(x, bands, bins).reshape(len(x), -1)
+    return flat if digit is None else np.concatenate([flat, digit], axis=1)
+
+
+def recognised_digits(classifiers_workdir: str, x: np.ndarray) -> np.ndarray:
+    """One-hot (N, 10) of the digit the fixed spectrogram AlexNet recognises in ``x``."""
+    from pcmelgan_jax.checkpointing import load_network
+    from pcmelgan_jax.evaluation.classifier import predict
+    from pcmelgan_jax.workdir import model_dir
+
+    model, variables = load_network(model_dir(classifiers_workdir, "spec_digit"), "alexnet")
+    return np.eye(10, dtype=np.float32)[predict("alexnet", model, variables, x, BATCH)]
+
+
 def mlp_accuracy(train_x: np.ndarray, train_y: np.ndarray, val_x: np.ndarray,
                  val_y: np.ndarray, seed: int = 0) -> float:
     """A one-hidden-layer network's accuracy on the validation rows, the features
@@ -71,18 +93,26 @@ def mlp_accuracy(train_x: np.ndarray, train_y: np.ndarray, val_x: np.ndarray,
     return float(model.score((val_x - mean) / std, val_y))
 
 
-def probe(train, val, layouts: list[str]) -> dict[str, dict[str, float]]:
-    """{layout: {"linear_gender", "mlp_gender", "linear_digit", "mlp_digit"}} on ``val``."""
+def probe(train, val, layouts: list[str],
+          digits: tuple[np.ndarray, np.ndarray] | None = None) -> dict[str, dict[str, float]]:
+    """{layout: {"linear_gender", "mlp_gender", "linear_digit", "mlp_digit"}} on ``val``;
+    with ``digits`` (the training and validation speakers' recognised digits, one-hot) also
+    a ``LAYOUT+digit`` row per layout."""
     out = {}
     for layout in layouts:
         bands, bins = parse_layout(layout)
-        tx, vx = contour(train.x, bands, bins), contour(val.x, bands, bins)
-        row = {}
-        for task, classes in TASKS:
-            ty, vy = getattr(train, task), getattr(val, task)
-            row[f"linear_{task}"] = linear_accuracy(tx, ty, vx, vy, classes)
-            row[f"mlp_{task}"] = mlp_accuracy(tx, ty, vx, vy)
-        out[layout] = row
+        variants = [(layout, None, None)]
+        if digits is not None:
+            variants.append((f"{layout}+digit", *digits))
+        for name, train_digit, val_digit in variants:
+            tx = features(train.x, bands, bins, train_digit)
+            vx = features(val.x, bands, bins, val_digit)
+            row = {}
+            for task, classes in TASKS:
+                ty, vy = getattr(train, task), getattr(val, task)
+                row[f"linear_{task}"] = linear_accuracy(tx, ty, vx, vy, classes)
+                row[f"mlp_{task}"] = mlp_accuracy(tx, ty, vx, vy)
+            out[name] = row
     return out
 
 
@@ -102,6 +132,8 @@ def main() -> None:
     p.add_argument("--data-dir", required=True)
     p.add_argument("--dataset", default="audio_mnist/all")
     p.add_argument("--layout", action="append", help="BANDS:START-STOP (repeatable)")
+    p.add_argument("--digit-classifier-workdir", default="",
+                   help="holds models/spec_digit: adds the LAYOUT+digit rows")
     p.add_argument("--out", default=str(ROOT / "bench" / "results" / "contour_probe.json"))
     args = p.parse_args()
     layouts = [UNTRANSFORMED, *(args.layout or DEFAULT_LAYOUTS)]
@@ -109,7 +141,11 @@ def main() -> None:
         parse_layout(layout)  # a bad layout fails before the data loads
     train = load_split(args.data_dir, args.dataset, "train", BATCH)
     val = load_split(args.data_dir, args.dataset, "validation", BATCH)
-    results = probe(train, val, layouts)
+    digits = None
+    if args.digit_classifier_workdir:
+        digits = tuple(recognised_digits(args.digit_classifier_workdir, split.x)
+                       for split in (train, val))
+    results = probe(train, val, layouts, digits)
     write_json_atomic(args.out, {"data_dir": args.data_dir, "split": "validation",
                                  "layouts": results})
     print(markdown(results))

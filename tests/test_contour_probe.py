@@ -17,6 +17,16 @@ def test_contour_is_the_band_means_by_hand():
     np.testing.assert_array_equal(contour_probe.contour(x, 80, (0, 80)), x)  # one-bin bands
 
 
+def test_features_append_the_recognised_digit():
+    x = np.random.default_rng(2).standard_normal((3, 80, 4)).astype(np.float32)
+    digit = np.eye(10, dtype=np.float32)[[7, 0, 3]]
+    got = contour_probe.features(x, 2, (0, 80), digit)
+    assert got.shape == (3, 2 * 4 + 10)
+    np.testing.assert_array_equal(got[:, :8], contour_probe.contour(x, 2, (0, 80)).reshape(3, 8))
+    np.testing.assert_array_equal(got[:, 8:], digit)
+    assert contour_probe.features(x, 2, (0, 80)).shape == (3, 8)
+
+
 def test_mlp_reads_a_cue_the_linear_attacker_cannot():
     """The label is the sign of the product of two features (XOR): no linear model beats
     chance, a one-hidden-layer network does."""
