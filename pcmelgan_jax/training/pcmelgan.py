@@ -379,6 +379,17 @@ def monitor_metrics(
     return out
 
 
+def _fixed_params(monitors: Mapping[str, Any] | None, name: str, field: str,
+                  weight: float) -> Any | None:
+    """The fixed classifier ``name``'s parameters when the loss term ``field`` is on
+    (``weight`` > 0), else None; ValueError naming the field when the classifier is missing."""
+    if weight <= 0:
+        return None
+    if not monitors or name not in monitors:
+        raise ValueError(f"{field} > 0 needs the fixed classifier {name} (monitors)")
+    return monitors[name]
+
+
 def pcmelgan_step(
     state: TrainState,
     batch: Mapping[str, Array],
@@ -399,17 +410,10 @@ def pcmelgan_step(
     k_a1, k_a2 = jax.random.split(jax.random.fold_in(rng, ATTACKER_SALT))
     x, s = spectrogram_batch(batch["audio"]), batch["gender"]
     labels = {"digit": batch["digit"], "gender": s}
-    content = None
-    if hp.digit_weight > 0:
-        if not monitors or "spec_digit" not in monitors:
-            raise ValueError("digit_weight > 0 needs the fixed digit classifier (monitors)")
-        content = (monitors["spec_digit"], batch["digit"])
-    gender_classifier = None
-    if hp.sampled_gender_weight > 0:
-        if not monitors or "spec_gender" not in monitors:
-            raise ValueError("sampled_gender_weight > 0 needs the fixed gender classifier "
-                             "(monitors)")
-        gender_classifier = monitors["spec_gender"]
+    digit_classifier = _fixed_params(monitors, "spec_digit", "digit_weight", hp.digit_weight)
+    content = None if digit_classifier is None else (digit_classifier, batch["digit"])
+    gender_classifier = _fixed_params(monitors, "spec_gender", "sampled_gender_weight",
+                                      hp.sampled_gender_weight)
 
     nets["filter"], metrics = update_filter(
         nets["filter"], nets["filter_discriminator"].params, x, s, (k_z1, k_d1),
