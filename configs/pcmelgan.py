@@ -47,6 +47,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     # what G is fed: "filtered" (F's output, the original) or "original" (the input itself:
     # G sees no trace of F's own gender-dependent changes)
     c.generator_input = "filtered"
+    # G also conditioned on the digit the fixed spectrogram digit classifier recognises in its
+    # input (its argmax, embedded like the gender): the content named, not carried by pixels
+    c.generator_digit_condition = False
     c.filter_only = variant.filter_only  # the paper's Filter baseline: F and FD only
     c.discriminator_width = 1.0  # AlexNet width of FD and GD (1.0 = the original)
     c.compute_dtype = "float32"  # or "bfloat16": bf16 compute, float32 params and optimizer state
@@ -72,10 +75,14 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         c.learning_rate_generator = 3e-4
         # the best setting on the validation speakers (bench/privacy.md): a larger budget
         # moves the informed attackers, the digit loss keeps the content it would cost; G
-        # reads the original's mid-band contour (bins 10-69 as 3 band means), not F's output
+        # reads only the original's loudness contour (bins 10-69 as one band mean) and the
+        # recognised digit, and the fixed gender classifier teaches it s' from the start
         c.eps = 0.2
         c.digit_weight = 3.0
         c.generator_input = "original"
-        c.generator_input_bands = 3
+        c.generator_input_bands = 1
         c.generator_input_bins = (10, 70)
+        if not variant.filter_only:  # G's levers (the Filter baseline has no G)
+            c.generator_digit_condition = True
+            c.sampled_gender_weight = 1.0
     return c

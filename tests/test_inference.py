@@ -22,7 +22,7 @@ from pcmelgan_jax.models.inference import (
     winograd_conv1d,
 )
 from pcmelgan_jax.models.registry import build_model, jit_init, numpy_random_variables
-from pcmelgan_jax.models.unet import UNet, band_means
+from pcmelgan_jax.models.unet import DIGIT_CLASSIFIER, UNet, band_means, recognised_digit
 
 
 def _trained_like(model: UNet, x, z, cond) -> dict:
@@ -99,6 +99,45 @@ def test_generator_with_input_bands_sees_only_the_band_means():
     folded = jax.jit(lambda p, x: unet_apply(model, p, x, z, cond))(
         prepare_unet(model, variables), x)
     chex.assert_trees_all_close(folded, run(variables, x), atol=1e-4)
+
+
+def test_digit_conditioned_generator_reads_only_the_recognised_digit():
+    """G with ``digit_classes``: its frozen digit classifier's argmax (``recognised_digit``)
+    is the only way the digit enters: forcing the classifier's answer to d gives the output
+    of a G whose digit embedding is row d for every class; two forced digits give two outputs;
+    no gradient reaches the classifier; the folded ``unet_apply`` computes the same."""
+    rng = np.random.default_rng(0)
+    x = jnp.asarray(rng.uniform(-1, 1, (3, 80, 32, 1)), jnp.float32)
+    z = jnp.asarray(rng.standard_normal((3, 10)), jnp.float32)
+    cond = jnp.asarray([0, 1, 1], jnp.int32)
+    model = UNet(conditional=True, input_bands=1, input_bins=(10, 70), digit_classes=10,
+                 digit_classifier_width=0.25)
+    variables = _trained_like(model, x, z, cond)
+    run = jax.jit(lambda v: model.apply(v, x, z, cond, train=False))
+
+    def forced(v, d):  # the classifier's last bias pushes every input to digit d
+        fc3 = v["params"][DIGIT_CLASSIFIER]["fc3"]
+        bias = fc3["bias"].at[d].add(1e4)
+        return {**v, "params": {**v["params"], DIGIT_CLASSIFIER: {
+            **v["params"][DIGIT_CLASSIFIER], "fc3": {**fc3, "bias": bias}}}}
+
+    outputs = []
+    for d in (3, 7):
+        v = forced(variables, d)
+        np.testing.assert_array_equal(
+            recognised_digit(model, v["params"][DIGIT_CLASSIFIER], x), [d] * 3)
+        table = v["params"]["embed_digit"]["embedding"]
+        row_d = {**v, "params": {**v["params"], "embed_digit": {
+            "embedding": jnp.broadcast_to(table[d], table.shape)}}}
+        chex.assert_trees_all_close(run(v), run(row_d), atol=1e-6)
+        folded = jax.jit(lambda p: unet_apply(model, p, x, z, cond))(prepare_unet(model, v))
+        chex.assert_trees_all_close(folded, run(v), atol=1e-4)
+        outputs.append(run(v))
+    assert float(jnp.abs(outputs[0] - outputs[1]).max()) > 1e-3
+    grads = jax.grad(lambda p: model.apply({**variables, "params": p}, x, z, cond).sum())(
+        variables["params"])
+    assert all(float(jnp.abs(g).max()) == 0 for g in jax.tree.leaves(grads[DIGIT_CLASSIFIER]))
+    assert float(jnp.abs(grads["embed_digit"]["embedding"]).max()) > 0
 
 
 def test_generator_fed_the_original_reads_x_in_anonymize_and_evaluation():

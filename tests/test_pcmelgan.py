@@ -19,6 +19,7 @@ from pcmelgan_jax.configs import pcmelgan as pcmelgan_config
 from pcmelgan_jax.models import AlexNet, BatchNorm
 from pcmelgan_jax.models.classifiers import softmax_cross_entropy
 from pcmelgan_jax.models.registry import build_model
+from pcmelgan_jax.models.unet import DIGIT_CLASSIFIER
 from pcmelgan_jax.runtime import sharding
 from pcmelgan_jax.training import classifiers as classifiers_stage
 from pcmelgan_jax.training import pcmelgan, pcmelgan_stage
@@ -536,6 +537,42 @@ def test_sampled_gender_loss_in_the_step(pcm):
     step = seeds_lib.jit_step(pcmelgan.pcmelgan_step, hp=hp, txs=pcm["txs"])
     with pytest.raises(ValueError, match="sampled_gender_weight"):
         step(init, batch, rng, {"spec_digit": monitors["spec_digit"]})
+
+
+def test_digit_conditioned_generator_in_the_step(pcm):
+    """With ``generator_digit_condition`` G is built with the fixed digit classifier's
+    architecture (exported with it), starts from its weights, and keeps them through a step
+    under Adam while the rest of G trains; the Filter baseline refuses the setting and a
+    classifier of another shape is refused."""
+    hp = dataclasses.replace(pcm["hp"], generator_input="original",
+                             generator_digit_condition=True)
+    with pytest.raises(ValueError, match="generator_digit_condition"):
+        dataclasses.replace(hp, filter_only=True)
+    network, arch = pcmelgan_stage._arch("generator", hp)
+    assert arch == {"noise_dim": 10, "source": "original", "digit_classes": 10,
+                    "digit_classifier_width": WIDTH}
+    assert build_model(network, **json.loads(json.dumps(arch))) == hp.generator()
+    assert "digit_classes" not in pcmelgan_stage._arch("generator", pcm["hp"])[1]
+    monitors = pcm["monitors"]
+    fresh = st.init_variables(network, arch, jax.random.key(3))
+    assert not np.allclose(fresh["params"][DIGIT_CLASSIFIER]["fc3"]["kernel"],
+                           monitors["spec_digit"]["fc3"]["kernel"])
+    variables = pcmelgan_stage.with_digit_classifier(fresh, monitors["spec_digit"])
+    chex.assert_trees_all_equal(variables["params"][DIGIT_CLASSIFIER], monitors["spec_digit"])
+    with pytest.raises(ValueError, match="does not fit G's digit classifier"):
+        pcmelgan_stage.with_digit_classifier(fresh, monitors["spec_gender"])
+    txs = {**pcm["txs"], "generator": optax.adam(1e-2)}
+    init = st.TrainState(pcm["init"].step, {**pcm["init"].networks,
+                                            "generator": st.network_state(variables,
+                                                                          txs["generator"])})
+    before = jax.device_get(variables["params"])  # the step donates the state
+    step = seeds_lib.jit_step(pcmelgan.pcmelgan_step, hp=hp, txs=txs)
+    state, _ = step(init, pcm["batch"], pcm["rng"], monitors)
+    params = jax.device_get(state.networks["generator"].params)
+    chex.assert_trees_all_equal(params[DIGIT_CLASSIFIER], monitors["spec_digit"])
+    for name in ("embed_digit", "project_digit", "up2"):
+        assert not np.allclose(jax.tree.leaves(params[name])[0],
+                               jax.tree.leaves(before[name])[0])
 
 
 def test_filter_discriminator_restarts_every_n_steps():

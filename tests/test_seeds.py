@@ -70,11 +70,12 @@ def _config(data_dir: str, classifiers_dir: str, **overrides):
     # eps above any reachable L1 distortion keeps the distortion hinge at exactly zero: its
     # gradient is a sign that would flip with rounding for near-equal elements
     c.eps = 10.0
-    # the paper's losses and G input: the small config's digit loss, a gradient through the
-    # fixed AlexNet, amplifies the vmapped convolutions' rounding in G's update past this
-    # test's tolerance while the logged losses still agree (docs/measurements.md)
-    c.digit_weight = 0.0
+    # the paper's losses and G input: the small config's digit and s' losses, gradients
+    # through the fixed AlexNets, amplify the vmapped convolutions' rounding in G's update
+    # past this test's tolerance while the logged losses still agree (docs/measurements.md)
+    c.digit_weight = c.sampled_gender_weight = 0.0
     c.generator_input, c.generator_input_bands, c.generator_input_bins = "filtered", 0, (0, 80)
+    c.generator_digit_condition = False
     c.bn_recalibration_batches = 2  # the exported F and G: statistics of 2 training batches
     c.worker_threads = 0
     c.async_checkpointing = False

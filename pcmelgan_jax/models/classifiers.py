@@ -9,8 +9,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from pcmelgan_jax.models.layers import Conv, adaptive_avg_pool2d, max_pool
-from pcmelgan_jax.models.unet import dense
+from pcmelgan_jax.models.layers import Conv, adaptive_avg_pool2d, dense, max_pool
 
 Array = jax.Array
 

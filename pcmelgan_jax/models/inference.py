@@ -37,7 +37,15 @@ from pcmelgan_jax.models.kernels import (
 from pcmelgan_jax.models.kernels_1d import conv1d_valid, transposed_padding
 from pcmelgan_jax.models.layers import folded_weight_norm, reflect_pad1d
 from pcmelgan_jax.models.melgan import MelGANGenerator, leaky_relu
-from pcmelgan_jax.models.unet import BOTTLENECK_SHAPE, CHANNELS, UNet, band_means, generator_input
+from pcmelgan_jax.models.unet import (
+    BOTTLENECK_SHAPE,
+    CHANNELS,
+    DIGIT_CLASSIFIER,
+    UNet,
+    band_means,
+    generator_input,
+    recognised_digit,
+)
 from pcmelgan_jax.runtime import compilation
 
 Array = jax.Array
@@ -63,7 +71,8 @@ def prepare_unet(model: UNet, variables: dict) -> dict:
     ``down{l}`` / ``up{l}``: ``conv0`` and ``conv1``, each kernel (3, 3, C_in, C_out) and bias
     with BatchNorm folded in, and each ``up{l}.conv0`` the ``kernels.phase_kernel`` of its
     upsampled input's channels as ``phases``; ``project_noise``, ``conv_last`` (and for the
-    generator ``embed_condition``, ``project_cond``) as they are.
+    generator ``embed_condition``, ``project_cond``; for a digit-conditioned one its
+    ``digit_classifier``, ``embed_digit``, ``project_digit``) as they are.
     """
     if not isinstance(model, UNet):
         raise TypeError(f"prepare_unet expects a UNet, got {type(model).__name__}")
@@ -73,7 +82,8 @@ def prepare_unet(model: UNet, variables: dict) -> dict:
     for level in range(1, len(CHANNELS)):  # up{level + 1}: skip of CHANNELS[level - 1]
         conv0 = out[f"up{level + 1}"]["conv0"]
         conv0["phases"] = phase_kernel(conv0["kernel"][:, :, CHANNELS[level - 1]:])
-    for name in ("project_noise", "conv_last", "embed_condition", "project_cond"):
+    for name in ("project_noise", "conv_last", "embed_condition", "project_cond",
+                 DIGIT_CLASSIFIER, "embed_digit", "project_digit"):
         if name in params:
             out[name] = jax.tree.map(lambda a: jnp.asarray(a, jnp.float32), dict(params[name]))
     return out
@@ -100,6 +110,8 @@ def unet_apply(model: UNet, prepared: dict, x: Array, z: Array, cond: Array | No
     batch = x.shape[0]
     h, w = BOTTLENECK_SHAPE
     x = jnp.asarray(x, jnp.float32)
+    if model.digit_classes:
+        digit = recognised_digit(model, prepared[DIGIT_CLASSIFIER], x)
     if model.input_bands:
         x = band_means(x, model.input_bands, model.input_bins)
     skips = []
@@ -113,12 +125,18 @@ def unet_apply(model: UNet, prepared: dict, x: Array, z: Array, cond: Array | No
     p = prepared["project_noise"]
     noise = (z @ p["kernel"] + p["bias"]).reshape(batch, CHANNELS[-1], h, w).transpose(0, 2, 3, 1)
     parts = [x, noise]
+
+    def label_map(label: Array, embed: str, project: str) -> Array:
+        p = prepared[project]
+        return (prepared[embed]["embedding"][label] @ p["kernel"] + p["bias"]).reshape(
+            batch, h, w, 1)
+
     if model.conditional:
         if cond is None:
             raise ValueError("the conditional U-Net (generator) needs cond")
-        p = prepared["project_cond"]
-        label = prepared["embed_condition"]["embedding"][cond] @ p["kernel"] + p["bias"]
-        parts.append(label.reshape(batch, h, w, 1))
+        parts.append(label_map(cond, "embed_condition", "project_cond"))
+    if model.digit_classes:
+        parts.append(label_map(digit, "embed_digit", "project_digit"))
     x = jnp.concatenate(parts, axis=-1)
     for level in range(len(CHANNELS) - 1, 0, -1):
         skip = skips[level - 1]

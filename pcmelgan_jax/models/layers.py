@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
-from typing import Literal
+from typing import Any, Literal
 
 import flax.linen as nn
 import jax
@@ -70,6 +70,19 @@ def torch_uniform(fan_in: int) -> Callable:
         return jax.random.uniform(key, shape, dtype, -bound, bound)
 
     return init
+
+
+def dense(features: int, fan_in: int, name: str, dtype: Any = None) -> nn.Dense:
+    """A Linear layer with PyTorch's default initialisation, float32 parameters and
+    computation dtype ``dtype`` (None: promoted from the input and the parameters)."""
+    return nn.Dense(
+        features,
+        kernel_init=torch_uniform(fan_in),
+        bias_init=torch_uniform(fan_in),
+        dtype=dtype,
+        param_dtype=jnp.float32,
+        name=name,
+    )
 
 
 def _weight_norm(v: Array, gain: Array, gain_axis: int) -> Array:

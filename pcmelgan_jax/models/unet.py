@@ -8,7 +8,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from pcmelgan_jax.models.layers import BatchNorm, Conv, max_pool, torch_uniform
+from pcmelgan_jax.models.classifiers import AlexNet
+from pcmelgan_jax.models.layers import BatchNorm, Conv, dense, max_pool
 
 Array = jax.Array
 
@@ -18,7 +19,9 @@ BOTTLENECK_SHAPE = (5, 2)  # 80 x 32 after four 2x poolings
 GENERATOR_SOURCES = ("filtered", "original")
 ALL_BINS = (0, 80)  # the mel bins [start, stop) of the whole spectrogram
 # the U-Net fields that say what a generator reads (exported with its architecture)
-GENERATOR_INPUT_FIELDS = ("input_bands", "input_bins", "source")
+GENERATOR_INPUT_FIELDS = ("input_bands", "input_bins", "source", "digit_classes",
+                          "digit_classifier_width")
+DIGIT_CLASSIFIER = "digit_classifier"  # the name of a digit-conditioned G's frozen classifier
 
 
 def check_bands(bands: int, bins: tuple[int, int] | None, num_bins: int = 80) -> None:
@@ -57,17 +60,13 @@ def generator_input(generator: UNet, x: Array, x1: Array) -> Array:
     return x if generator.source == "original" else x1
 
 
-def dense(features: int, fan_in: int, name: str, dtype: Any = None) -> nn.Dense:
-    """A Linear layer with PyTorch's default initialisation, float32 parameters and
-    computation dtype ``dtype`` (None: promoted from the input and the parameters)."""
-    return nn.Dense(
-        features,
-        kernel_init=torch_uniform(fan_in),
-        bias_init=torch_uniform(fan_in),
-        dtype=dtype,
-        param_dtype=jnp.float32,
-        name=name,
-    )
+def recognised_digit(model: UNet, params: Any, x: Array) -> Array:
+    """The digit (B,) int that ``model``'s frozen digit classifier (``params``: its weights)
+    recognises in ``x`` (B, 80, 32, 1): the argmax only (its posterior carries more of the
+    speaker), with no gradient to the classifier."""
+    classifier = AlexNet(model.digit_classes, model.digit_classifier_width, dtype=model.dtype)
+    logits = classifier.apply({"params": params}, x, train=False)
+    return jnp.argmax(jax.lax.stop_gradient(logits), axis=-1)
 
 
 class DoubleConv(nn.Module):
@@ -114,6 +113,10 @@ class UNet(nn.Module):
     (``band_means``); 0: the original.
     ``source`` (a generator's) records which spectrogram the anonymiser feeds it
     (``GENERATOR_SOURCES``, ``generator_input``); the module applies to whatever it is given.
+    ``digit_classes`` > 0 (a generator's): also conditioned on the digit that its frozen
+    digit classifier (an AlexNet of ``digit_classifier_width``, parameters
+    ``DIGIT_CLASSIFIER``, copied from the fixed spectrogram classifier and never trained: the
+    argmax has no gradient) recognises in its input before any band reduction; 0: not.
 
     ``dtype`` is the computation dtype (e.g. ``jnp.bfloat16``): inputs are cast to it at entry,
     parameters stay float32 (cast per layer), BatchNorm statistics are float32 and the output
@@ -128,6 +131,8 @@ class UNet(nn.Module):
     input_bands: int = 0
     input_bins: tuple[int, int] = ALL_BINS
     source: str = "filtered"
+    digit_classes: int = 0
+    digit_classifier_width: float = 1.0
 
     @nn.compact
     def __call__(self, x: Array, z: Array, cond: Array | None = None, train: bool = False) -> Array:
@@ -135,6 +140,10 @@ class UNet(nn.Module):
             raise ValueError(f"UNet expects (B, 80, 32, 1) spectrograms, got {x.shape}")
         h, w = BOTTLENECK_SHAPE
         batch = x.shape[0]
+        if self.digit_classes:
+            classifier = AlexNet(self.digit_classes, self.digit_classifier_width,
+                                 dtype=self.dtype, name=DIGIT_CLASSIFIER)
+            digit = jnp.argmax(jax.lax.stop_gradient(classifier(x, train=False)), axis=-1)
         if self.input_bands:
             x = band_means(x, self.input_bands, self.input_bins)
         x = x.astype(self.dtype)
@@ -151,16 +160,9 @@ class UNet(nn.Module):
         if self.conditional:
             if cond is None:
                 raise ValueError("the conditional U-Net (generator) needs cond")
-            embedding = nn.Embed(
-                self.num_classes,
-                self.embedding_dim,
-                embedding_init=nn.initializers.normal(1.0),
-                dtype=self.dtype,
-                param_dtype=jnp.float32,
-                name="embed_condition",
-            )(cond)
-            label = dense(h * w, self.embedding_dim, "project_cond", self.dtype)(embedding)
-            parts.append(label.reshape(batch, h, w, 1).astype(x.dtype))
+            parts.append(self._label_map(cond, self.num_classes, "condition").astype(x.dtype))
+        if self.digit_classes:
+            parts.append(self._label_map(digit, self.digit_classes, "digit").astype(x.dtype))
         x = jnp.concatenate(parts, axis=-1)
         for level in range(len(CHANNELS) - 1, 0, -1):
             # conv(concat(skip, upsample(x))) without forming the upsampled tensor
@@ -169,3 +171,14 @@ class UNet(nn.Module):
             )
         x = Conv(1, (1, 1), weight_norm=False, dtype=self.dtype, name="conv_last")(x)
         return jnp.tanh(x.astype(jnp.float32))
+
+    def _label_map(self, label: Array, classes: int, what: str) -> Array:
+        """A class label (B,) as one bottleneck channel (B, h, w, 1): embedded
+        (``embed_<what>``), then projected (``project_<what>``, "condition" -> "cond")."""
+        h, w = BOTTLENECK_SHAPE
+        embedding = nn.Embed(classes, self.embedding_dim,
+                             embedding_init=nn.initializers.normal(1.0), dtype=self.dtype,
+                             param_dtype=jnp.float32, name=f"embed_{what}")(label)
+        project = "cond" if what == "condition" else what
+        out = dense(h * w, self.embedding_dim, f"project_{project}", self.dtype)(embedding)
+        return out.reshape(label.shape[0], h, w, 1)

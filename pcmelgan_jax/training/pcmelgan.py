@@ -9,7 +9,8 @@ Each batch runs one update per network, in this order (``pcmelgan_step``):
    fixed digit classifier's cross-entropy (the content kept by more than proximity);
 2. a fresh train-mode F pass gives x1 (F's batch statistics move, its weights do not);
    G, from x1 (from x itself with ``generator_input`` "original"; only its band means with
-   ``generator_input_bands``) and a sampled gender s', to make GD predict s', its
+   ``generator_input_bands``; with ``generator_digit_condition`` also the digit the fixed
+   classifier recognises in it) and a sampled gender s', to make GD predict s', its
    distortion measured against the ORIGINAL x (and its true-gender mean gap with
    ``mean_gap_weight``, the digit loss with ``digit_weight``, the attacker's term of step 5
    with ``attacker_weight``, the fixed gender classifier's cross-entropy against s' with
@@ -110,6 +111,9 @@ class PCMelGANHyper:
     generator_input_bins: tuple[int, int] = ALL_BINS
     # what G is fed: "filtered" (F's output x1, the original) or "original" (x itself)
     generator_input: str = "filtered"
+    # G also conditioned on the digit the fixed spectrogram digit classifier recognises in
+    # its input (one embedded label, like s'; its weights copied into G, frozen)
+    generator_digit_condition: bool = False
     filter_only: bool = False  # the Filter baseline: F and FD only
     discriminator_width: float = 1.0  # AlexNet width of FD and GD (1.0 = the original)
     monitor_widths: tuple = ()  # ((classifier name, AlexNet width), ...) of the monitors
@@ -120,9 +124,9 @@ class PCMelGANHyper:
         if self.attacker_arch not in ATTACKER_ARCHS:
             raise ValueError(f"attacker_arch must be one of {', '.join(map(repr, ATTACKER_ARCHS))}"
                              f", got {self.attacker_arch!r}")
-        for field in ("attacker_weight", "sampled_gender_weight"):
+        for field in ("attacker_weight", "sampled_gender_weight", "generator_digit_condition"):
             if getattr(self, field) > 0 and self.filter_only:
-                raise ValueError(f"{field} > 0 acts on G's output: it needs filter_only False")
+                raise ValueError(f"{field} acts on G: it needs filter_only False")
         if self.generator_input_bands:
             check_bands(self.generator_input_bands, self.generator_input_bins)
         elif self.generator_input_bins != ALL_BINS:
@@ -156,9 +160,13 @@ class PCMelGANHyper:
         return UNet(conditional=False, noise_dim=self.noise_dim, dtype=self.dtype)
 
     def generator(self) -> UNet:
+        digit = {}
+        if self.generator_digit_condition:  # the fixed digit classifier's architecture
+            digit = {"digit_classes": CLASSIFIER_TASKS["spec_digit"][2],
+                     "digit_classifier_width": dict(self.monitor_widths).get("spec_digit", 1.0)}
         return UNet(conditional=True, noise_dim=self.noise_dim, dtype=self.dtype,
                     input_bands=self.generator_input_bands, input_bins=self.generator_input_bins,
-                    source=self.generator_input)
+                    source=self.generator_input, **digit)
 
 
 def hyper(config: Any, monitor_widths: dict[str, float] | None = None) -> PCMelGANHyper:
@@ -177,6 +185,7 @@ def hyper(config: Any, monitor_widths: dict[str, float] | None = None) -> PCMelG
         generator_input_bands=int(config.get("generator_input_bands", 0)),
         generator_input_bins=tuple(int(b) for b in config.get("generator_input_bins", ALL_BINS)),
         generator_input=str(config.get("generator_input", "filtered")),
+        generator_digit_condition=bool(config.get("generator_digit_condition", False)),
         filter_only=bool(config.filter_only),
         discriminator_width=float(config.get("discriminator_width", 1.0)),
         monitor_widths=tuple(sorted((monitor_widths or {}).items())),

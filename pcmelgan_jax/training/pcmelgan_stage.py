@@ -30,7 +30,12 @@ from pcmelgan_jax.audio import denormalize, mel_features, write_audio
 from pcmelgan_jax.checkpointing import load_model, save_model
 from pcmelgan_jax.logging_utils import MetricWriter, spectrogram_panel
 from pcmelgan_jax.models import AlexNet, MelGANGenerator
-from pcmelgan_jax.models.unet import GENERATOR_INPUT_FIELDS, UNet, generator_input
+from pcmelgan_jax.models.unet import (
+    DIGIT_CLASSIFIER,
+    GENERATOR_INPUT_FIELDS,
+    UNet,
+    generator_input,
+)
 from pcmelgan_jax.runtime import compilation, sharding
 from pcmelgan_jax.training import seeds as seeds_lib
 from pcmelgan_jax.training import stage as stage_lib
@@ -109,6 +114,18 @@ def load_monitors(classifiers_workdir: str) -> tuple[dict[str, Any], dict[str, f
         monitors[name] = variables["params"]
         widths[name] = float(module.width)
     return monitors, widths
+
+
+def with_digit_classifier(variables: Mapping[str, Any], digit_params: Any) -> dict[str, Any]:
+    """A digit-conditioned G's initial ``variables`` with its frozen digit classifier's
+    weights those of the fixed spectrogram digit classifier (``digit_params``)."""
+    params = dict(variables["params"])
+    shapes = jax.tree.map(jax.numpy.shape, (params[DIGIT_CLASSIFIER], digit_params))
+    if shapes[0] != shapes[1]:
+        raise ValueError("the fixed digit classifier does not fit G's digit classifier")
+    # a copy: the state is donated to the step, the fixed classifier is not
+    params[DIGIT_CLASSIFIER] = jax.tree.map(np.array, digit_params)
+    return {**variables, "params": params}
 
 
 def load_vocoder(vocoder_workdir: str) -> tuple[MelGANGenerator, Any] | None:
@@ -267,8 +284,8 @@ class PCMelGANStage:
         self.num_seeds = int(config.get("num_seeds", 1))
         self.strategy = seeds_lib.config_strategy(config, self.num_seeds)
         self.seeds = seeds_lib.run_seeds(config, self.num_seeds)
-        monitors, monitor_widths = load_monitors(config.classifiers_workdir)
-        self.monitors = sharding.replicate(monitors, mesh)
+        self.fixed, monitor_widths = load_monitors(config.classifiers_workdir)
+        self.monitors = sharding.replicate(self.fixed, mesh)
         self.hp = hyper(config, monitor_widths)
         self.names = network_names(self.hp)
         self.programs = stage_programs(config, self.hp, txs, self.strategy)
@@ -303,6 +320,8 @@ class PCMelGANStage:
             if name in self.names:
                 network, arch = _arch(name, self.hp)
                 variables = init_variables(network, arch, jax.random.fold_in(init_key, i))
+                if name == "generator" and self.hp.generator_digit_condition:
+                    variables = with_digit_classifier(variables, self.fixed["spec_digit"])
                 networks[name] = network_state(variables, self.programs.txs[name])
         return new_train_state(networks)
 
