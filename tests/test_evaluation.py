@@ -421,6 +421,7 @@ def test_eval_py_sweep_groups_by_eps(quickstart, quick_results, monkeypatch):
         "--config.informed.audio_width=0.25", "--config.informed.batch_size=8",
         "--config.linear.max_iter=10", "--config.bootstrap.num_resamples=200",
         "--config.attackers=('fixed','linear','speaker')", "--config.baselines=()",
+        "--config.comparison_attackers=('fixed','speaker','informed')",
     ]
     monkeypatch.setattr(sys, "argv", argv)  # config_flags reads its overrides from sys.argv
     script.FLAGS(argv)
@@ -441,10 +442,16 @@ def test_eval_py_sweep_groups_by_eps(quickstart, quick_results, monkeypatch):
             for key in keys:
                 _check_value(g05[domain][entry][key], 1)
     assert set(g05["attacks"]) == {"filter", "pcmelgan", "filter_only"}
-    for attacks in g05["attacks"].values():
-        _check_attacks(attacks, 1, ("fixed", "linear", "speaker"))
-        assert set(attacks) == {"fixed", "linear", "speaker", "strongest"}
+    _check_attacks(g05["attacks"]["pcmelgan"], 1, ("fixed", "linear", "speaker"))
+    assert set(g05["attacks"]["pcmelgan"]) == {"fixed", "linear", "speaker", "strongest"}
+    for name in ("filter", "filter_only"):
+        _check_attacks(g05["attacks"][name], 1, ("fixed", "speaker"))
+        assert set(g05["attacks"][name]) == {"fixed", "speaker"}
     assert set(res["baselines"]) == {"real", "vocoded_real"}
+    # the untransformed speech and PCMelGAN get every attacker; the vocoded original and the
+    # Filter those also in comparison_attackers (informed is not in attackers: nobody has it)
+    assert set(res["baselines"]["real"]) == {"fixed", "linear", "speaker", "strongest"}
+    assert set(res["baselines"]["vocoded_real"]) == {"fixed", "speaker"}
     sweep_run = next(r for r in res["runs"] if r["run"]["name"] == "eps0.05_seed1")
     assert g05["attacks"]["filter_only"]["fixed"]["spectrogram"]["digit_acc"]["mean"] == (
         pytest.approx(sweep_run["spectrogram"]["filter"]["digit_acc"]))
@@ -568,3 +575,27 @@ def test_baselines_command_attacks_the_training_free_anonymisers(quickstart, cap
     err = capsys.readouterr().err.strip().splitlines()
     assert err[-1] == ("pcmelgan-jax baselines: error: --config.bogus: 'bogus' is not a "
                        "field of configs/eval.py")
+
+
+def test_comparison_attackers_choose_the_attackers_and_the_splits():
+    """The untransformed speech and PCMelGAN get every attacker; the conditions they are
+    compared with only those also in ``comparison_attackers``; a condition no attacker
+    learns from is applied to the test split alone."""
+    from pcmelgan_jax.evaluation.data import SPLITS
+    from pcmelgan_jax.evaluation.protocol import learning_attackers, splits_to_attack
+
+    cfg = {"attackers": ("fixed", "informed", "linear", "speaker"),
+           "comparison_attackers": ("fixed", "linear", "features")}
+    for name in ("real", "pcmelgan", "pcmelgan_erased"):
+        assert learning_attackers(cfg, name) == {"informed", "linear", "speaker"}
+        assert splits_to_attack(cfg, name) == SPLITS
+    for name in ("vocoded_real", "mcadams", "pitch_shift", "digit_template", "filter"):
+        assert learning_attackers(cfg, name) == {"linear"}
+        assert splits_to_attack(cfg, name) == SPLITS
+    cfg["comparison_attackers"] = ("fixed",)
+    assert learning_attackers(cfg, "filter") == set()
+    assert splits_to_attack(cfg, "filter") == splits_to_attack(cfg, "mcadams") == ("test",)
+    assert splits_to_attack(cfg, "real") == SPLITS
+    assert splits_to_attack({"attackers": ("fixed",)}, "real") == ("test",)
+    assert learning_attackers({}, "filter") == {"informed", "linear", "features", "fresh",
+                                                "speaker"}

@@ -115,12 +115,13 @@ def filter_and_generator_spectrograms(
 
 def filter_and_generator(
     filt: tuple, gen: tuple | None, vocoder: Vocoder, seed: int, batch_size: int,
-    split: SplitData,
-) -> tuple[Outputs, Outputs | None]:
-    """F's output x1 = F(x, z1) and G's x2 = G(x1, z2, s') (None for a filter-only run) for
-    one split (``filter_and_generator_spectrograms``), vocoded."""
+    split: SplitData, vocode_filter: bool = True,
+) -> tuple[Outputs | None, Outputs | None]:
+    """F's output x1 = F(x, z1) (None with ``vocode_filter`` False: nobody attacks it) and
+    G's x2 = G(x1, z2, s') (None for a filter-only run) for one split
+    (``filter_and_generator_spectrograms``), vocoded."""
     x1, x2, sampled = filter_and_generator_spectrograms(filt, gen, seed, batch_size, split)
-    first = vocoded_outputs(vocoder, x1, split, batch_size)
+    first = vocoded_outputs(vocoder, x1, split, batch_size) if vocode_filter else None
     second = (vocoded_outputs(vocoder, x2, split, batch_size, sampled)
               if x2 is not None else None)
     return first, second

@@ -131,12 +131,35 @@ def baseline_transforms(cfg: Mapping[str, Any]) -> dict[str, conditions.Waveform
     return {n: known[n] for n in baseline_names(cfg) if n in known}
 
 
+# Every configured attacker's reference (the untransformed speech) and the anonymiser under
+# test; the conditions they are compared with (the vocoded original, the baselines, the
+# Filter) may be given fewer attackers (``comparison_attackers``).
+FULLY_ATTACKED = ("real", "pcmelgan", "pcmelgan_erased")
+
+
+def learning_attackers(cfg: Mapping[str, Any], name: str) -> set[str]:
+    """The attackers of condition ``name`` besides the fixed classifiers (which every
+    condition gets): ``attackers``, for a condition not in ``FULLY_ATTACKED`` only those also
+    in ``comparison_attackers``."""
+    wanted = set(cfg.get("attackers", (*attackers.ATTACKERS, "speaker"))) - {"fixed"}
+    if name not in FULLY_ATTACKED:
+        wanted &= set(cfg.get("comparison_attackers", wanted))
+    return wanted
+
+
+def splits_to_attack(cfg: Mapping[str, Any], name: str) -> tuple[str, ...]:
+    """The splits condition ``name`` is applied to: all when an attacker learns from its
+    output, else the test split alone (all the fixed classifiers score)."""
+    return SPLITS if learning_attackers(cfg, name) else ("test",)
+
+
 def attack(outs: Mapping[str, conditions.Outputs], ctx: Context, cfg: Mapping[str, Any],
            name: str) -> tuple[dict, np.ndarray, dict]:
-    """Every configured attacker against one condition's outputs. Returns (tree of
-    ``Scores`` / floats, the digit AudioNet's features of the test output, logs)."""
+    """Every configured attacker against one condition's outputs (``FULLY_ATTACKED``; the
+    others only those also in ``comparison_attackers``). Returns (tree of ``Scores`` /
+    floats, the digit AudioNet's features of the test output, logs)."""
     batch_size = int(cfg["batch_size"])
-    wanted = set(cfg.get("attackers", (*attackers.ATTACKERS, "speaker")))
+    wanted = learning_attackers(cfg, name)
     seconds: dict[str, float] = {}
 
     def timed(attacker: str, fn: Callable[[], Any]) -> Any:
@@ -172,8 +195,9 @@ def attack(outs: Mapping[str, conditions.Outputs], ctx: Context, cfg: Mapping[st
     return tree, fixed["features"], logs
 
 
-def _apply(condition: Callable[[SplitData], conditions.Outputs], splits) -> dict:
-    return {s: condition(splits[s]) for s in SPLITS}
+def _apply(condition: Callable[[SplitData], conditions.Outputs], splits,
+           names: Sequence[str] = SPLITS) -> dict:
+    return {s: condition(splits[s]) for s in names}
 
 
 def load_splits(data_dir: str, dataset: str, cfg: Mapping[str, Any]) -> dict[str, SplitData]:
@@ -216,7 +240,7 @@ def build_context(classifiers: str, vocoder: str | None, data_dir: str, dataset:
             digit_templates(train.x, train.digit, train.gender), ctx.models.spec_digit,
             ctx.models.vocoder, int(cfg["seed"]), batch_size)
     for name, condition in named.items():
-        outs = _apply(condition, splits)
+        outs = _apply(condition, splits, splits_to_attack(cfg, name))
         ctx.baselines[name], ctx.features[name], ctx.baseline_logs[name] = attack(
             outs, ctx, cfg, name)
         if name == "vocoded_real":
@@ -231,10 +255,13 @@ def evaluate_run(run: RunInfo, ctx: Context, cfg: Mapping[str, Any]) -> dict[str
                                                     "unet_generator")
     batch_size, seed = int(cfg["batch_size"]), int(cfg["seed"])
     outs: dict[str, dict] = {"filter": {}, "pcmelgan": {}}
+    filter_splits = splits_to_attack(cfg, "filter")
     for s in SPLITS:
         first, second = conditions.filter_and_generator(
-            filt, gen, ctx.models.vocoder, seed, batch_size, ctx.splits[s])
-        outs["filter"][s] = first
+            filt, gen, ctx.models.vocoder, seed, batch_size, ctx.splits[s],
+            vocode_filter=s in filter_splits)
+        if first is not None:
+            outs["filter"][s] = first
         if second is not None:
             outs["pcmelgan"][s] = second
     if cfg.get("linear_eraser") and outs["pcmelgan"]:
