@@ -52,8 +52,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.attackers = ("fixed", "informed", "linear", "features", "fresh", "speaker")
     # The attackers of the conditions PCMelGAN is compared with (the vocoded original, the
     # baselines, the Filter): those of ``attackers`` also listed here (the untransformed
-    # speech and PCMelGAN's output get every one of ``attackers``)
-    c.comparison_attackers = ("fixed", "informed", "linear", "features", "fresh", "speaker")
+    # speech and PCMelGAN's output get every one of ``attackers``); by default all of them
+    c.comparison_attackers = c.attackers
     # beside the vocoded original, always evaluated; digit_template: the recognised digit's
     # mean training spectrogram in a sampled gender (keeps the digit and nothing else)
     c.baselines = ("mcadams", "pitch_shift", "digit_template")

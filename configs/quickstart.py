@@ -25,7 +25,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.pcmelgan = pcmelgan.get_config("small")
     c.eval = evaluation.get_config("small")
     # every attacker on the untransformed speech and PCMelGAN's output, the fixed classifiers
-    # alone (the test split alone) on the conditions they are compared with: the whole
-    # pipeline in about 35 min on 2 cores (eval.py and baselines attack every condition)
+    # alone (the test split alone) on the conditions they are compared with, so that the
+    # whole pipeline fits the quickstart's CPU budget (eval.py and baselines attack them all)
     c.eval.comparison_attackers = ("fixed",)
     return c
