@@ -1,7 +1,7 @@
 """How much gender and digit the content bottleneck lets through, on REAL speech.
 
     .venv/bin/python -m bench.contour_probe --data-dir DIR \
-        [--layout BANDS:START-STOP ...] [--digit-classifier-workdir DIR] \
+        [--layout BANDS:START-STOP[@DEPTH] ...] [--digit-classifier-workdir DIR] \
         [--out bench/results/contour_probe.json]
 
 G fed the original with ``generator_input_bands`` = k over ``generator_input_bins`` =
@@ -19,7 +19,9 @@ With ``--digit-classifier-workdir`` (holding ``models/spec_digit``) every layout
 second row, ``LAYOUT+digit``: the contour and the digit the fixed spectrogram AlexNet
 recognises (one-hot, the argmax only), an input that names the digit instead of carrying its
 spectral shape. The first row (``80:0-80``, bands of one bin) is the untransformed log-mel.
-The validation speakers only, as for every choice of a setting. Writes ``--out`` (JSON,
+A layout ``BANDS:START-STOP@DEPTH`` scores what G reads with ``generator_input_mask_depth``
+= DEPTH: the contour's loud frames only (``models.unet.loudness_mask``), its timing without
+its levels. The validation speakers only, as for every choice of a setting. Writes ``--out`` (JSON,
 atomically) and prints a markdown table.
 """
 
@@ -39,33 +41,44 @@ UNTRANSFORMED = "80:0-80"  # 80 bands of one bin: the log-mel itself, the first 
 TASKS = (("gender", 2), ("digit", 10))
 
 
-def parse_layout(text: str) -> tuple[int, tuple[int, int]]:
-    """"BANDS:START-STOP" -> (bands, (start, stop)); ValueError naming the text otherwise."""
+def parse_layout(text: str) -> tuple[int, tuple[int, int], float]:
+    """"BANDS:START-STOP[@DEPTH]" -> (bands, (start, stop), mask depth, 0.0 without one);
+    ValueError naming the text otherwise."""
     try:
-        bands, bins = text.split(":")
+        layout, _, depth = text.partition("@")
+        bands, bins = layout.split(":")
         start, stop = bins.split("-")
-        return int(bands), (int(start), int(stop))
+        parsed = int(bands), (int(start), int(stop)), float(depth) if depth else 0.0
     except ValueError:
-        raise ValueError(f"layout {text!r}: expected BANDS:START-STOP, e.g. 3:10-70") from None
+        raise ValueError(f"layout {text!r}: expected BANDS:START-STOP[@DEPTH], e.g. 3:10-70 "
+                         "or 1:10-70@0.3") from None
+    if parsed[2] < 0:
+        raise ValueError(f"layout {text!r}: the mask depth must be >= 0")
+    return parsed
 
 
-def contour(x: np.ndarray, bands: int, bins: tuple[int, int]) -> np.ndarray:
+def contour(x: np.ndarray, bands: int, bins: tuple[int, int],
+            mask_depth: float = 0.0) -> np.ndarray:
     """The band contour G is fed, (N, bands, T), of log-mels ``x`` (N, F, T): one value per
-    band and frame, read from ``models.unet.band_means`` itself."""
+    band and frame, read from ``models.unet.band_means`` itself; with ``mask_depth`` > 0 its
+    loud frames (``models.unet.loudness_mask``: +1 within that depth of the peak, -1 elsewhere)."""
     import jax.numpy as jnp
 
-    from pcmelgan_jax.models.unet import band_means
+    from pcmelgan_jax.models.unet import band_means, loudness_mask
 
-    pooled = np.asarray(band_means(jnp.asarray(x, jnp.float32)[..., None], bands, bins))[..., 0]
+    pooled = band_means(jnp.asarray(x, jnp.float32)[..., None], bands, bins)
+    if mask_depth:
+        pooled = loudness_mask(pooled, mask_depth)
+    pooled = np.asarray(pooled)[..., 0]
     width = (bins[1] - bins[0]) // bands
     return pooled[:, bins[0]:bins[1]:width]
 
 
 def features(x: np.ndarray, bands: int, bins: tuple[int, int],
-             digit: np.ndarray | None = None) -> np.ndarray:
-    """The flattened contour (N, bands * T), with the recognised digits' one-hot rows
-    ``digit`` (N, 10) appended when given."""
-    flat = contour(x, bands, bins).reshape(len(x), -1)
+             digit: np.ndarray | None = None, mask_depth: float = 0.0) -> np.ndarray:
+    """The flattened contour (N, bands * T) (its loud frames with ``mask_depth``), with the
+    recognised digits' one-hot rows ``digit`` (N, 10) appended when given."""
+    flat = contour(x, bands, bins, mask_depth).reshape(len(x), -1)
     return flat if digit is None else np.concatenate([flat, digit], axis=1)
 
 
@@ -100,13 +113,13 @@ def probe(train, val, layouts: list[str],
     a ``LAYOUT+digit`` row per layout."""
     out = {}
     for layout in layouts:
-        bands, bins = parse_layout(layout)
+        bands, bins, depth = parse_layout(layout)
         variants = [(layout, None, None)]
         if digits is not None:
             variants.append((f"{layout}+digit", *digits))
         for name, train_digit, val_digit in variants:
-            tx = features(train.x, bands, bins, train_digit)
-            vx = features(val.x, bands, bins, val_digit)
+            tx = features(train.x, bands, bins, train_digit, depth)
+            vx = features(val.x, bands, bins, val_digit, depth)
             row = {}
             for task, classes in TASKS:
                 ty, vy = getattr(train, task), getattr(val, task)
@@ -131,7 +144,7 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--data-dir", required=True)
     p.add_argument("--dataset", default="audio_mnist/all")
-    p.add_argument("--layout", action="append", help="BANDS:START-STOP (repeatable)")
+    p.add_argument("--layout", action="append", help="BANDS:START-STOP[@DEPTH] (repeatable)")
     p.add_argument("--digit-classifier-workdir", default="",
                    help="holds models/spec_digit: adds the LAYOUT+digit rows")
     p.add_argument("--out", default=str(ROOT / "bench" / "results" / "contour_probe.json"))

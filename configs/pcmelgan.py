@@ -44,6 +44,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     # with bands: only the mel bins [start, stop) are pooled into them, the bins outside (the
     # lowest carry F0's harmonics) pass nothing; (0, 80): all
     c.generator_input_bins = (0, 80)
+    # > 0 (with bands): G reads only the band contour's timing, +1 in the frames within this
+    # depth of the band's peak and -1 elsewhere (the levels carry the voice); 0: the contour
+    c.generator_input_mask_depth = 0.0
     # what G is fed: "filtered" (F's output, the original) or "original" (the input itself:
     # G sees no trace of F's own gender-dependent changes)
     c.generator_input = "filtered"
@@ -75,8 +78,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         c.learning_rate_generator = 3e-4
         # the best setting on the validation speakers (bench/privacy.md): a larger budget
         # moves the informed attackers, the digit loss keeps the content it would cost; G
-        # reads only the original's loudness contour (bins 10-69 as one band mean) and the
-        # recognised digit, and the fixed gender classifier teaches it s' from the start
+        # reads only the loud frames of the original's loudness contour (bins 10-69 as one
+        # band mean) and the recognised digit, and the fixed gender classifier teaches it s'
+        # from the start
         c.eps = 0.2
         c.digit_weight = 3.0
         c.generator_input = "original"
@@ -85,4 +89,5 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         if not variant.filter_only:  # G's levers (the Filter baseline has no G)
             c.generator_digit_condition = True
             c.sampled_gender_weight = 1.0
+            c.generator_input_mask_depth = 0.3
     return c

@@ -15,6 +15,9 @@ def test_contour_is_the_band_means_by_hand():
     want = np.stack([x[:, 10 + 20 * k:30 + 20 * k].mean(1) for k in range(3)], 1)
     np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
     np.testing.assert_array_equal(contour_probe.contour(x, 80, (0, 80)), x)  # one-bin bands
+    masked = contour_probe.contour(x, 3, (10, 70), mask_depth=0.2)
+    np.testing.assert_array_equal(masked, np.where(want > want.max(2, keepdims=True) - 0.2,
+                                                   1.0, -1.0))
 
 
 def test_features_append_the_recognised_digit():
@@ -42,9 +45,13 @@ def test_mlp_reads_a_cue_the_linear_attacker_cannot():
 
 
 def test_layouts_parse_and_bad_ones_are_named():
-    assert contour_probe.parse_layout("3:10-70") == (3, (10, 70))
-    with pytest.raises(ValueError, match="'3-10:70'"):
-        contour_probe.parse_layout("3-10:70")
+    assert contour_probe.parse_layout("3:10-70") == (3, (10, 70), 0.0)
+    assert contour_probe.parse_layout("1:10-70@0.3") == (1, (10, 70), 0.3)
+    for bad in ("3-10:70", "1:10-70@x"):
+        with pytest.raises(ValueError, match=f"'{bad}'"):
+            contour_probe.parse_layout(bad)
+    with pytest.raises(ValueError, match="mask depth must be >= 0"):
+        contour_probe.parse_layout("1:10-70@-1")
 
 
 def test_markdown_has_a_row_per_layout():

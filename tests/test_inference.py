@@ -22,7 +22,13 @@ from pcmelgan_jax.models.inference import (
     winograd_conv1d,
 )
 from pcmelgan_jax.models.registry import build_model, jit_init, numpy_random_variables
-from pcmelgan_jax.models.unet import DIGIT_CLASSIFIER, UNet, band_means, recognised_digit
+from pcmelgan_jax.models.unet import (
+    DIGIT_CLASSIFIER,
+    UNet,
+    band_means,
+    loudness_mask,
+    recognised_digit,
+)
 
 
 def _trained_like(model: UNet, x, z, cond) -> dict:
@@ -99,6 +105,41 @@ def test_generator_with_input_bands_sees_only_the_band_means():
     folded = jax.jit(lambda p, x: unet_apply(model, p, x, z, cond))(
         prepare_unet(model, variables), x)
     chex.assert_trees_all_close(folded, run(variables, x), atol=1e-4)
+
+
+def test_loudness_mask_by_hand():
+    """+1 in the frames within the depth of each bin's own peak over time, -1 elsewhere."""
+    x = jnp.asarray([[0.5, 0.15, 0.35, -1.0], [-0.9, -0.5, -0.95, -0.55]]).reshape(1, 2, 4, 1)
+    got = loudness_mask(x, 0.3)[0, :, :, 0]
+    np.testing.assert_array_equal(got, [[1, -1, 1, -1], [-1, 1, -1, 1]])
+    np.testing.assert_array_equal(loudness_mask(x, 2.0), jnp.ones_like(x))  # all within
+    for bad in (0.0, -0.1):
+        with pytest.raises(ValueError, match="mask depth must be > 0"):
+            loudness_mask(x, bad)
+
+
+def test_generator_with_a_mask_reads_only_the_loud_frames():
+    """G with ``input_mask_depth``: a change of the contour's levels that keeps which frames
+    lie within the depth of its peak changes nothing, moving a frame across the threshold
+    does; the folded ``unet_apply`` computes the same; a mask without bands is refused."""
+    rng = np.random.default_rng(1)
+    loud = np.where(np.arange(32) % 8 < 4, 0.4, -0.6)  # 4 loud frames, 4 quiet, repeated
+    x = jnp.asarray(loud[None, None, :, None] + rng.uniform(-0.05, 0.05, (2, 80, 32, 1)),
+                    jnp.float32)
+    z = jnp.asarray(rng.standard_normal((2, 10)), jnp.float32)
+    cond = jnp.asarray([0, 1], jnp.int32)
+    model = UNet(conditional=True, input_bands=1, input_bins=(10, 70), input_mask_depth=0.3)
+    variables = _trained_like(model, x, z, cond)
+    run = jax.jit(lambda v, x: model.apply(v, x, z, cond, train=False))
+    louder = x * 1.5 + 0.1  # other levels, the same frames within 0.3 of the peak
+    chex.assert_trees_all_close(run(variables, louder), run(variables, x), atol=1e-5)
+    one_more = x.at[:, :, 4].set(0.4)  # a quiet frame made loud
+    assert float(jnp.abs(run(variables, one_more) - run(variables, x)).max()) > 1e-3
+    folded = jax.jit(lambda p, x: unet_apply(model, p, x, z, cond))(
+        prepare_unet(model, variables), x)
+    chex.assert_trees_all_close(folded, run(variables, x), atol=1e-4)
+    with pytest.raises(ValueError, match="input_mask_depth needs input_bands"):
+        UNet(conditional=True, input_mask_depth=0.3).init(jax.random.key(0), x, z, cond)
 
 
 def test_digit_conditioned_generator_reads_only_the_recognised_digit():

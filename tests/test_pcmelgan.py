@@ -473,6 +473,15 @@ def test_generator_input_bands_reach_the_exported_architecture():
         dataclasses.replace(mid, generator_input_bands=7)
     with pytest.raises(ValueError, match="generator_input_bins needs generator_input_bands"):
         dataclasses.replace(mid, generator_input_bands=0)
+    masked = dataclasses.replace(mid, generator_input_mask_depth=0.3)
+    arch = pcmelgan_stage._arch("generator", masked)
+    assert arch[1]["input_mask_depth"] == 0.3 and "input_mask_depth" not in \
+        pcmelgan_stage._arch("generator", mid)[1]
+    assert build_model(arch[0], **json.loads(json.dumps(arch[1]))) == masked.generator()
+    for bad in ({"generator_input_mask_depth": -0.1},
+                {"generator_input_bands": 0, "generator_input_bins": (0, 80)}):
+        with pytest.raises(ValueError, match="generator_input_mask_depth must be >= 0"):
+            dataclasses.replace(masked, **bad)
 
 
 def test_generator_fed_the_original_ignores_the_filter(pcm):

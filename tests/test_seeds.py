@@ -76,6 +76,7 @@ def _config(data_dir: str, classifiers_dir: str, **overrides):
     c.digit_weight = c.sampled_gender_weight = 0.0
     c.generator_input, c.generator_input_bands, c.generator_input_bins = "filtered", 0, (0, 80)
     c.generator_digit_condition = False
+    c.generator_input_mask_depth = 0.0
     c.bn_recalibration_batches = 2  # the exported F and G: statistics of 2 training batches
     c.worker_threads = 0
     c.async_checkpointing = False

@@ -42,9 +42,9 @@ from pcmelgan_jax.models.unet import (
     CHANNELS,
     DIGIT_CLASSIFIER,
     UNet,
-    band_means,
     generator_input,
     recognised_digit,
+    reduced_input,
 )
 from pcmelgan_jax.runtime import compilation
 
@@ -112,8 +112,7 @@ def unet_apply(model: UNet, prepared: dict, x: Array, z: Array, cond: Array | No
     x = jnp.asarray(x, jnp.float32)
     if model.digit_classes:
         digit = recognised_digit(model, prepared[DIGIT_CLASSIFIER], x)
-    if model.input_bands:
-        x = band_means(x, model.input_bands, model.input_bins)
+    x = reduced_input(model, x)
     skips = []
     for level in range(1, len(CHANNELS) + 1):
         if level > 1:

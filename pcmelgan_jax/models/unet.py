@@ -19,8 +19,8 @@ BOTTLENECK_SHAPE = (5, 2)  # 80 x 32 after four 2x poolings
 GENERATOR_SOURCES = ("filtered", "original")
 ALL_BINS = (0, 80)  # the mel bins [start, stop) of the whole spectrogram
 # the U-Net fields that say what a generator reads (exported with its architecture)
-GENERATOR_INPUT_FIELDS = ("input_bands", "input_bins", "source", "digit_classes",
-                          "digit_classifier_width")
+GENERATOR_INPUT_FIELDS = ("input_bands", "input_bins", "input_mask_depth", "source",
+                          "digit_classes", "digit_classifier_width")
 DIGIT_CLASSIFIER = "digit_classifier"  # the name of a digit-conditioned G's frozen classifier
 
 
@@ -51,6 +51,16 @@ def band_means(x: Array, bands: int, bins: tuple[int, int] | None = None) -> Arr
                             jnp.broadcast_to(fill, (b, f - stop, t, c))], axis=1)
 
 
+def loudness_mask(x: Array, depth: float) -> Array:
+    """``x`` (B, F, T, C) with each bin replaced by +1 in the frames within ``depth`` of its
+    peak over time and -1 elsewhere: the contour's timing (where the loud part of the word is)
+    without its levels and shape, which carry the speaker's voice."""
+    if depth <= 0:
+        raise ValueError(f"the mask depth must be > 0, got {depth}")
+    peak = x.max(axis=2, keepdims=True)
+    return jnp.where(x > peak - depth, 1.0, -1.0).astype(x.dtype)
+
+
 def generator_input(generator: UNet, x: Array, x1: Array) -> Array:
     """The spectrogram ``generator`` is fed: F's output ``x1``, or the original ``x`` when
     its ``source`` is "original" (G then sees no trace of F)."""
@@ -58,6 +68,18 @@ def generator_input(generator: UNet, x: Array, x1: Array) -> Array:
         raise ValueError(f"generator source must be one of {GENERATOR_SOURCES}, got "
                          f"{generator.source!r}")
     return x if generator.source == "original" else x1
+
+
+def reduced_input(model: UNet, x: Array) -> Array:
+    """What ``model`` reads of its input ``x`` (B, 80, T, 1): the band contour
+    (``input_bands``), then its loud frames (``input_mask_depth``), or ``x`` itself."""
+    if model.input_mask_depth and not model.input_bands:
+        raise ValueError("input_mask_depth needs input_bands > 0 (it masks the band contour)")
+    if model.input_bands:
+        x = band_means(x, model.input_bands, model.input_bins)
+    if model.input_mask_depth:
+        x = loudness_mask(x, model.input_mask_depth)
+    return x
 
 
 def recognised_digit(model: UNet, params: Any, x: Array) -> Array:
@@ -110,7 +132,9 @@ class UNet(nn.Module):
     ``batch_stats``, so apply with ``mutable=['batch_stats']``) or running statistics.
     The filter (``conditional=False``) has no conditioning parameters. ``input_bands`` > 0:
     the input is first reduced to that many band means of the mel bins ``input_bins``
-    (``band_means``); 0: the original.
+    (``band_means``); 0: the original. ``input_mask_depth`` > 0 (with ``input_bands``): the
+    band contour further reduced to its loud frames, those within that depth of each band's
+    peak (``loudness_mask``); 0: the contour itself.
     ``source`` (a generator's) records which spectrogram the anonymiser feeds it
     (``GENERATOR_SOURCES``, ``generator_input``); the module applies to whatever it is given.
     ``digit_classes`` > 0 (a generator's): also conditioned on the digit that its frozen
@@ -130,6 +154,7 @@ class UNet(nn.Module):
     dtype: Any = jnp.float32
     input_bands: int = 0
     input_bins: tuple[int, int] = ALL_BINS
+    input_mask_depth: float = 0.0
     source: str = "filtered"
     digit_classes: int = 0
     digit_classifier_width: float = 1.0
@@ -144,9 +169,7 @@ class UNet(nn.Module):
             classifier = AlexNet(self.digit_classes, self.digit_classifier_width,
                                  dtype=self.dtype, name=DIGIT_CLASSIFIER)
             digit = jnp.argmax(jax.lax.stop_gradient(classifier(x, train=False)), axis=-1)
-        if self.input_bands:
-            x = band_means(x, self.input_bands, self.input_bins)
-        x = x.astype(self.dtype)
+        x = reduced_input(self, x).astype(self.dtype)
         skips = []
         for level, features in enumerate(CHANNELS, start=1):
             if level > 1:

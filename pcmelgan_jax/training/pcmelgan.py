@@ -109,6 +109,9 @@ class PCMelGANHyper:
     # input, the original)
     generator_input_bands: int = 0
     generator_input_bins: tuple[int, int] = ALL_BINS
+    # > 0: that band contour further reduced to its loud frames, +1 within this depth of each
+    # band's peak over time and -1 elsewhere (models.unet.loudness_mask; 0: the contour)
+    generator_input_mask_depth: float = 0.0
     # what G is fed: "filtered" (F's output x1, the original) or "original" (x itself)
     generator_input: str = "filtered"
     # G also conditioned on the digit the fixed spectrogram digit classifier recognises in
@@ -131,6 +134,10 @@ class PCMelGANHyper:
             check_bands(self.generator_input_bands, self.generator_input_bins)
         elif self.generator_input_bins != ALL_BINS:
             raise ValueError("generator_input_bins needs generator_input_bands > 0")
+        if self.generator_input_mask_depth < 0 or (self.generator_input_mask_depth
+                                                   and not self.generator_input_bands):
+            raise ValueError("generator_input_mask_depth must be >= 0 and needs "
+                             "generator_input_bands > 0")
         if self.generator_input not in GENERATOR_SOURCES:
             raise ValueError(f"generator_input must be one of {GENERATOR_SOURCES}, got "
                              f"{self.generator_input!r}")
@@ -166,6 +173,7 @@ class PCMelGANHyper:
                      "digit_classifier_width": dict(self.monitor_widths).get("spec_digit", 1.0)}
         return UNet(conditional=True, noise_dim=self.noise_dim, dtype=self.dtype,
                     input_bands=self.generator_input_bands, input_bins=self.generator_input_bins,
+                    input_mask_depth=self.generator_input_mask_depth,
                     source=self.generator_input, **digit)
 
 
@@ -184,6 +192,7 @@ def hyper(config: Any, monitor_widths: dict[str, float] | None = None) -> PCMelG
         sampled_gender_weight=float(config.get("sampled_gender_weight", 0.0)),
         generator_input_bands=int(config.get("generator_input_bands", 0)),
         generator_input_bins=tuple(int(b) for b in config.get("generator_input_bins", ALL_BINS)),
+        generator_input_mask_depth=float(config.get("generator_input_mask_depth", 0.0)),
         generator_input=str(config.get("generator_input", "filtered")),
         generator_digit_condition=bool(config.get("generator_digit_condition", False)),
         filter_only=bool(config.filter_only),
