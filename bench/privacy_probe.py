@@ -14,6 +14,10 @@ validation speakers (the noise of ``eval.py``), then scored in the spectrogram d
 - ``fresh_gender``: the fresh-speaker attacker (``attackers.fresh``): the same regression
   trained on some validation speakers' outputs and scored on the others (speaker-disjoint
   folds, both genders in each), pooled: what an attacker with speakers of their own finds;
+- ``cv_gender``: the same regression cross-validated over the training and the validation
+  speakers together (5 speaker-disjoint folds, pooled): five times the held-out speakers of
+  the validation split alone, so a cue that 8 validation speakers happen to reverse (or
+  share) moves it less; choose on it as well as on ``linear_gender``;
 - ``fixed_gender`` / ``fixed_digit`` (and ``fixed_sampled_gender`` for x2 against s'): the
   fixed spectrogram classifiers of ``--classifiers-workdir``;
 - ``distortion``: mean |output - x|; ``gender_gap_rms``: the RMS over the grid of the
@@ -78,15 +82,30 @@ def gender_gap_rms(x: np.ndarray, gender: np.ndarray) -> float:
     return float(np.sqrt(np.mean((x[gender == 1].mean(0) - x[gender == 0].mean(0)) ** 2)))
 
 
-def fresh_accuracy(val_x: np.ndarray, val: Any, labels: np.ndarray, num_classes: int) -> float:
-    """The fresh-speaker attacker's accuracy: logistic regression trained on some validation
-    speakers' outputs, scored on the others (speaker-disjoint folds, ``attackers.fresh``)."""
+CV_FOLDS = 5  # cv_gender's speaker-disjoint folds over the training + validation speakers
+
+
+def fresh_accuracy(x: np.ndarray, split: Any, labels: np.ndarray, num_classes: int,
+                   num_folds: int | None = None) -> float:
+    """Logistic regression trained on some of ``split``'s speakers' outputs ``x``, scored on
+    the others, pooled over speaker-disjoint folds (``attackers.speaker_folds``; by default
+    ``attackers.fresh``'s)."""
     from pcmelgan_jax.evaluation.attackers import fit_cross_validated, speaker_folds
     from pcmelgan_jax.evaluation.linear import DEFAULT_L2_GRID
 
-    folds, _ = speaker_folds(val)
-    flat = np.asarray(val_x, np.float32).reshape(len(val_x), -1)
+    folds, _ = (speaker_folds(split) if num_folds is None
+                else speaker_folds(split, num_folds))
+    flat = np.asarray(x, np.float32).reshape(len(x), -1)
     return fit_cross_validated(flat, labels, folds, num_classes, DEFAULT_L2_GRID, 200)[1]
+
+
+def cv_accuracy(train_x: np.ndarray, val_x: np.ndarray, train: Any, val: Any) -> float:
+    """``cv_gender``: the fresh regression cross-validated over the training and the
+    validation speakers together."""
+    from pcmelgan_jax.evaluation.data import SplitData
+
+    both = SplitData.joined("train+validation", (train, val))
+    return fresh_accuracy(np.concatenate([train_x, val_x]), both, both.gender, 2, CV_FOLDS)
 
 
 def scores(train_x: np.ndarray, val_x: np.ndarray, train: Any, val: Any, fixed: dict,
@@ -99,6 +118,7 @@ def scores(train_x: np.ndarray, val_x: np.ndarray, train: Any, val: Any, fixed: 
         "linear_gender": linear_accuracy(train_x, train.gender, val_x, val.gender, 2),
         "linear_digit": linear_accuracy(train_x, train.digit, val_x, val.digit, 10),
         "fresh_gender": fresh_accuracy(val_x, val, val.gender, 2),
+        "cv_gender": cv_accuracy(train_x, val_x, train, val),
         "fixed_gender": float(np.mean(fixed_pred["gender"] == val.gender)),
         "fixed_digit": float(np.mean(fixed_pred["digit"] == val.digit)),
         "distortion": float(np.mean(np.abs(val_x - val.x))),
@@ -158,8 +178,8 @@ def vocoder_probe(vocoders: list[str], val: Any, classifiers_workdir: str,
 
 
 def markdown(results: dict) -> str:
-    cols = ("linear_gender", "linear_digit", "fresh_gender", "fixed_gender", "fixed_digit",
-            "fixed_sampled_gender", "distortion", "gender_gap_rms")
+    cols = ("linear_gender", "linear_digit", "fresh_gender", "cv_gender", "fixed_gender",
+            "fixed_digit", "fixed_sampled_gender", "distortion", "gender_gap_rms")
     lines = ["| run | output | " + " | ".join(cols) + " |", "|---|---|" + "---:|" * len(cols)]
     for run, outputs in results.items():
         for name, row in outputs.items():
@@ -196,6 +216,7 @@ def main(argv: list[str] | None = None) -> None:
         "linear_gender": linear_accuracy(train.x, train.gender, val.x, val.gender, 2),
         "linear_digit": linear_accuracy(train.x, train.digit, val.x, val.digit, 10),
         "fresh_gender": fresh_accuracy(val.x, val, val.gender, 2),
+        "cv_gender": cv_accuracy(train.x, val.x, train, val),
         "gender_gap_rms": gender_gap_rms(val.x, val.gender), "distortion": 0.0,
     }}}
     for run in args.runs:

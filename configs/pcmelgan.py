@@ -50,6 +50,10 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     # what G is fed: "filtered" (F's output, the original) or "original" (the input itself:
     # G sees no trace of F's own gender-dependent changes)
     c.generator_input = "filtered"
+    # the log-mel level (mean, std) G's output is de-normalised with: "input" (each
+    # utterance's own, the original) or "training" (the training speakers' average, exported
+    # with G: the anonymised audio's level and dynamic range say nothing of the speaker)
+    c.generator_output_level = "input"
     # G also conditioned on the digit the fixed spectrogram digit classifier recognises in its
     # input (its argmax, embedded like the gender): the content named, not carried by pixels
     c.generator_digit_condition = False
@@ -78,9 +82,10 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         c.learning_rate_generator = 3e-4
         # the best setting on the validation speakers (bench/privacy.md): a larger budget
         # moves the informed attackers, the digit loss keeps the content it would cost; G
-        # reads only the loud frames of the original's loudness contour (bins 10-69 as one
-        # band mean) and the recognised digit, and the fixed gender classifier teaches it s'
-        # from the start
+        # reads the recognised digit and nothing else of the input (a mask depth of 2, the
+        # normalised range, makes every frame of its contour loud: not even the word's
+        # span), the fixed gender classifier teaches it s' from the start, and its output
+        # is heard at the training speakers' level
         c.eps = 0.2
         c.digit_weight = 3.0
         c.generator_input = "original"
@@ -89,5 +94,6 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         if not variant.filter_only:  # G's levers (the Filter baseline has no G)
             c.generator_digit_condition = True
             c.sampled_gender_weight = 1.0
-            c.generator_input_mask_depth = 0.3
+            c.generator_input_mask_depth = 2.0
+            c.generator_output_level = "training"
     return c

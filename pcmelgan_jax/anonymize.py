@@ -208,7 +208,8 @@ class Anonymizer:
         self, windows: np.ndarray, z1: np.ndarray, z2: np.ndarray, cond: np.ndarray
     ) -> np.ndarray:
         """Peak-normalised windows (B, 8192), z1, z2 (B, noise_dim), cond (B,) -> the
-        transformed log-mels (B, 80, 32), de-normalised with each window's mean and std."""
+        transformed log-mels (B, 80, 32), de-normalised with each window's mean and std (or
+        at G's ``output_level``)."""
         from pcmelgan_jax.models.inference import transform_mels
 
         f_model = self.filter[0] if self.filter is not None else None

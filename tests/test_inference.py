@@ -8,7 +8,11 @@ import numpy as np
 import pytest
 
 from pcmelgan_jax import audio as audio_lib
-from pcmelgan_jax.evaluation.conditions import NOISE_OFFSETS, filter_and_generator_spectrograms
+from pcmelgan_jax.evaluation.conditions import (
+    NOISE_OFFSETS,
+    filter_and_generator,
+    filter_and_generator_spectrograms,
+)
 from pcmelgan_jax.evaluation.data import SplitData
 from pcmelgan_jax.evaluation.inference import batch_noise
 from pcmelgan_jax.models.inference import (
@@ -27,6 +31,7 @@ from pcmelgan_jax.models.unet import (
     UNet,
     band_means,
     loudness_mask,
+    output_statistics,
     recognised_digit,
 )
 
@@ -142,6 +147,34 @@ def test_generator_with_a_mask_reads_only_the_loud_frames():
         UNet(conditional=True, input_mask_depth=0.3).init(jax.random.key(0), x, z, cond)
 
 
+def _forcing_digit(v: dict, d: int) -> dict:
+    """A digit-conditioned G's variables whose classifier's last bias pushes every input to
+    digit ``d``."""
+    fc3 = v["params"][DIGIT_CLASSIFIER]["fc3"]
+    bias = fc3["bias"].at[d].add(1e4)
+    return {**v, "params": {**v["params"], DIGIT_CLASSIFIER: {
+        **v["params"][DIGIT_CLASSIFIER], "fc3": {**fc3, "bias": bias}}}}
+
+
+def test_small_config_generator_reads_the_digit_alone():
+    """The small config's G (mask depth 2: every frame of its contour loud) gives the same
+    output for unrelated inputs with the same recognised digit, another for another digit."""
+    from pcmelgan_jax.configs import pcmelgan as pcmelgan_config
+    from pcmelgan_jax.training import pcmelgan
+
+    model = pcmelgan.hyper(pcmelgan_config.get_config("small"), {"spec_digit": 0.25}).generator()
+    assert model.input_mask_depth == 2.0 and model.digit_classes == 10
+    rng = np.random.default_rng(2)
+    x = jnp.asarray(rng.uniform(-1, 1, (2, 80, 32, 1)), jnp.float32)
+    z = jnp.asarray(rng.standard_normal((1, 10)).repeat(2, 0), jnp.float32)
+    cond = jnp.asarray([1, 1], jnp.int32)
+    variables = _trained_like(model, x, z, cond)
+    run = jax.jit(lambda v: model.apply(v, x, z, cond, train=False)[..., 0])
+    outputs = [run(_forcing_digit(variables, d)) for d in (4, 6)]
+    chex.assert_trees_all_close(outputs[0][0], outputs[0][1], atol=1e-5)  # rows round apart
+    assert float(jnp.abs(outputs[0] - outputs[1]).max()) > 1e-3
+
+
 def test_digit_conditioned_generator_reads_only_the_recognised_digit():
     """G with ``digit_classes``: its frozen digit classifier's argmax (``recognised_digit``)
     is the only way the digit enters: forcing the classifier's answer to d gives the output
@@ -156,15 +189,9 @@ def test_digit_conditioned_generator_reads_only_the_recognised_digit():
     variables = _trained_like(model, x, z, cond)
     run = jax.jit(lambda v: model.apply(v, x, z, cond, train=False))
 
-    def forced(v, d):  # the classifier's last bias pushes every input to digit d
-        fc3 = v["params"][DIGIT_CLASSIFIER]["fc3"]
-        bias = fc3["bias"].at[d].add(1e4)
-        return {**v, "params": {**v["params"], DIGIT_CLASSIFIER: {
-            **v["params"][DIGIT_CLASSIFIER], "fc3": {**fc3, "bias": bias}}}}
-
     outputs = []
     for d in (3, 7):
-        v = forced(variables, d)
+        v = _forcing_digit(variables, d)
         np.testing.assert_array_equal(
             recognised_digit(model, v["params"][DIGIT_CLASSIFIER], x), [d] * 3)
         table = v["params"]["embed_digit"]["embedding"]
@@ -208,6 +235,49 @@ def test_generator_fed_the_original_reads_x_in_anonymize_and_evaluation():
         chex.assert_trees_all_close(x2, want, atol=1e-4)
         firsts.append(x1)
     assert not np.allclose(firsts[0], firsts[1])  # F's output did change
+
+
+def test_output_statistics_by_hand():
+    mean, std = np.array([-2.0, -3.0], np.float32), np.array([1.0, 2.0], np.float32)
+    assert output_statistics(None, mean, std) == (mean, std)
+    got = output_statistics((-2.5, 1.5), mean, std)
+    for g, want in zip(got, (-2.5, 1.5), strict=True):
+        assert g.dtype == np.float32
+        np.testing.assert_array_equal(g, [want, want])
+
+
+def test_generator_output_level_in_anonymize_and_evaluation():
+    """A G with an ``output_level`` has its output de-normalised at that level, not the
+    window's own, in ``anonymize``'s folded forward and in the evaluation's vocoding; F's
+    output keeps each utterance's statistics."""
+    rng = np.random.default_rng(1)
+    # four windows of different loudness: their own statistics differ
+    audio = jnp.asarray(rng.uniform(-0.5, 0.5, (4, 8192)) * np.array([[1.0], [0.5], [0.1],
+                                                                       [0.02]]), jnp.float32)
+    z = jnp.asarray(rng.standard_normal((4, 10)), jnp.float32)
+    cond = jnp.asarray([0, 1, 1, 0], jnp.int32)
+    x, mean, std = audio_lib.mel_features(audio)
+    filt = UNet()
+    gen = UNet(conditional=True, source="original", output_level=(-2.5, 1.5))
+    g_vars = _trained_like(gen, x[..., None], z, cond)
+    f_vars = _trained_like(filt, x[..., None], z, None)
+    y = jax.jit(lambda v: gen.apply(v, x[..., None], z, cond)[..., 0])(g_vars)
+    got = transform_mels(filt, gen, prepare_unet(filt, f_vars), prepare_unet(gen, g_vars),
+                         audio, z, z, cond)
+    chex.assert_trees_all_close(got, y * 4.5 - 2.5, atol=1e-3)  # x * 3 std + mean
+    assert float(jnp.std(mean)) > 0.1  # the windows' own levels would have differed
+    split = SplitData("test", np.asarray(audio), np.asarray(x), np.asarray(mean),
+                      np.asarray(std), *(np.zeros(4, np.int32),) * 4)
+    seen = []
+
+    def vocoder(spec, m, s):  # records its statistics, returns a clip a log-mel can read
+        seen.append((np.asarray(m), np.asarray(s)))
+        return jnp.sin(jnp.arange(8192.0) * 0.3)[None] * (1.0 + spec[:, :1, 0])
+
+    filter_and_generator((filt, f_vars), (gen, g_vars), vocoder, 0, 4, split)
+    np.testing.assert_array_equal(seen[0][0], split.mean)  # F's output: its own
+    np.testing.assert_array_equal(seen[1][0], np.full(4, -2.5, np.float32))  # G's: the level
+    np.testing.assert_array_equal(seen[1][1], np.full(4, 1.5, np.float32))
 
 
 def test_unet_apply_errors():

@@ -482,6 +482,16 @@ def test_generator_input_bands_reach_the_exported_architecture():
                 {"generator_input_bands": 0, "generator_input_bins": (0, 80)}):
         with pytest.raises(ValueError, match="generator_input_mask_depth must be >= 0"):
             dataclasses.replace(masked, **bad)
+    # the output level: exported with G only, as a tuple again after JSON
+    arch = pcmelgan_stage._arch("generator", masked, (-2.5, 1.5))
+    assert arch[1]["output_level"] == (-2.5, 1.5)
+    assert build_model(arch[0], **json.loads(json.dumps(arch[1]))).output_level == (-2.5, 1.5)
+    assert pcmelgan_stage._arch("filter", masked, (-2.5, 1.5))[1] == {"noise_dim": 10}
+    assert "output_level" not in pcmelgan_stage._arch("generator", masked)[1]
+    with pytest.raises(ValueError, match="generator_output_level must be one of"):
+        dataclasses.replace(hp, generator_output_level="speaker")
+    with pytest.raises(ValueError, match="generator_output_level acts on G"):
+        dataclasses.replace(hp, generator_output_level="training", filter_only=True)
 
 
 def test_generator_fed_the_original_ignores_the_filter(pcm):

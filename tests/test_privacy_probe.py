@@ -34,17 +34,20 @@ def test_markdown_has_a_row_per_output():
     assert "0.900" in lines[3] and lines[3].count("|") == lines[0].count("|")
 
 
-def _speakers(rng, shift: float):
-    """4 speakers (2 female, 2 male), 40 utterances each; male features shifted by ``shift``
-    in one column."""
+def _speakers(rng, shift: float, speakers=(1, 2, 3, 4), name: str = "validation",
+              speaker_offset: float = 0.0):
+    """40 utterances per speaker (odd ids male); male features shifted by ``shift`` in one
+    column, every speaker's by its own random offset of scale ``speaker_offset``."""
     from pcmelgan_jax.evaluation.data import SplitData
 
-    speaker = np.repeat([1, 2, 3, 4], 40)
+    speaker = np.repeat(speakers, 40)
     gender = (speaker % 2).astype(np.int32)
-    x = rng.standard_normal((160, 4, 3)) + shift * gender[:, None, None] * (np.arange(3) == 1)
-    zeros = np.zeros(160, np.int32)
-    return x, SplitData("validation", zeros, x, zeros, zeros, zeros, gender, speaker,
-                        np.tile(np.arange(40), 4))
+    x = rng.standard_normal((len(speaker), 4, 3)) + shift * gender[:, None, None] * (
+        np.arange(3) == 1)
+    x += speaker_offset * rng.standard_normal((max(speakers) + 1, 4, 3))[speaker]
+    zeros = np.zeros(len(speaker), np.int32)
+    return x, SplitData(name, zeros, x, zeros, zeros, zeros, gender, speaker,
+                        np.tile(np.arange(40), len(speakers)))
 
 
 def test_fresh_accuracy_learns_across_speakers_and_not_from_noise():
@@ -53,3 +56,25 @@ def test_fresh_accuracy_learns_across_speakers_and_not_from_noise():
     assert privacy_probe.fresh_accuracy(x, val, val.gender, 2) >= 0.95
     x, val = _speakers(rng, 0.0)
     assert 0.35 <= privacy_probe.fresh_accuracy(x, val, val.gender, 2) <= 0.65
+
+
+def test_cv_accuracy_pools_both_splits_and_keeps_speakers_apart():
+    rng = np.random.default_rng(2)
+    split = lambda shift, offset: (
+        _speakers(rng, shift, (1, 2, 3, 4, 5, 6), "train", offset)
+        + _speakers(rng, shift, (7, 8, 9, 10), "validation", offset))
+    train_x, train, val_x, val = split(3.0, 0.0)
+    assert privacy_probe.cv_accuracy(train_x, val_x, train, val) >= 0.95
+    # each speaker's own offset identifies it: a model that saw a speaker's utterances would
+    # name its gender, one scored on unseen speakers cannot (5 folds of 10 speakers)
+    train_x, train, val_x, val = split(0.0, 3.0)
+    assert 0.3 <= privacy_probe.cv_accuracy(train_x, val_x, train, val) <= 0.7
+
+
+def test_joined_splits_keep_order_and_fields():
+    rng = np.random.default_rng(3)
+    (_, a), (_, b) = _speakers(rng, 0.0, (1, 2)), _speakers(rng, 0.0, (3,))
+    both = type(a).joined("both", (a, b))
+    assert both.name == "both" and len(both) == 120
+    np.testing.assert_array_equal(both.speaker, np.repeat([1, 2, 3], 40))
+    np.testing.assert_array_equal(both.x, np.concatenate([a.x, b.x]))

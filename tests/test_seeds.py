@@ -21,6 +21,7 @@ from pcmelgan_jax import evaluation
 from pcmelgan_jax import workdir as run_layout
 from pcmelgan_jax.checkpointing import load_model, read_model_info, save_model
 from pcmelgan_jax.configs import pcmelgan as pcmelgan_config
+from pcmelgan_jax.evaluation.data import load_split
 from pcmelgan_jax.models.registry import numpy_random_variables
 from pcmelgan_jax.runtime import sharding
 from pcmelgan_jax.training import checkpoints, loop, pcmelgan, pcmelgan_stage
@@ -265,6 +266,8 @@ def test_seed_runs_are_found_by_the_evaluation(runs, tmp_path):
     assert not evaluation.is_run_dir(workdir)
     expected = [run_layout.seed_dir(workdir, s) for s in (3, 4)]
     assert evaluation.find_runs("", workdir) == expected  # eval.py --workdir DIR
+    train = load_split(multi["config"].data_dir, multi["config"].dataset, "train", 8)
+    level = [float(train.mean.mean()), float(train.std.mean())]
     assert evaluation.find_runs(workdir, tmp_path) == expected  # --config.runs=DIR
     vocoder = tmp_path / "vocoder"  # resolve_run needs one; this training had none
     vocoder.mkdir()
@@ -279,7 +282,10 @@ def test_seed_runs_are_found_by_the_evaluation(runs, tmp_path):
         assert final["seed"] == seed and final["step"] == STEPS
         assert final["filter_distortion"] == multi["final"]["per_seed"][f"seed{seed}"][
             "filter_distortion"]
-        assert read_model_info(os.path.join(path, "models", "generator"))["seed"] == seed
+        info = read_model_info(os.path.join(path, "models", "generator"))
+        assert info["seed"] == seed
+        # the small config's G is heard at the training speakers' average level
+        assert info["arch"]["output_level"] == pytest.approx(level, rel=1e-5)
         assert os.path.isfile(os.path.join(path, "samples", f"step_{STEPS:07d}.png"))
     top = json.load(open(os.path.join(workdir, "final_metrics.json")))
     assert top["runs"] == expected and top["seeds"] == [3, 4]

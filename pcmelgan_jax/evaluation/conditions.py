@@ -18,7 +18,7 @@ import numpy as np
 
 from pcmelgan_jax.evaluation.data import SplitData, log_mels, pad_rows, padded_batches
 from pcmelgan_jax.evaluation.inference import Vocoder, batch_noise, unet_apply
-from pcmelgan_jax.models.unet import generator_input
+from pcmelgan_jax.models.unet import generator_input, output_statistics
 
 # Batch-index offsets of the F/G noise per split: the test split keeps batch i's noise
 # fold_in(key(seed), i), so every run of a group sees the same z and s'.
@@ -73,10 +73,12 @@ def vocode_all(vocoder: Vocoder, x: np.ndarray, mean: np.ndarray, std: np.ndarra
 
 
 def vocoded_outputs(vocoder: Vocoder, x: np.ndarray, split: SplitData, batch_size: int,
-                    sampled_gender: np.ndarray | None = None) -> Outputs:
+                    sampled_gender: np.ndarray | None = None,
+                    level: tuple[float, float] | None = None) -> Outputs:
     """Outputs of spectrograms ``x`` of ``split``'s utterances: vocoded with the utterances'
-    normalisation statistics, the audio analysed again into log-mels."""
-    audio = vocode_all(vocoder, x, split.mean, split.std, batch_size)
+    normalisation statistics (or one ``level`` for all, ``unet.output_statistics``), the
+    audio analysed again into log-mels."""
+    audio = vocode_all(vocoder, x, *output_statistics(level, split.mean, split.std), batch_size)
     return Outputs(x, audio, log_mels(audio, batch_size)[0], sampled_gender)
 
 
@@ -122,7 +124,7 @@ def filter_and_generator(
     (``filter_and_generator_spectrograms``), vocoded."""
     x1, x2, sampled = filter_and_generator_spectrograms(filt, gen, seed, batch_size, split)
     first = vocoded_outputs(vocoder, x1, split, batch_size) if vocode_filter else None
-    second = (vocoded_outputs(vocoder, x2, split, batch_size, sampled)
+    second = (vocoded_outputs(vocoder, x2, split, batch_size, sampled, gen[0].output_level)
               if x2 is not None else None)
     return first, second
 
@@ -134,16 +136,18 @@ def sampled_genders(seed: int, split: SplitData, batch_size: int) -> np.ndarray:
 
 
 def digit_template(templates: np.ndarray, spec_digit: tuple, vocoder: Vocoder, seed: int,
-                   batch_size: int):
+                   batch_size: int, level: tuple[float, float]):
     """A split -> Outputs function: each utterance replaced by ``templates[d, s']``
     (``baselines.digit_templates``), d the fixed digit AlexNet's prediction (``spec_digit``:
-    module, variables), s' sampled as for PCMelGAN; vocoded with the utterance's statistics."""
+    module, variables), s' sampled as for PCMelGAN; vocoded at ``level`` (the training
+    speakers' average statistics): nothing of the utterance but its digit is left."""
     from pcmelgan_jax.evaluation.classifier import predict
 
     def apply(split: SplitData) -> Outputs:
         digit = predict("alexnet", *spec_digit, split.x, batch_size)
         sampled = sampled_genders(seed, split, batch_size)
-        return vocoded_outputs(vocoder, templates[digit, sampled], split, batch_size, sampled)
+        return vocoded_outputs(vocoder, templates[digit, sampled], split, batch_size, sampled,
+                               level)
 
     return apply
 

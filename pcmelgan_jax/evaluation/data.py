@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 
 import numpy as np
 
@@ -36,6 +36,14 @@ class SplitData:
         return dataclasses.replace(self, **{
             f.name: getattr(self, f.name)[index]
             for f in dataclasses.fields(self) if f.name != "name"
+        })
+
+    @classmethod
+    def joined(cls, name: str, splits: Sequence[SplitData]) -> SplitData:
+        """The utterances of ``splits``, in order, as one split called ``name``."""
+        return cls(name, **{
+            f.name: np.concatenate([getattr(s, f.name) for s in splits])
+            for f in dataclasses.fields(cls) if f.name != "name"
         })
 
 

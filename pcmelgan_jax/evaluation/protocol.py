@@ -238,7 +238,8 @@ def build_context(classifiers: str, vocoder: str | None, data_dir: str, dataset:
         train = splits["train"]
         named["digit_template"] = conditions.digit_template(
             digit_templates(train.x, train.digit, train.gender), ctx.models.spec_digit,
-            ctx.models.vocoder, int(cfg["seed"]), batch_size)
+            ctx.models.vocoder, int(cfg["seed"]), batch_size,
+            (float(train.mean.mean()), float(train.std.mean())))
     for name, condition in named.items():
         outs = _apply(condition, splits, splits_to_attack(cfg, name))
         ctx.baselines[name], ctx.features[name], ctx.baseline_logs[name] = attack(

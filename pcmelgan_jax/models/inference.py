@@ -43,6 +43,7 @@ from pcmelgan_jax.models.unet import (
     DIGIT_CLASSIFIER,
     UNet,
     generator_input,
+    output_statistics,
     recognised_digit,
     reduced_input,
 )
@@ -310,7 +311,8 @@ def transform_mels(f_model: UNet | None, g_model: UNet | None, f_consts: dict | 
                    g_consts: dict | None, audio: Array, z1: Array, z2: Array,
                    cond: Array) -> Array:
     """Peak-normalised windows (B, 8192) -> F's (then, with ``g_model``, G's) log-mels
-    (B, 80, 32), de-normalised with each window's mean and std; ``f_model`` None: the
+    (B, 80, 32), de-normalised with each window's mean and std (G's: at its ``output_level``
+    when it has one, ``unet.output_statistics``); ``f_model`` None: the
     windows' own log-mels (copy synthesis). ``*_consts``: ``prepare_unet``'s."""
     if f_model is None:
         return audio_lib.log_mel(audio)
@@ -319,6 +321,7 @@ def transform_mels(f_model: UNet | None, g_model: UNet | None, f_consts: dict | 
     y = unet_apply(f_model, f_consts, x, z1)
     if g_model is not None:
         y = unet_apply(g_model, g_consts, generator_input(g_model, x, y), z2, cond)
+        mean, std = output_statistics(g_model.output_level, mean, std)
     return audio_lib.denormalize(y[..., 0], mean, std)
 
 

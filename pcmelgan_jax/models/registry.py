@@ -28,8 +28,8 @@ NETWORKS = (
 def build_model(network: str, **kwargs: Any) -> nn.Module:
     """The Flax module for ``network`` (one of NETWORKS) with architecture ``kwargs``."""
     if network in ("unet_filter", "unet_generator"):
-        if "input_bins" in kwargs:  # a list when read back from an export's JSON
-            kwargs = {**kwargs, "input_bins": tuple(kwargs["input_bins"])}
+        # pairs are lists when read back from an export's JSON; the module must stay hashable
+        kwargs = {k: tuple(v) if isinstance(v, list) else v for k, v in kwargs.items()}
         return UNet(conditional=network == "unet_generator", **kwargs)
     if network == "alexnet":
         return AlexNet(**kwargs)

@@ -7,6 +7,7 @@ from typing import Any
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from pcmelgan_jax.models.classifiers import AlexNet
 from pcmelgan_jax.models.layers import BatchNorm, Conv, dense, max_pool
@@ -18,9 +19,10 @@ BOTTLENECK_SHAPE = (5, 2)  # 80 x 32 after four 2x poolings
 # what the anonymiser feeds the generator: F's output (the paper) or the original input
 GENERATOR_SOURCES = ("filtered", "original")
 ALL_BINS = (0, 80)  # the mel bins [start, stop) of the whole spectrogram
-# the U-Net fields that say what a generator reads (exported with its architecture)
-GENERATOR_INPUT_FIELDS = ("input_bands", "input_bins", "input_mask_depth", "source",
-                          "digit_classes", "digit_classifier_width")
+# the U-Net fields that say what a generator reads and how the anonymiser turns its output
+# into log-mels (exported with its architecture)
+GENERATOR_FIELDS = ("input_bands", "input_bins", "input_mask_depth", "source", "digit_classes",
+                    "digit_classifier_width", "output_level")
 DIGIT_CLASSIFIER = "digit_classifier"  # the name of a digit-conditioned G's frozen classifier
 
 
@@ -68,6 +70,16 @@ def generator_input(generator: UNet, x: Array, x1: Array) -> Array:
         raise ValueError(f"generator source must be one of {GENERATOR_SOURCES}, got "
                          f"{generator.source!r}")
     return x if generator.source == "original" else x1
+
+
+def output_statistics(level: tuple[float, float] | None, mean: Any, std: Any
+                      ) -> tuple[Any, Any]:
+    """The (mean, std) that de-normalise a generator's output into log-mels: each
+    utterance's own ``mean``, ``std`` (N,), or, with a ``level`` (a generator's
+    ``output_level``), that one pair for every utterance (float32, the shape of ``mean``)."""
+    if level is None:
+        return mean, std
+    return tuple(np.full(np.shape(mean), v, np.float32) for v in level)
 
 
 def reduced_input(model: UNet, x: Array) -> Array:
@@ -137,6 +149,9 @@ class UNet(nn.Module):
     peak (``loudness_mask``); 0: the contour itself.
     ``source`` (a generator's) records which spectrogram the anonymiser feeds it
     (``GENERATOR_SOURCES``, ``generator_input``); the module applies to whatever it is given.
+    ``output_level`` (a generator's): the (mean, std) the anonymiser de-normalises its output
+    with (``output_statistics``), the training speakers' average; None: each utterance's
+    own. The module does not use it either.
     ``digit_classes`` > 0 (a generator's): also conditioned on the digit that its frozen
     digit classifier (an AlexNet of ``digit_classifier_width``, parameters
     ``DIGIT_CLASSIFIER``, copied from the fixed spectrogram classifier and never trained: the
@@ -156,6 +171,7 @@ class UNet(nn.Module):
     input_bins: tuple[int, int] = ALL_BINS
     input_mask_depth: float = 0.0
     source: str = "filtered"
+    output_level: tuple[float, float] | None = None
     digit_classes: int = 0
     digit_classifier_width: float = 1.0
 

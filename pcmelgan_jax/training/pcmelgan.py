@@ -64,6 +64,7 @@ Metrics = dict[str, Array]
 COMPUTE_DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 RESET_SALT = 0x5EED  # folded into the step's key for FD's re-initialisation (other keys kept)
 ATTACKER_ARCHS = ("alexnet", "linear")
+OUTPUT_LEVELS = ("input", "training")  # generator_output_level
 ATTACKER_SALT = 0xA77  # folded into the step's key for the attacker's dropout (other keys kept)
 
 
@@ -114,6 +115,10 @@ class PCMelGANHyper:
     generator_input_mask_depth: float = 0.0
     # what G is fed: "filtered" (F's output x1, the original) or "original" (x itself)
     generator_input: str = "filtered"
+    # the (mean, std) G's output is de-normalised with into log-mels: "input" (each
+    # utterance's own, the original) or "training" (the training speakers' average, exported
+    # with G: the anonymised level and dynamic range say nothing of the speaker)
+    generator_output_level: str = "input"
     # G also conditioned on the digit the fixed spectrogram digit classifier recognises in
     # its input (one embedded label, like s'; its weights copied into G, frozen)
     generator_digit_condition: bool = False
@@ -138,6 +143,11 @@ class PCMelGANHyper:
                                                    and not self.generator_input_bands):
             raise ValueError("generator_input_mask_depth must be >= 0 and needs "
                              "generator_input_bands > 0")
+        if self.generator_output_level not in OUTPUT_LEVELS:
+            raise ValueError(f"generator_output_level must be one of {OUTPUT_LEVELS}, got "
+                             f"{self.generator_output_level!r}")
+        if self.generator_output_level != "input" and self.filter_only:
+            raise ValueError("generator_output_level acts on G: it needs filter_only False")
         if self.generator_input not in GENERATOR_SOURCES:
             raise ValueError(f"generator_input must be one of {GENERATOR_SOURCES}, got "
                              f"{self.generator_input!r}")
@@ -194,6 +204,7 @@ def hyper(config: Any, monitor_widths: dict[str, float] | None = None) -> PCMelG
         generator_input_bins=tuple(int(b) for b in config.get("generator_input_bins", ALL_BINS)),
         generator_input_mask_depth=float(config.get("generator_input_mask_depth", 0.0)),
         generator_input=str(config.get("generator_input", "filtered")),
+        generator_output_level=str(config.get("generator_output_level", "input")),
         generator_digit_condition=bool(config.get("generator_digit_condition", False)),
         filter_only=bool(config.filter_only),
         discriminator_width=float(config.get("discriminator_width", 1.0)),

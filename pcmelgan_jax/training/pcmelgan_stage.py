@@ -22,6 +22,7 @@ from collections.abc import Callable, Iterable, Mapping
 from typing import Any, NamedTuple
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import optax
 
@@ -32,9 +33,10 @@ from pcmelgan_jax.logging_utils import MetricWriter, spectrogram_panel
 from pcmelgan_jax.models import AlexNet, MelGANGenerator
 from pcmelgan_jax.models.unet import (
     DIGIT_CLASSIFIER,
-    GENERATOR_INPUT_FIELDS,
+    GENERATOR_FIELDS,
     UNet,
     generator_input,
+    output_statistics,
 )
 from pcmelgan_jax.runtime import compilation, sharding
 from pcmelgan_jax.training import seeds as seeds_lib
@@ -78,21 +80,41 @@ def network_names(hp: PCMelGANHyper) -> list[str]:
     return names + ["gender_attacker"] * (hp.attacker_weight > 0)
 
 
-def _arch(name: str, hp: PCMelGANHyper) -> tuple[str, dict]:
+def _arch(name: str, hp: PCMelGANHyper, output_level: tuple[float, float] | None = None
+          ) -> tuple[str, dict]:
     network, arch = NETWORKS[name]
     if name == "gender_attacker" and hp.attacker_arch == "linear":
         return "linear_classifier", {"num_classes": 2}
     if arch == "unet":
         arch = {"noise_dim": hp.noise_dim}
-        if name == "generator":  # G's input settings, where they are not the U-Net's defaults
-            g, default = hp.generator(), UNet(conditional=True)
-            arch.update({f: getattr(g, f) for f in GENERATOR_INPUT_FIELDS
+        if name == "generator":  # G's settings, where they are not the U-Net's defaults
+            g = hp.generator().clone(output_level=output_level)
+            default = UNet(conditional=True)
+            arch.update({f: getattr(g, f) for f in GENERATOR_FIELDS
                          if getattr(g, f) != getattr(default, f)})
         return network, arch
     arch = dict(arch)
     if hp.discriminator_width != 1.0:
         arch["width"] = hp.discriminator_width
     return network, arch
+
+
+@functools.partial(compilation.jit, kind="inference")
+def _level_sums(audio: jax.Array, mask: jax.Array) -> dict[str, jax.Array]:
+    _, mean, std = mel_features(audio)
+    return {"mean": jnp.sum(mean * mask), "std": jnp.sum(std * mask), "count": jnp.sum(mask)}
+
+
+def training_level(config: Any, mesh) -> tuple[float, float]:
+    """The training speakers' average log-mel (mean, std), ``audio.normalize``'s statistics
+    over one pass of the training split (``generator_output_level`` "training")."""
+    sums = None
+    for batch in stage_lib.eval_batches(config, mesh, "train"):
+        sums = stage_lib.sum_metrics(sums, _level_sums(batch["audio"], batch["mask"]))
+    if sums is None:
+        raise ValueError(f"{config.data_dir}: the training split is empty")
+    sums = jax.device_get(sums)
+    return float(sums["mean"] / sums["count"]), float(sums["std"] / sums["count"])
 
 
 def load_monitors(classifiers_workdir: str) -> tuple[dict[str, Any], dict[str, float]]:
@@ -288,6 +310,9 @@ class PCMelGANStage:
         self.monitors = sharding.replicate(self.fixed, mesh)
         self.hp = hyper(config, monitor_widths)
         self.names = network_names(self.hp)
+        # the (mean, std) the anonymiser de-normalises G's output with (None: each input's own)
+        self.output_level = (training_level(config, mesh)
+                             if self.hp.generator_output_level == "training" else None)
         self.programs = stage_programs(config, self.hp, txs, self.strategy)
         self.vocoder = load_vocoder(config.get("vocoder_workdir", ""))
         if self.vocoder is not None:
@@ -318,7 +343,7 @@ class PCMelGANStage:
         networks = {}
         for i, name in enumerate(NETWORKS):  # each network's key index: its place in NETWORKS
             if name in self.names:
-                network, arch = _arch(name, self.hp)
+                network, arch = _arch(name, self.hp, self.output_level)
                 variables = init_variables(network, arch, jax.random.fold_in(init_key, i))
                 if name == "generator" and self.hp.generator_digit_condition:
                     variables = with_digit_classifier(variables, self.fixed["spec_digit"])
@@ -387,8 +412,10 @@ class PCMelGANStage:
         writer.write_image(step, f"{tag}/panel", panel)
         if self.vocoder is None:
             return
-        for t in titles:
-            wav = np.asarray(self.vocode(self.vocoder[1], denormalize(specs[t], mean, std)))
+        for t in titles:  # G's outputs ("sampled_*") at G's output level
+            level = self.output_level if t.startswith("sampled") else None
+            wav = np.asarray(self.vocode(self.vocoder[1], denormalize(
+                specs[t], *output_statistics(level, mean, std))))
             for i in range(len(pick)):
                 write_audio(os.path.join(folder, f"step_{step:07d}", f"{i}_{t}.wav"), wav[i])
                 writer.write_audio(step, f"{tag}/audio/{i}_{t}", wav[i])
@@ -406,7 +433,7 @@ class PCMelGANStage:
 
     def _export(self, networks: dict[str, Any], run_dir: str, extra: dict) -> None:
         for name in self.names:
-            network, arch = _arch(name, self.hp)
+            network, arch = _arch(name, self.hp, self.output_level)
             save_model(run_layout.model_dir(run_dir, name), network,
                        networks[name].variables(), arch, extra=extra, overwrite=True)
 
